@@ -1,0 +1,192 @@
+"""read_video: bitstream / estimated motion vectors, residuals, seeking, determinism."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import cv_reader as cv
+from codec_helpers import OBJ_SPEED, PAN_SPEED, decode_all_rgb
+from cv_reader.decode import FrameSource, build_index
+from cv_reader.motion import estimate_motion, field_from_side_data
+from cv_reader.residual import predict
+
+
+def _object_cells(rec, box, inset=2):
+    x0, y0, x1, y1 = box
+    sl = (slice(y0 // 4 + inset, y1 // 4 - inset), slice(x0 // 4 + inset, x1 // 4 - inset))
+    return rec.mv[sl], rec.mv_ref[sl]
+
+
+def _background_mask(rec, box, grow=2):
+    x0, y0, x1, y1 = box
+    m = np.ones(rec.mv_ref.shape, bool)
+    m[max(y0 // 4 - grow, 0):y1 // 4 + grow, max(x0 // 4 - grow, 0):x1 // 4 + grow] = False
+    return m
+
+
+@pytest.fixture(scope="module")
+def h264_records(h264_static):
+    return list(cv.read_video(h264_static.path))
+
+
+def test_records_layout_and_order(h264_static, h264_records):
+    recs = h264_records
+    assert [r.index for r in recs] == list(range(h264_static.frames))
+    ts = [r.timestamp for r in recs]
+    assert all(b > a for a, b in zip(ts, ts[1:]))
+    r = recs[5]
+    assert r.luma.shape == (144, 192) and r.luma.dtype == np.uint8
+    assert r.mv.shape == (36, 48, 2) and r.mv.dtype == np.int16
+    assert r.mv_ref.shape == (36, 48) and r.mv_mask.dtype == bool
+    assert r.residual.shape == (144, 192) and r.residual.dtype == np.int16
+    types = {x.pict_type for x in recs}
+    assert {"I", "P", "B"} <= types  # x264 with B-frames
+    assert recs[0].pict_type == "I" and recs[24].pict_type == "I"  # keyint 24
+    # luma matches an independent PyAV decode (BT.601 luma of the RGB within rounding)
+    rgb = decode_all_rgb(h264_static.path)[5].astype(np.float32)
+    y = 16 + (65.481 * rgb[..., 0] + 128.553 * rgb[..., 1] + 24.966 * rgb[..., 2]) / 255
+    assert np.abs(y - r.luma).mean() < 2.0
+
+
+def test_h264_bitstream_mvs_point_along_motion(h264_static, h264_records):
+    inter = [r for r in h264_records if r.pict_type in ("P", "B")]
+    assert inter and all(r.mv_source == "bitstream" for r in inter)
+    per_frame = []
+    for r in inter:
+        mv, ref = _object_cells(r, h264_static.boxes[r.index])
+        ok = ref != 0
+        if ok.sum() < 4:
+            continue
+        per_frame.append(np.median(mv[ok][:, 0] / np.abs(ref[ok])))
+        assert np.abs(np.median(mv[ok][:, 1])) <= 2  # no vertical motion
+    # object moves right by OBJ_SPEED px/frame = 4*OBJ_SPEED quarter-pel per frame interval
+    assert len(per_frame) >= 20
+    assert np.median(per_frame) == pytest.approx(4 * OBJ_SPEED, abs=2)
+    assert np.mean(np.asarray(per_frame) > 0) > 0.9
+    # B-frames use future references somewhere, and reference distances are resolved
+    assert any((r.mv_ref > 0).any() for r in inter if r.pict_type == "B")
+    # static background: vectors ~0 and a small residual (good prediction)
+    r = inter[len(inter) // 2]
+    bg = _background_mask(r, h264_static.boxes[r.index]) & (r.mv_ref != 0)
+    assert np.abs(r.mv[bg]).mean() < 1.0
+    assert np.abs(r.residual).mean() < 6
+
+
+def test_intra_frames_get_estimated_vectors(h264_records):
+    i_frames = [r for r in h264_records if r.pict_type == "I"]
+    assert i_frames and all(r.mv_source == "estimated" for r in i_frames)
+    assert i_frames[0].mv_ref.max() == 1  # the first frame is matched against the next one
+
+
+@pytest.mark.parametrize("fixture", ["hevc_static", "hevc_pan"])
+def test_hevc_vectors_are_estimated_and_follow_motion(request, fixture):
+    vid = request.getfixturevalue(fixture)
+    recs = list(cv.read_video(vid.path, range(1, 40, 3)))
+    assert all(r.mv_source == "estimated" for r in recs)
+    for r in recs:
+        mv, ref = _object_cells(r, vid.boxes[r.index])
+        assert (ref == -1).all()  # previous frame
+        assert np.median(mv[..., 0]) == 4 * OBJ_SPEED
+        assert np.median(mv[..., 1]) == 0
+        bg = _background_mask(r, vid.boxes[r.index])
+        assert np.median(r.mv[bg][:, 0]) == -4 * vid.pan  # camera pan moves background left
+
+
+def test_residual_is_current_minus_prediction(hevc_static):
+    recs = list(cv.read_video(hevc_static.path, [9, 10]))
+    prev, cur = recs
+    # estimated vectors are in "motion" sense; FFmpeg sense (where to read from) is the negation
+    pred = predict([prev.luma], (-cur.mv).astype(np.int32))
+    assert np.array_equal(cur.residual, cur.luma.astype(np.int16) - pred.astype(np.int16))
+    assert np.abs(cur.residual).mean() < np.abs(cur.luma.astype(np.int16) - prev.luma).mean() / 2
+
+
+def test_subset_read_matches_full_read(h264_static, h264_records):
+    ids = [0, 7, 23, 24, 25, 41, 47]
+    sub = list(cv.read_video(h264_static.path, ids + [7]))
+    assert [r.index for r in sub] == ids  # sorted, duplicates once
+    for r in sub:
+        full = h264_records[r.index]
+        assert r.pict_type == full.pict_type and r.mv_source == full.mv_source
+        assert np.array_equal(r.luma, full.luma)
+        assert np.array_equal(r.mv, full.mv) and np.array_equal(r.mv_ref, full.mv_ref)
+        assert np.array_equal(r.residual, full.residual)
+
+
+def test_without_residual_and_streaming(h264_static):
+    it = cv.read_video(h264_static.path, [3, 30], with_residual=False)
+    first = next(it)
+    assert first.index == 3 and first.residual is None
+    it.close()  # stopping early must not hang the decode thread
+
+
+def test_seek_decodes_only_needed_segment(h264_static):
+    idx = build_index(h264_static.path)
+    assert idx.keyframes.tolist() == [0, 24]
+    src = FrameSource(idx, [46, 47], export_mvs=True)
+    got = [i for i, _ in src.frames()]
+    assert src.seeks == 1 and 46 in got and 47 in got
+    assert min(got) >= 24  # the first GOP was never decoded
+    assert src.decoded < 24
+
+
+def test_reduced_resolution_processing(h264_static):
+    full = next(cv.read_video(h264_static.path, [10]))
+    half = next(cv.read_video(h264_static.path, [10], max_side=96))
+    assert half.luma.shape == (72, 96) and half.mv.shape == (18, 24, 2)
+    assert half.scale == pytest.approx(0.5)
+    # vectors are rescaled with the frame
+    mv_f, ref_f = _object_cells(full, h264_static.boxes[10])
+    x0, y0, x1, y1 = (np.asarray(h264_static.boxes[10]) // 2)
+    mv_h = half.mv[y0 // 4 + 1:y1 // 4 - 1, x0 // 4 + 1:x1 // 4 - 1]
+    assert np.median(mv_h[..., 0]) == pytest.approx(np.median(mv_f[..., 0]) / 2, abs=2)
+
+
+def test_block_matching_recovers_known_shift():
+    rng = np.random.default_rng(3)
+    base = rng.integers(0, 256, (100, 140)).astype(np.uint8)
+    base = np.repeat(np.repeat(base, 2, 0), 2, 1)  # 200x280 texture
+    ref = base[20:164, 30:222]
+    cur = base[20 + 2:164 + 2, 30 - 3:222 - 3]  # content moved by (+3, -2) px
+    f = estimate_motion(cur, ref, block_size=16, search_range=8)
+    inner = f[4:-4, 4:-4]
+    # FFmpeg sense: the prediction is read from p + m/4 in the reference
+    assert (inner[..., 0] == -12).mean() > 0.95 and (inner[..., 1] == 8).mean() > 0.95
+    with pytest.raises(ValueError):
+        estimate_motion(cur, ref[:-1])
+
+
+def test_side_data_rasterisation():
+    dt = np.dtype([("source", "<i4"), ("w", "u1"), ("h", "u1"), ("src_x", "<i2"), ("src_y", "<i2"),
+                   ("dst_x", "<i2"), ("dst_y", "<i2"), ("flags", "<u8"), ("motion_x", "<i4"),
+                   ("motion_y", "<i4"), ("motion_scale", "<u2")])
+    mvs = np.array([(-1, 16, 16, 0, 0, 8, 8, 0, -8, 4, 4), (1, 8, 8, 0, 0, 20, 4, 0, 2, 0, 2)], dtype=dt)
+    f = field_from_side_data(mvs, 16, 32)
+    assert f.has_past[:4, :4].all() and not f.has_past[:, 4:].any()
+    assert (f.past[:4, :4] == [-8, 4]).all()
+    # an 8x8 block centred at (20, 4), half-pel scale -> quarter-pel 4
+    assert f.has_future[0:2, 4:6].all() and (f.future[0:2, 4:6] == [4, 0]).all()
+    assert f.has_future.sum() == 4
+
+
+def test_camera_compensation_models():
+    from cv_reader.camera import compensate
+
+    hc, wc = 30, 40
+    gy, gx = np.mgrid[0:hc, 0:wc].astype(np.float32)
+    # zoom + rotation + translation about the centre
+    xc, yc = gx - (wc - 1) / 2, gy - (hc - 1) / 2
+    a, b = 0.03, 0.02
+    field = np.stack([a * xc - b * yc + 1.5, b * xc + a * yc - 0.5], axis=-1).astype(np.float32)
+    field[10:14, 10:14] += [6.0, 0.0]  # a moving object
+    valid = np.ones((hc, wc), bool)
+    for mode in ("similarity", "affine"):
+        out = compensate(field, valid, mode)
+        mag = np.hypot(out[..., 0], out[..., 1])
+        obj = np.zeros_like(valid)
+        obj[10:14, 10:14] = True
+        assert mag[~obj].max() < 0.05 and mag[obj].min() > 5.5
+    med = compensate(field, valid, "median")
+    assert np.hypot(med[..., 0], med[..., 1])[~obj].max() > 0.3  # translation-only leaves the zoom
+    with pytest.raises(ValueError):
+        compensate(field, valid, "bogus")
