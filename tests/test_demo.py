@@ -16,7 +16,7 @@ def test_demo_runs_on_sample_video(capsys):
 
 
 def test_demo_loads_a_given_checkpoint(tmp_path, capsys):
-    from conftest import tiny_encoder
+    from encoder_utils import tiny_encoder
 
     tiny_encoder().save_pretrained(tmp_path)
     demo.main(["--encoder", str(tmp_path), "--frames", "2"])

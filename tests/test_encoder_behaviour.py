@@ -9,7 +9,7 @@ import torch
 
 from llava.model.multimodal_encoder import modeling_onevision_encoder as modeling
 
-from conftest import tiny_encoder
+from encoder_utils import tiny_encoder
 
 ATOL = 1e-5
 
@@ -231,7 +231,9 @@ def test_gradient_checkpointing_gives_the_same_gradients(make_encoder):
     def grads(checkpointing: bool) -> dict[str, torch.Tensor]:
         model = make_encoder(seed=9).train()
         if checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            # transformers >= 5.2x renames the API; older releases only have the first name.
+            enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+            enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             assert all(layer.gradient_checkpointing for layer in model.encoder.layers)
         out = model(video)
         (out.last_hidden_state.sum() + out.pooler_output.sum()).backward()

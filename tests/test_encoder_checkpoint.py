@@ -11,7 +11,7 @@ from transformers import AutoConfig, AutoImageProcessor, AutoModel
 
 from llava.model import OneVisionEncoderConfig, OneVisionEncoderImageProcessor, OneVisionEncoderModel
 
-from conftest import tiny_encoder, tiny_encoder_config
+from encoder_utils import tiny_encoder, tiny_encoder_config
 
 
 def published_keys(num_layers: int, use_head: bool, rms_norm: bool) -> set[str]:

@@ -12,7 +12,7 @@ from llava.model import OneVisionEncoderImageProcessor
 from llava.model.multimodal_encoder.image_processing_onevision_encoder import CLIP_MEAN, CLIP_STD, fit_to_patch_grid
 from llava.sample_data import sample_video_path
 
-from conftest import tiny_encoder
+from encoder_utils import tiny_encoder
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,6 @@
-"""Models: the OV-Encoder vision tower (and, later, the LLaVA language models)."""
+"""Models: the OV-Encoder vision tower and the LLaVA language models (registered on import)."""
 
+from .language_model import LlavaQwen3Config, LlavaQwen3ForCausalLM, LlavaQwenConfig, LlavaQwenForCausalLM
 from .multimodal_encoder import (
     OneVisionEncoderConfig,
     OneVisionEncoderImageProcessor,
@@ -8,6 +9,10 @@ from .multimodal_encoder import (
 )
 
 __all__ = [
+    "LlavaQwen3Config",
+    "LlavaQwen3ForCausalLM",
+    "LlavaQwenConfig",
+    "LlavaQwenForCausalLM",
     "OneVisionEncoderConfig",
     "OneVisionEncoderImageProcessor",
     "OneVisionEncoderModel",

@@ -1,0 +1,346 @@
+"""The multimodal mixins shared by the LLaVA language models.
+
+``LlavaMetaModel`` is mixed into the base language model (it owns the OV-Encoder tower,
+the projector and the learned newline token); ``LlavaMetaForCausalLM`` into the causal-LM
+class (it turns ``<image>`` placeholders into visual features).
+
+Visual inputs are a flat list ``images`` (one entry per ``<image>`` placeholder, in the
+order the placeholders appear across the batch) with a parallel list ``modalities``:
+
+* ``"image"``  ``[C, H, W]`` at native resolution, or ``[1 + n, C, h, w]`` for ``anyres``
+  (a base view, then the tiles);
+* ``"video"``  ``[T, C, H, W]`` uniformly sampled frames, spread over the encoder's
+  temporal RoPE grid, optionally 2D-pooled per frame (``mm_spatial_pool_stride``);
+* ``"codec"``  ``[N, C, S, S]`` codec mosaics whose ``patch_positions`` entry holds the
+  ``[K, 3]`` ``positions_thw`` rows (``K = N * (S / P)^2``): one token per selected patch,
+  placed on the RoPE grid by those positions.
+
+All visual inputs of a batch go through the encoder in **one** packed pass.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from abc import ABC, abstractmethod
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from .multimodal_encoder.modeling_onevision_encoder import OneVisionEncoderPoolingHead
+from .multimodal_encoder.tower import OVEncoderVisionTower, VisualPiece, build_vision_tower, grid_positions
+from .multimodal_projector import build_vision_projector
+
+MODALITIES = ("image", "video", "codec")
+
+try:
+    from transformers import initialization as hf_init
+except ImportError:  # pragma: no cover - older transformers
+    hf_init = None
+
+
+class LlavaMetaModel:
+    """Mixin for the base language model: vision tower, projector, ``image_newline``."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        if getattr(config, "mm_vision_tower", None) is not None:
+            # The checkpoint carries the tower weights: build it from its config only.
+            self.vision_tower = build_vision_tower(config, delay_load=True)
+            self.mm_projector = build_vision_projector(config)
+            if "unpad" in getattr(config, "mm_patch_merge_type", "flat"):
+                self.image_newline = nn.Parameter(torch.zeros(config.hidden_size))
+
+    def get_vision_tower(self) -> OVEncoderVisionTower | None:
+        return getattr(self, "vision_tower", None)
+
+    def initialize_vision_modules(self, vision_tower: str, **options) -> None:
+        """Attach a pretrained OV-Encoder and a fresh projector to a text-only model.
+
+        ``options`` are LLaVA config keys (``mm_projector_type``, ``mm_vision_select_layer``,
+        ``mm_patch_merge_type``, ``image_aspect_ratio``, ...) written into the config, plus
+        ``pretrain_mm_mlp_adapter`` (a projector-only checkpoint to load).
+        """
+        adapter = options.pop("pretrain_mm_mlp_adapter", None)
+        config = self.config
+        config.mm_vision_tower = vision_tower
+        for key, value in options.items():
+            setattr(config, key, value)
+        attn = options.get("vision_attn_implementation")
+        self.vision_tower = OVEncoderVisionTower(
+            vision_tower,
+            select_layer=getattr(config, "mm_vision_select_layer", -2),
+            select_feature=getattr(config, "mm_vision_select_feature", "patch"),
+            attn_implementation=attn,
+        )
+        config.vision_config = self.vision_tower.config.to_dict()
+        config.mm_hidden_size = self.vision_tower.hidden_size
+        config.use_mm_proj = True
+        config.mm_projector_type = getattr(config, "mm_projector_type", "linear")
+        self.mm_projector = build_vision_projector(config).to(self.embed_tokens.weight.dtype)
+        if "unpad" in getattr(config, "mm_patch_merge_type", "flat") and not hasattr(self, "image_newline"):
+            std = 1 / math.sqrt(config.hidden_size)
+            self.image_newline = nn.Parameter(torch.randn(config.hidden_size, dtype=self.embed_tokens.weight.dtype) * std)
+        if adapter is not None:
+            from .builder import load_projector_weights
+
+            load_projector_weights(self, adapter)
+
+
+def init_multimodal_weights(module: nn.Module, std: float) -> None:
+    """Initialise the parameters a language model's ``_init_weights`` does not know about."""
+    normal = hf_init.normal_ if hf_init is not None else nn.init.normal_
+    zeros = hf_init.zeros_ if hf_init is not None else nn.init.zeros_
+    if isinstance(module, LlavaMetaModel) and hasattr(module, "image_newline"):
+        normal(module.image_newline, mean=0.0, std=1 / math.sqrt(module.image_newline.numel()))
+    elif isinstance(module, OneVisionEncoderPoolingHead):
+        normal(module.probe, mean=0.0, std=std)
+        normal(module.attention.in_proj_weight, mean=0.0, std=std)
+        zeros(module.attention.in_proj_bias)
+
+
+class LlavaMetaForCausalLM(ABC):
+    """Mixin for the causal LM: encodes visual inputs and splices them into the text."""
+
+    @abstractmethod
+    def get_model(self) -> LlavaMetaModel: ...
+
+    def get_vision_tower(self) -> OVEncoderVisionTower | None:
+        return self.get_model().get_vision_tower()
+
+    # -- visual inputs -> pieces (encoder samples) ---------------------------------
+
+    def _pieces_of(self, index: int, entry: torch.Tensor, modality: str, positions) -> list[VisualPiece]:
+        tower = self.get_vision_tower()
+        patch = tower.config.patch_size
+        where = f"images[{index}] ({modality})"
+        if modality == "image":
+            if entry.ndim == 3:
+                return [VisualPiece(entry)]
+            if entry.ndim == 4:  # anyres: base view + tiles, each encoded on its own
+                return [VisualPiece(view) for view in entry]
+            raise ValueError(f"{where} must be [C, H, W] or [1 + tiles, C, H, W], got {tuple(entry.shape)}")
+        if entry.ndim != 4:
+            raise ValueError(f"{where} must be [frames, C, H, W], got {tuple(entry.shape)}")
+        frames, _, height, width = entry.shape
+        grid_h, grid_w = height // patch, width // patch
+        if modality == "video":
+            grid_t = tower.config.rope_temporal_size or frames
+            if frames > grid_t:
+                raise ValueError(f"{where} has {frames} frames; the encoder's temporal grid holds {grid_t}")
+            slots = torch.linspace(0, grid_t - 1, frames).long()
+            grid = grid_positions(frames, grid_h, grid_w)
+            grid[:, 0] = slots[grid[:, 0]]
+            return [VisualPiece(entry.transpose(0, 1), patch_positions=grid.to(entry.device))]
+        if modality == "codec":
+            if positions is None:
+                raise ValueError(f"{where} needs its positions_thw in patch_positions[{index}]")
+            positions = torch.as_tensor(positions, device=entry.device)
+            expected = frames * grid_h * grid_w
+            if positions.ndim != 2 or positions.shape != (expected, 3):
+                raise ValueError(
+                    f"{where}: positions_thw must be [{expected}, 3] for {frames} mosaics of "
+                    f"{grid_h}x{grid_w} patches (padding policy 'zero'), got {tuple(positions.shape)}"
+                )
+            return [VisualPiece(entry.transpose(0, 1), patch_positions=positions.long())]
+        raise ValueError(f"{where}: unknown modality {modality!r}; expected one of {MODALITIES}")
+
+    # -- encode, project, arrange ----------------------------------------------------
+
+    def encode_visual_inputs(self, images, modalities=None, image_sizes=None, patch_positions=None):
+        """Token features ``[n_i, hidden]`` for every visual input (one packed encoder pass)."""
+        if isinstance(images, torch.Tensor):
+            images = list(images)
+        count = len(images)
+        modalities = list(modalities) if modalities is not None else ["image"] * count
+        if len(modalities) != count:
+            raise ValueError(f"{count} visual inputs but {len(modalities)} modalities")
+        patch_positions = list(patch_positions) if patch_positions is not None else [None] * count
+        if len(patch_positions) != count:
+            raise ValueError(f"{count} visual inputs but {len(patch_positions)} patch_positions entries")
+
+        tower = self.get_vision_tower()
+        pieces, owner = [], []
+        for i, (entry, modality, positions) in enumerate(zip(images, modalities, patch_positions)):
+            entry_pieces = self._pieces_of(i, entry, modality, positions)
+            pieces += entry_pieces
+            owner += [i] * len(entry_pieces)
+        features = tower(pieces)
+
+        projected = [[] for _ in range(count)]
+        for piece, feats, i in zip(pieces, features, owner):
+            positions = tower.token_positions(piece).to(feats.device)
+            projected[i].append(self._project(feats, positions))
+        return [
+            self._arrange(modality, parts, image_sizes[i] if image_sizes is not None else None, images[i])
+            for i, (modality, parts) in enumerate(zip(modalities, projected))
+        ]
+
+    def _project(self, features: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        projector = self.get_model().mm_projector
+        features = features.to(next(projector.parameters()).dtype)
+        if getattr(projector, "merges_tokens", False):
+            return projector(features, positions)
+        return projector(features), positions
+
+    def _newline(self) -> torch.Tensor | None:
+        return getattr(self.get_model(), "image_newline", None)
+
+    def _arrange(self, modality: str, parts, image_size, entry: torch.Tensor) -> torch.Tensor:
+        config = self.config
+        merge_type = getattr(config, "mm_patch_merge_type", "flat")
+        newline = self._newline() if "unpad" in merge_type else None
+        if modality == "video":
+            features = self._pool_frames(*parts[0])
+        elif modality == "codec":
+            features = parts[0][0]
+        elif len(parts) == 1 or newline is None:
+            features = torch.cat([f for f, _ in parts])
+        else:
+            features = self._unpad_tiles(parts, image_size, tile_size=entry.shape[-1], newline=newline)
+            return features
+        if newline is not None and (modality == "image" or getattr(config, "mm_newline_position", "one_token") == "one_token"):
+            features = torch.cat([features, newline[None].to(features.dtype)])
+        return features
+
+    def _pool_frames(self, features: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Optional 2D pooling of each frame's feature grid (``mm_spatial_pool_stride``)."""
+        stride = getattr(self.config, "mm_spatial_pool_stride", None)
+        if not stride or stride == 1:
+            return features
+        frames = positions[:, 0].unique().numel()
+        grid_h, grid_w = int(positions[:, 1].max()) + 1, int(positions[:, 2].max()) + 1
+        grid = features.view(frames, grid_h, grid_w, -1).permute(0, 3, 1, 2)
+        mode = getattr(self.config, "mm_spatial_pool_mode", "average")
+        if mode == "average":
+            grid = F.avg_pool2d(grid, stride, ceil_mode=True)
+        elif mode == "max":
+            grid = F.max_pool2d(grid, stride, ceil_mode=True)
+        elif mode == "bilinear":
+            size = (math.ceil(grid_h / stride), math.ceil(grid_w / stride))
+            grid = F.interpolate(grid, size=size, mode="bilinear", align_corners=False)
+        else:
+            raise ValueError(f"mm_spatial_pool_mode must be average, max or bilinear, got {mode!r}")
+        return grid.permute(0, 2, 3, 1).reshape(-1, grid.shape[1])
+
+    def _unpad_tiles(self, parts, image_size, tile_size: int, newline: torch.Tensor) -> torch.Tensor:
+        """LLaVA-NeXT ``spatial_unpad``: base view, then the tile grid cropped to the image's
+        aspect ratio with a newline token after every row."""
+        from ..mm_utils import get_anyres_image_grid_shape, unpad_image
+
+        if image_size is None:
+            raise ValueError("anyres images with spatial_unpad need image_sizes")
+        base, _ = parts[0]
+        tiles = [f for f, _ in parts[1:]]
+        tile_positions = parts[1][1]
+        grid_h, grid_w = int(tile_positions[:, 1].max()) + 1, int(tile_positions[:, 2].max()) + 1
+        num_w, num_h = get_anyres_image_grid_shape(image_size, self.config.image_grid_pinpoints, tile_size)
+        if num_w * num_h != len(tiles):
+            raise ValueError(f"anyres image of size {image_size} should have {num_w}x{num_h} tiles, got {len(tiles)}")
+        hidden = base.shape[-1]
+        grid = torch.stack(tiles).view(num_h, num_w, grid_h, grid_w, hidden)
+        grid = grid.permute(4, 0, 2, 1, 3).reshape(hidden, num_h * grid_h, num_w * grid_w)
+        grid = unpad_image(grid, image_size)
+        max_tiles = re.fullmatch(r"anyres_max_(\d+)", str(getattr(self.config, "image_aspect_ratio", "")))
+        if max_tiles:
+            limit = int(max_tiles.group(1)) * grid_h * grid_w
+            rows, cols = grid.shape[1:]
+            scale = math.sqrt(rows * cols / limit)
+            if scale > 1.1:
+                grid = F.interpolate(grid[None], size=(int(rows / scale), int(cols / scale)), mode="bilinear")[0]
+        rows = grid.shape[1]
+        grid = torch.cat([grid, newline[:, None, None].expand(hidden, rows, 1).to(grid.dtype)], dim=-1)
+        return torch.cat([base, grid.flatten(1).transpose(0, 1)])
+
+    # -- splice into the text ----------------------------------------------------------
+
+    def prepare_inputs_labels_for_multimodal(
+        self,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor | None,
+        attention_mask: torch.Tensor | None,
+        past_key_values,
+        labels: torch.Tensor | None,
+        images,
+        modalities=None,
+        image_sizes=None,
+        patch_positions=None,
+    ):
+        """Replace every ``<image>`` placeholder (``IMAGE_TOKEN_INDEX``) by its visual tokens.
+
+        Returns ``(None, position_ids, attention_mask, past_key_values, inputs_embeds, labels)``
+        with visual positions labelled ``IGNORE_INDEX``, the batch re-padded on
+        ``config.tokenizer_padding_side`` (default right) and every sample truncated to
+        ``config.tokenizer_model_max_length``.
+        """
+        if self.get_vision_tower() is None or images is None or input_ids.shape[1] == 1:
+            return input_ids, position_ids, attention_mask, past_key_values, None, labels
+
+        visual = self.encode_visual_inputs(images, modalities, image_sizes, patch_positions)
+        embed_tokens = self.get_model().embed_tokens
+        keep = attention_mask.bool() if attention_mask is not None else torch.ones_like(input_ids, dtype=torch.bool)
+        given_labels = labels
+        if labels is None:
+            labels = torch.full_like(input_ids, IGNORE_INDEX)
+
+        sequences, sequence_labels = [], []
+        next_visual = 0
+        for i in range(input_ids.shape[0]):
+            ids, lab = input_ids[i][keep[i]], labels[i][keep[i]]
+            slots = torch.nonzero(ids == IMAGE_TOKEN_INDEX).flatten().tolist()
+            if next_visual + len(slots) > len(visual):
+                raise ValueError(
+                    f"sample {i} has {len(slots)} <image> placeholders but only {len(visual) - next_visual} of the "
+                    f"batch's {len(visual)} visual inputs are left"
+                )
+            text = embed_tokens(ids.clamp(min=0))
+            chunks, chunk_labels, start = [], [], 0
+            for slot in slots:
+                feats = visual[next_visual].to(text.dtype)
+                next_visual += 1
+                chunks += [text[start:slot], feats]
+                chunk_labels += [lab[start:slot], lab.new_full((feats.shape[0],), IGNORE_INDEX)]
+                start = slot + 1
+            chunks.append(text[start:])
+            chunk_labels.append(lab[start:])
+            sequences.append(torch.cat(chunks))
+            sequence_labels.append(torch.cat(chunk_labels))
+        if next_visual != len(visual):
+            counts = [(input_ids[i][keep[i]] == IMAGE_TOKEN_INDEX).sum().item() for i in range(input_ids.shape[0])]
+            raise ValueError(
+                f"the batch has {len(visual)} visual inputs but {next_visual} <image> placeholders "
+                f"(per sample: {counts})"
+            )
+
+        max_length = getattr(self.config, "tokenizer_model_max_length", None)
+        if max_length is not None:
+            sequences = [s[:max_length] for s in sequences]
+            sequence_labels = [s[:max_length] for s in sequence_labels]
+        return (None,) + self._pad_batch(sequences, sequence_labels, position_ids, attention_mask, past_key_values,
+                                         given_labels is not None)
+
+    def _pad_batch(self, sequences, sequence_labels, position_ids, attention_mask, past_key_values, with_labels):
+        lengths = [s.shape[0] for s in sequences]
+        longest, batch = max(lengths), len(sequences)
+        hidden = sequences[0].shape[-1]
+        first = sequences[0]
+        embeds = first.new_zeros(batch, longest, hidden)
+        labels = torch.full((batch, longest), IGNORE_INDEX, dtype=torch.long, device=first.device)
+        mask = torch.zeros(batch, longest, dtype=torch.bool, device=first.device)
+        positions = torch.zeros(batch, longest, dtype=torch.long, device=first.device)
+        left = getattr(self.config, "tokenizer_padding_side", "right") == "left"
+        for i, (seq, lab) in enumerate(zip(sequences, sequence_labels)):
+            n = seq.shape[0]
+            span = slice(longest - n, longest) if left else slice(0, n)
+            embeds[i, span], labels[i, span], mask[i, span] = seq, lab, True
+            positions[i, span] = torch.arange(n, device=first.device)
+        ragged = len(set(lengths)) > 1
+        return (
+            positions if (position_ids is not None or (left and ragged)) else None,
+            mask if (attention_mask is not None or ragged) else None,
+            past_key_values,
+            embeds,
+            labels if with_labels else None,
+        )

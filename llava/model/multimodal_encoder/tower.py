@@ -1,0 +1,137 @@
+"""The OV-Encoder as a LLaVA vision tower.
+
+Turns the visual inputs of a whole batch (images, image tiles, uniformly sampled video
+frames, codec mosaics with their ``positions_thw``) into *one* packed encoder pass and
+returns, for each input, the features of ``mm_vision_select_layer`` with the ``(t, h, w)``
+grid coordinates of every token (the projector and the video pooling need them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from .configuration_onevision_encoder import OneVisionEncoderConfig
+from .image_processing_onevision_encoder import OneVisionEncoderImageProcessor
+from .modeling_onevision_encoder import OneVisionEncoderModel
+
+
+@dataclass
+class VisualPiece:
+    """One encoder sample: pixels ``[C, H, W]`` / ``[C, T, H, W]`` and optional positions."""
+
+    pixels: torch.Tensor
+    visible_indices: torch.Tensor | None = None
+    patch_positions: torch.Tensor | None = None
+
+
+def grid_positions(frames: int, grid_h: int, grid_w: int, device=None) -> torch.Tensor:
+    """``(t, h, w)`` of every token of a dense ``frames x grid_h x grid_w`` grid, raster order."""
+    t, h, w = torch.meshgrid(
+        torch.arange(frames, device=device), torch.arange(grid_h, device=device),
+        torch.arange(grid_w, device=device), indexing="ij",
+    )
+    return torch.stack((t, h, w), dim=-1).reshape(-1, 3)
+
+
+class OVEncoderVisionTower(nn.Module):
+    """LLaVA vision tower around :class:`OneVisionEncoderModel`.
+
+    ``delay_load=True`` builds the encoder from its config only (the LLaVA checkpoint
+    carries the tower weights under ``model.vision_tower.vision_tower.*``); otherwise the
+    weights are loaded from ``vision_tower_name`` (a directory or hub id).
+    """
+
+    def __init__(
+        self,
+        vision_tower_name: str,
+        select_layer: int = -2,
+        select_feature: str = "patch",
+        vision_config: dict | None = None,
+        delay_load: bool = False,
+        attn_implementation: str | None = None,
+    ):
+        super().__init__()
+        if select_feature not in ("patch", "cls_patch"):
+            raise ValueError(f"mm_vision_select_feature must be 'patch' or 'cls_patch', got {select_feature!r}")
+        self.vision_tower_name = vision_tower_name
+        self.select_layer = select_layer
+        self.select_feature = select_feature
+        self.attn_implementation = attn_implementation
+        if delay_load:
+            if vision_config is None:
+                vision_config = OneVisionEncoderConfig.from_pretrained(vision_tower_name).to_dict()
+            config = OneVisionEncoderConfig(**{k: v for k, v in vision_config.items() if k != "model_type"})
+            if attn_implementation is not None:
+                config._attn_implementation = attn_implementation
+            self.vision_tower = OneVisionEncoderModel(config)
+        else:
+            kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
+            self.vision_tower = OneVisionEncoderModel.from_pretrained(vision_tower_name, **kwargs)
+        self.vision_tower.requires_grad_(False)
+        self.image_processor = self._make_processor(None if delay_load else vision_tower_name)
+
+    def _make_processor(self, name: str | None) -> OneVisionEncoderImageProcessor:
+        """The encoder directory's processor, else native resolution up to the pre-training area."""
+        if name is not None:
+            try:
+                return OneVisionEncoderImageProcessor.from_pretrained(name)
+            except (OSError, ValueError):
+                pass
+        config = self.config
+        return OneVisionEncoderImageProcessor(patch_size=config.patch_size, max_pixels=config.image_size**2)
+
+    @property
+    def config(self) -> OneVisionEncoderConfig:
+        return self.vision_tower.config
+
+    @property
+    def hidden_size(self) -> int:
+        return self.config.hidden_size
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.vision_tower.embeddings.patch_embedding.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.vision_tower.embeddings.patch_embedding.weight.device
+
+    def token_positions(self, piece: VisualPiece) -> torch.Tensor:
+        """``(t, h, w)`` of the tokens the encoder returns for ``piece`` (frame index for t)."""
+        pixels = piece.pixels if piece.pixels.ndim == 4 else piece.pixels.unsqueeze(1)
+        frames, grid_h, grid_w = pixels.shape[1], pixels.shape[2] // self.config.patch_size, pixels.shape[3] // self.config.patch_size
+        if piece.patch_positions is not None:
+            return piece.patch_positions.to(torch.long)
+        grid = grid_positions(frames, grid_h, grid_w, device=pixels.device)
+        if piece.visible_indices is not None and piece.visible_indices.numel() != grid.shape[0]:
+            return grid[piece.visible_indices.to(grid.device)]
+        return grid
+
+    def forward(self, pieces: list[VisualPiece]) -> list[torch.Tensor]:
+        """Encode all pieces in one packed pass; returns per-piece ``[K_i, D]`` features."""
+        output = self.vision_tower(
+            [p.pixels.to(device=self.device, dtype=self.dtype) for p in pieces],
+            visible_indices=[p.visible_indices for p in pieces],
+            patch_positions=[p.patch_positions for p in pieces],
+            output_hidden_states=True,
+        )
+        selected = output.hidden_states[self.select_layer]
+        return output.split(selected)
+
+
+def build_vision_tower(config, delay_load: bool = False, **kwargs) -> OVEncoderVisionTower:
+    """Build the tower named by ``config.mm_vision_tower`` (LLaVA config keys)."""
+    name = getattr(config, "mm_vision_tower", None) or getattr(config, "vision_tower", None)
+    if name is None:
+        raise ValueError("config has no mm_vision_tower")
+    return OVEncoderVisionTower(
+        name,
+        select_layer=getattr(config, "mm_vision_select_layer", -2),
+        select_feature=getattr(config, "mm_vision_select_feature", "patch"),
+        vision_config=getattr(config, "vision_config", None),
+        delay_load=delay_load,
+        attn_implementation=kwargs.get("attn_implementation", getattr(config, "vision_attn_implementation", None)),
+    )

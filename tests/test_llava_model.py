@@ -1,0 +1,361 @@
+"""The LLaVA-OV model: splicing, losses, batching, checkpoints (full / LoRA / projector-only), generate."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import Qwen2Config, Qwen2ForCausalLM
+
+from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from llava.conversation import get_conv_template
+from llava.model.builder import load_pretrained_model
+from llava.model.tiny import TINY_ENCODER, build_tiny_model, save_tiny_checkpoint
+from llava.preprocess import tokenize_conversation
+
+PATCH = TINY_ENCODER["patch_size"]
+
+
+def codec_positions(mosaics: int, grid: int, seed: int) -> torch.Tensor:
+    """Sorted positions_thw rows for ``mosaics`` full mosaics of ``grid x grid`` patches."""
+    generator = torch.Generator().manual_seed(seed)
+    count = mosaics * grid * grid
+    t = torch.randint(0, 64, (count,), generator=generator).sort().values
+    h = torch.arange(count) // grid % grid
+    w = torch.arange(count) % grid
+    return torch.stack([t, h, w], dim=-1)
+
+
+def visual(kind: str, seed: int = 0):
+    """(entry, modality, positions, expected token count) for one visual input."""
+    generator = torch.Generator().manual_seed(seed)
+    if kind == "image":
+        return torch.randn(3, 2 * PATCH, 3 * PATCH, generator=generator), "image", None, 6
+    if kind == "video":
+        return torch.randn(4, 3, PATCH, 2 * PATCH, generator=generator), "video", None, 8
+    if kind == "codec":
+        positions = codec_positions(2, 2, seed)
+        return torch.randn(2, 3, 2 * PATCH, 2 * PATCH, generator=generator), "codec", positions, 8
+    raise ValueError(kind)
+
+
+def prompt_ids(tokenizer, text: str) -> torch.Tensor:
+    from llava.mm_utils import tokenizer_image_token
+
+    return torch.tensor(tokenizer_image_token(text, tokenizer), dtype=torch.long)
+
+
+@pytest.fixture(scope="module", params=["qwen2", "qwen3"])
+def tiny(request):
+    tokenizer, model, processor = build_tiny_model(request.param, seed=1)
+    return tokenizer, model
+
+
+def run(model, ids_list, kinds_per_sample, labels_list=None, pad_id=0):
+    """Right-pad a batch of id tensors and run the model with the visual inputs of each sample."""
+    longest = max(len(ids) for ids in ids_list)
+    batch = torch.full((len(ids_list), longest), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(batch)
+    labels = torch.full_like(batch, IGNORE_INDEX)
+    for i, ids in enumerate(ids_list):
+        batch[i, : len(ids)], mask[i, : len(ids)] = ids, 1
+        labels[i, : len(ids)] = labels_list[i] if labels_list is not None else ids.clamp(min=0)
+    images, modalities, positions = [], [], []
+    for kinds in kinds_per_sample:
+        for kind, seed in kinds:
+            entry, modality, pos, _ = visual(kind, seed)
+            images.append(entry)
+            modalities.append(modality)
+            positions.append(pos)
+    return model(
+        input_ids=batch, attention_mask=mask, labels=labels, images=images or None, modalities=modalities,
+        patch_positions=positions,
+    )
+
+
+# --- losses ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text, kinds",
+    [
+        ("a caption without pictures", []),
+        ("<image>\nwhat is this?", [("image", 0)]),
+        ("<image> and <image>: compare", [("image", 0), ("image", 1)]),
+        ("<image>\nwhat happens in the video?", [("video", 0)]),
+        ("<image>\nwhere does it move?", [("codec", 0)]),
+    ],
+)
+def test_loss_on_every_sample_kind(tiny, text, kinds):
+    tokenizer, model = tiny
+    out = run(model, [prompt_ids(tokenizer, text)], [kinds])
+    assert torch.isfinite(out.loss)
+    model.zero_grad()
+    out.loss.backward()
+    grads = [p.grad for p in model.get_model().mm_projector.parameters()]
+    if kinds:
+        assert all(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+def test_loss_on_a_mixed_batch(tiny):
+    tokenizer, model = tiny
+    texts = ["just text", "<image>\nimage", "<image>\nvideo", "<image>\ncodec", "<image><image> two"]
+    kinds = [[], [("image", 0)], [("video", 1)], [("codec", 2)], [("image", 3), ("codec", 4)]]
+    out = run(model, [prompt_ids(tokenizer, t) for t in texts], kinds)
+    assert torch.isfinite(out.loss) and out.logits.shape[0] == 5
+
+
+# --- labels -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("template", ["qwen_1_5", "qwen3"])
+def test_labels_cover_exactly_the_replies(tiny, template):
+    tokenizer, _ = tiny
+    conversations = [
+        {"from": "human", "value": "<image>\nWhat is shown?"},
+        {"from": "gpt", "value": "A red ball."},
+        {"from": "human", "value": "Where is it going?"},
+        {"from": "gpt", "value": "To the left."},
+    ]
+    input_ids, labels = tokenize_conversation(conversations, tokenizer, template)
+    assert input_ids.shape == labels.shape
+    assert (input_ids == IMAGE_TOKEN_INDEX).sum() == 1
+    assert labels[input_ids == IMAGE_TOKEN_INDEX].eq(IGNORE_INDEX).all()
+
+    # The ids render exactly the template's prompt.
+    conv = get_conv_template(template)
+    for turn in conversations:
+        conv.append_message(conv.roles[0] if turn["from"] == "human" else conv.roles[1], turn["value"])
+    rendered = tokenizer.decode(input_ids.clamp(min=0).masked_fill(input_ids < 0, tokenizer.pad_token_id))
+    expected = conv.get_prompt().replace("<image>", tokenizer.pad_token)
+    assert rendered == expected
+
+    # Supervised spans are the replies, each closed by <|im_end|>; nothing else.
+    supervised = labels != IGNORE_INDEX
+    spans, current = [], []
+    for token, keep in zip(input_ids.tolist(), supervised.tolist()):
+        if keep:
+            current.append(token)
+        elif current:
+            spans.append(tokenizer.decode(current))
+            current = []
+    replies = [s.split("</think>\n\n")[-1] for s in spans]
+    assert replies == ["A red ball.<|im_end|>", "To the left.<|im_end|>"]
+    system = conv.system
+    if system:
+        assert system not in "".join(spans)
+
+
+def test_plain_template_supervises_the_caption(tiny):
+    tokenizer, _ = tiny
+    ids, labels = tokenize_conversation(
+        [{"from": "human", "value": "<image>"}, {"from": "gpt", "value": "a cat on a mat"}], tokenizer, "plain"
+    )
+    assert ids[0] == IMAGE_TOKEN_INDEX and labels[0] == IGNORE_INDEX
+    assert tokenizer.decode(labels[labels != IGNORE_INDEX]) == "a cat on a mat\n"
+
+
+def test_bad_conversation_is_named(tiny):
+    tokenizer, _ = tiny
+    with pytest.raises(ValueError, match="record-7: turn 0"):
+        tokenize_conversation([{"from": "robot", "value": "hi"}], tokenizer, where="record-7")
+
+
+# --- splicing -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["image", "video", "codec"])
+def test_spliced_token_count_equals_encoder_output(tiny, kind):
+    tokenizer, model = tiny
+    ids = prompt_ids(tokenizer, "look <image> here")
+    entry, modality, positions, expected = visual(kind)
+    _, _, _, _, embeds, labels = model.prepare_inputs_labels_for_multimodal(
+        ids[None], None, None, None, ids[None].clamp(min=0), [entry], [modality], None, [positions]
+    )
+    assert embeds.shape[1] == len(ids) - 1 + expected
+    assert (labels == IGNORE_INDEX).sum() == expected
+    features = model.encode_visual_inputs([entry], [modality], None, [positions])[0]
+    slot = int((ids == IMAGE_TOKEN_INDEX).nonzero())
+    torch.testing.assert_close(embeds[0, slot : slot + expected], features)
+
+
+def test_spatial_merge_projector_and_video_pooling_shrink_tokens():
+    tokenizer, model, _ = build_tiny_model(
+        "qwen2", mm_projector_type="spatial_merge", mm_spatial_pool_stride=None
+    )
+    entry, modality, positions, _ = visual("image")  # 2 x 3 patches -> 1 x 2 merged groups
+    assert model.encode_visual_inputs([entry], [modality])[0].shape[0] == 2
+    entry, modality, positions, _ = visual("codec")  # 2 mosaics of 2 x 2 -> one group per (t, 0, 0)
+    merged = model.encode_visual_inputs([entry], [modality], None, [positions])[0]
+    assert merged.shape[0] == positions[:, 0].unique().numel()
+
+    _, pooled_model, _ = build_tiny_model("qwen2", mm_spatial_pool_stride=2, mm_spatial_pool_mode="average")
+    video = torch.randn(3, 3, 2 * PATCH, 4 * PATCH)  # 3 frames of 2 x 4 patches -> 1 x 2 after pooling
+    assert pooled_model.encode_visual_inputs([video], ["video"])[0].shape[0] == 3 * 2
+
+
+def test_anyres_spatial_unpad_adds_row_newlines():
+    _, model, _ = build_tiny_model(
+        "qwen2", image_aspect_ratio="anyres", mm_patch_merge_type="spatial_unpad",
+        image_grid_pinpoints=[[32, 64], [64, 32]],
+    )
+    tiles = torch.randn(3, 3, 32, 32)  # base + 2 tiles of 2 x 2 patches, image 64 wide x 32 high
+    features = model.encode_visual_inputs([tiles], ["image"], image_sizes=[(64, 32)])[0]
+    # base 4 tokens + a 2 x 4 grid (no padding to remove) + one newline per row
+    assert features.shape[0] == 4 + 2 * 4 + 2
+    newline = model.get_model().image_newline
+    torch.testing.assert_close(features[4 + 4], newline)
+
+
+def test_batched_equals_each_sample_alone(tiny):
+    tokenizer, model = tiny
+    texts = ["only words here, a longer one", "<image>\nimage", "<image>\ncodec one", "<image> video", "<image>\nc2"]
+    kinds = [[], [("image", 0)], [("codec", 1)], [("video", 2)], [("codec", 3)]]
+    ids = [prompt_ids(tokenizer, t) for t in texts]
+    with torch.no_grad():
+        batched = run(model, ids, kinds, pad_id=tokenizer.pad_token_id)
+        for i in range(len(texts)):
+            alone = run(model, [ids[i]], [kinds[i]])
+            n = alone.logits.shape[1]
+            torch.testing.assert_close(batched.logits[i, :n], alone.logits[0], atol=1e-4, rtol=1e-4)
+
+
+def test_truncation_to_tokenizer_model_max_length(tiny):
+    tokenizer, model = tiny
+    ids = prompt_ids(tokenizer, "<image>\n" + "word " * 20)
+    model.config.tokenizer_model_max_length = 10
+    try:
+        out = run(model, [ids], [[("image", 0)]])
+    finally:
+        model.config.tokenizer_model_max_length = 2048
+    assert out.logits.shape[1] == 10
+
+
+@pytest.mark.parametrize(
+    "texts, kinds, message",
+    [
+        (["<image> one", "<image> two"], [[("image", 0)], []], "sample 1 has 1 <image> placeholders"),
+        (["no placeholder"], [[("image", 0)]], r"1 visual inputs but 0 <image> placeholders \(per sample: \[0\]\)"),
+    ],
+)
+def test_placeholder_count_mismatch_names_the_sample(tiny, texts, kinds, message):
+    tokenizer, model = tiny
+    with pytest.raises(ValueError, match=message):
+        run(model, [prompt_ids(tokenizer, t) for t in texts], kinds)
+
+
+def test_codec_positions_must_match_mosaics(tiny):
+    tokenizer, model = tiny
+    entry, _, positions, _ = visual("codec")
+    with pytest.raises(ValueError, match=r"positions_thw must be \[8, 3\]"):
+        model.encode_visual_inputs([entry], ["codec"], None, [positions[:5]])
+    with pytest.raises(ValueError, match="needs its positions_thw"):
+        model.encode_visual_inputs([entry], ["codec"], None, [None])
+
+
+# --- checkpoints ------------------------------------------------------------------------
+
+
+def logits_for(model, tokenizer):
+    ids = prompt_ids(tokenizer, "<image>\ndescribe <image>")
+    entry_a, mod_a, _, _ = visual("image", 5)
+    entry_b, mod_b, pos_b, _ = visual("codec", 6)
+    with torch.no_grad():
+        return model(input_ids=ids[None], images=[entry_a, entry_b], modalities=[mod_a, mod_b],
+                     patch_positions=[None, pos_b]).logits
+
+
+@pytest.mark.parametrize("llm", ["qwen2", "qwen3"])
+def test_full_checkpoint_round_trip(tmp_path, llm):
+    path = save_tiny_checkpoint(tmp_path / "ckpt", llm=llm, seed=3)
+    tokenizer, model, processor, context_len = load_pretrained_model(str(path), None, "tiny", torch_dtype=torch.float32)
+    _, reference, _ = build_tiny_model(llm, seed=3)
+    torch.testing.assert_close(logits_for(model, tokenizer), logits_for(reference, tokenizer), rtol=0, atol=0)
+    assert context_len == 2048 and processor.patch_size == PATCH
+    assert json.loads((path / "config.json").read_text())["model_type"] == ("llava_qwen" if llm == "qwen2" else "llava_qwen3")
+
+
+def test_lora_checkpoint_round_trip(tmp_path):
+    from peft import LoraConfig, get_peft_model
+    from safetensors.torch import save_file
+
+    base_dir = save_tiny_checkpoint(tmp_path / "base", seed=4)
+    tokenizer, model, _, _ = load_pretrained_model(str(base_dir), torch_dtype=torch.float32)
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                                  exclude_modules=r".*vision_tower.*"))
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_" in name:
+                param.normal_(0, 0.05)
+        projector = peft_model.base_model.model.get_model().mm_projector
+        for param in projector.parameters():
+            param.add_(0.01)
+    lora_dir = tmp_path / "lora"
+    peft_model.save_pretrained(lora_dir)
+    peft_model.base_model.model.config.save_pretrained(lora_dir)
+    non_lora = {f"model.mm_projector.{k}": v.clone() for k, v in projector.state_dict().items()}
+    save_file(non_lora, str(lora_dir / "non_lora_trainables.safetensors"))
+    tokenizer.save_pretrained(lora_dir)
+    expected = logits_for(peft_model, tokenizer)
+
+    for merge in (False, True):
+        _, loaded, _, _ = load_pretrained_model(str(lora_dir), str(base_dir), torch_dtype=torch.float32,
+                                                merge_lora=merge)
+        torch.testing.assert_close(logits_for(loaded, tokenizer), expected, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="LoRA checkpoint: pass model_base"):
+        load_pretrained_model(str(lora_dir))
+
+
+def test_projector_only_checkpoint(tmp_path):
+    tokenizer, model, _ = build_tiny_model("qwen2", seed=5)
+    encoder_dir = tmp_path / "encoder"
+    model.get_vision_tower().vision_tower.save_pretrained(encoder_dir)
+    llm_config = Qwen2Config(**{k: v for k, v in model.config.to_dict().items()
+                                if k in Qwen2Config().to_dict() and k not in ("model_type", "architectures")})
+    llm = Qwen2ForCausalLM(llm_config)
+    llm.load_state_dict({k: v for k, v in model.state_dict().items()
+                         if not k.startswith(("model.vision_tower", "model.mm_projector"))}, strict=True)
+    llm_dir = tmp_path / "llm"
+    llm.save_pretrained(llm_dir)
+    tokenizer.save_pretrained(llm_dir)
+
+    projector_dir = tmp_path / "projector"
+    projector_dir.mkdir()
+    model.config.mm_vision_tower = str(encoder_dir)
+    model.config.save_pretrained(projector_dir)
+    state = {f"model.mm_projector.{k}": v for k, v in model.get_model().mm_projector.state_dict().items()}
+    torch.save(state, projector_dir / "mm_projector.bin")
+
+    _, loaded, _, _ = load_pretrained_model(str(projector_dir), str(llm_dir), torch_dtype=torch.float32)
+    torch.testing.assert_close(logits_for(loaded, tokenizer), logits_for(model, tokenizer), atol=1e-5, rtol=1e-5)
+
+
+def test_not_a_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="no config.json"):
+        load_pretrained_model(str(tmp_path))
+    with pytest.raises(ValueError, match="no such directory"):
+        load_pretrained_model(str(tmp_path / "missing"))
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    with pytest.raises(ValueError, match="'bert' checkpoint"):
+        load_pretrained_model(str(tmp_path))
+
+
+# --- generation ------------------------------------------------------------------------
+
+
+def test_generate_stops_at_im_end(tiny):
+    tokenizer, model = tiny
+    ids = prompt_ids(tokenizer, "<|im_start|>user\n<image>\nhi<|im_end|>\n<|im_start|>assistant\n")
+    entry, modality, _, _ = visual("image")
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    free = model.generate(ids[None], images=[entry], modalities=[modality], max_new_tokens=6, do_sample=False,
+                          eos_token_id=im_end, pad_token_id=tokenizer.pad_token_id)
+    assert free.shape[1] == 6 and im_end not in free[0].tolist()
+    first = int(free[0, 0])
+    stopped = model.generate(ids[None], images=[entry], modalities=[modality], max_new_tokens=6, do_sample=False,
+                             eos_token_id=im_end, pad_token_id=tokenizer.pad_token_id,
+                             sequence_bias={(first, im_end): 100.0})
+    assert stopped[0].tolist() == [first, im_end]
+    text_only = model.generate(ids[None][:, :3], max_new_tokens=3, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    assert text_only.shape == (1, 3)
