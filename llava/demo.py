@@ -1,13 +1,19 @@
-"""End-to-end CPU demo of what exists so far: the OV-Encoder on a real sample video.
+"""End-to-end CPU demo on a real sample video: codec reader -> OV-Encoder -> LLaVA-OV chat.
 
     python -m llava.demo [--video PATH] [--encoder CHECKPOINT_DIR] [--frames 8]
 
-Without ``--encoder`` a small randomly initialised OV-Encoder is written as a checkpoint
-directory and loaded back through ``AutoModel`` / ``AutoImageProcessor`` (the same
-``from_pretrained`` path a published checkpoint takes). The demo then encodes one frame at
-native resolution, the clip as dense frames on the 3D-RoPE grid, a sparse selection of
-patches, and all of them together as one packed variable-length batch, and checks that
-the packed result equals the per-sample results.
+1. The codec reader (``cv_reader.codec_patchify``) picks the patches of many frames that
+   carry motion and residual energy and packs them into mosaics + ``(t, h, w)`` positions.
+2. The OV-Encoder encodes one frame at native resolution, the clip as dense frames on the
+   3D-RoPE grid, and the codec patches, then all three as one packed variable-length
+   batch, and checks the packed result equals the per-sample results. Without
+   ``--encoder`` a small random-initialised encoder is written as a checkpoint directory
+   and loaded back through ``AutoModel`` / ``AutoImageProcessor`` (the path a published
+   checkpoint takes).
+3. A tiny random-initialised LLaVA-OV checkpoint (``llava.model.tiny``) is loaded with
+   ``load_pretrained_model`` and asked a question about the codec patches, as the chat CLI
+   does. No weights can be downloaded here, so its answer is noise: the demo shows the
+   plumbing, not the quality.
 """
 
 from __future__ import annotations
@@ -71,7 +77,21 @@ def timed(fn):
     return out, time.perf_counter() - start
 
 
-def run_demo(video: Path, checkpoint: str | None, frames: int, keep_fraction: float) -> None:
+def codec_inputs(video: Path, processor, frames: int, canvas: int, mosaics: int):
+    """Codec mosaics as pixels ``[N, C, S, S]`` and their positions ``[K, 3]``, with timing."""
+    from cv_reader import codec_patchify
+
+    start = time.perf_counter()
+    codec = codec_patchify(
+        str(video), sequence_length=frames, square_size=canvas, keep_frames_equiv=mosaics,
+        patch_size=processor.patch_size,
+    )
+    seconds = time.perf_counter() - start
+    pixels = processor(images=list(codec.mosaics), do_resize=False, return_tensors="pt")["pixel_values"]
+    return pixels, torch.as_tensor(codec.positions).long(), seconds
+
+
+def encoder_demo(video: Path, checkpoint: str | None, frames: int, codec_frames: int) -> None:
     with tempfile.TemporaryDirectory(prefix="llava-demo-") as workdir:
         model, processor = load_encoder(checkpoint, Path(workdir))
     config = model.config
@@ -81,41 +101,30 @@ def run_demo(video: Path, checkpoint: str | None, frames: int, keep_fraction: fl
     image = processor(images=clip[0], return_tensors="pt")["pixel_values"]
     video_pixels = processor(videos=clip, return_tensors="pt")["pixel_values_videos"]
     _, _, num_frames, height, width = video_pixels.shape
-    grid_h, grid_w = height // config.patch_size, width // config.patch_size
-    per_frame = grid_h * grid_w
-
-    # Dense frames spread over the temporal RoPE grid (K == N: positions only).
+    per_frame = (height // config.patch_size) * (width // config.patch_size)
+    # Dense frames spread over the temporal RoPE grid (K == N: the indices only place tokens).
     grid_t = config.rope_temporal_size or num_frames
     frame_slots = torch.linspace(0, grid_t - 1, num_frames).long()
     spread = (frame_slots[:, None] * per_frame + torch.arange(per_frame)).reshape(1, -1)
 
-    # A sparse selection: the patches that change most between consecutive frames.
-    # (The codec reader, Compressed_Video_Reader, makes this choice from motion vectors.)
-    change = (video_pixels[0, :, 1:] - video_pixels[0, :, :-1]).abs().mean(0)  # [T-1, H, W]
-    patch_change = change.reshape(num_frames - 1, grid_h, config.patch_size, grid_w, config.patch_size).mean((2, 4))
-    scores = torch.cat([torch.full((1, grid_h, grid_w), float("inf")), patch_change]).flatten()
-    keep = max(1, int(keep_fraction * scores.numel()))
-    sparse_local = scores.topk(keep).indices.sort().values  # indices into the T x Hp x Wp input
-    sparse_positions = torch.stack(
-        [frame_slots[sparse_local // per_frame], (sparse_local // grid_w) % grid_h, sparse_local % grid_w], dim=-1
-    )
+    canvas = config.patch_size * max(1, config.image_size // config.patch_size)  # pre-training frame size
+    mosaics, positions, codec_seconds = codec_inputs(video, processor, codec_frames, canvas, mosaics=4)
+    print(f"codec reader: {positions.shape[0]} patches from {codec_frames} frames in {codec_seconds:.2f} s "
+          f"-> {mosaics.shape[0]} mosaics of {canvas}x{canvas}")
+    codec_video = mosaics.transpose(0, 1)  # [C, N, S, S]
 
     rows = []
     image_out, seconds = timed(lambda: model(image))
     rows.append(("image, native resolution", image_out.last_hidden_state.shape[1], seconds))
     dense_out, seconds = timed(lambda: model(video_pixels, visible_indices=spread))
     rows.append((f"video, {num_frames} dense frames", dense_out.last_hidden_state.shape[1], seconds))
-    sparse_video = video_pixels[0]
-    sparse_out, seconds = timed(
-        lambda: model(video_pixels, patch_positions=sparse_positions[None], visible_indices=sparse_local[None])
-    )
-    rows.append((f"video, {keep} most-changing patches", sparse_out.last_hidden_state.shape[1], seconds))
-
+    codec_out, seconds = timed(lambda: model(codec_video[None], patch_positions=positions[None]))
+    rows.append((f"video, codec patches of {codec_frames} frames", codec_out.last_hidden_state.shape[1], seconds))
     packed_out, seconds = timed(
         lambda: model(
-            [image[0], sparse_video, sparse_video],
-            visible_indices=[None, spread[0], sparse_local],
-            patch_positions=[None, None, sparse_positions],
+            [image[0], video_pixels[0], codec_video],
+            visible_indices=[None, spread[0], None],
+            patch_positions=[None, None, positions],
         )
     )
     rows.append(("all three, one packed pass", packed_out.last_hidden_state.shape[0], seconds))
@@ -124,7 +133,7 @@ def run_demo(video: Path, checkpoint: str | None, frames: int, keep_fraction: fl
     for name, tokens, secs in rows:
         print(f"{name:40s} {tokens:7d} {secs:8.3f}")
 
-    alone = [image_out, dense_out, sparse_out]
+    alone = [image_out, dense_out, codec_out]
     worst = max(
         (got - want.last_hidden_state[0]).abs().max().item() for got, want in zip(packed_out.split(), alone)
     )
@@ -132,7 +141,30 @@ def run_demo(video: Path, checkpoint: str | None, frames: int, keep_fraction: fl
     print(f"feature width {config.hidden_size}; pooled output {tuple(packed_out.pooler_output.shape)}")
     if worst > 1e-3:
         raise SystemExit("error: packed and per-sample features disagree")
-    print("demo finished")
+
+
+def chat_demo(video: Path, codec_frames: int) -> None:
+    from .model.builder import load_pretrained_model
+    from .model.tiny import save_tiny_checkpoint
+    from .serve.cli import ChatSession, load_video
+
+    with tempfile.TemporaryDirectory(prefix="llava-demo-") as workdir:
+        path = save_tiny_checkpoint(Path(workdir) / "tiny-llava-ov")
+        tokenizer, model, processor, _ = load_pretrained_model(str(path), torch_dtype=torch.float32)
+    visual = load_video(str(video), "codec", processor, codec_frames=codec_frames, codec_canvas=64, codec_images=4)
+    session = ChatSession(tokenizer, model, visual, temperature=1.0, max_new_tokens=12)
+    question = "What happens in this video?"
+    torch.manual_seed(0)  # sampled, so the random model's answer is visible text rather than blanks
+    answer = session.ask(question)
+    tokens = visual.patch_positions[0].shape[0]
+    print(f"\nLLaVA-OV (tiny, random weights) with {tokens} codec patch tokens")
+    print(f"user: {question}\nassistant: {answer!r}")
+
+
+def run_demo(video: Path, checkpoint: str | None, frames: int, codec_frames: int) -> None:
+    encoder_demo(video, checkpoint, frames, codec_frames)
+    chat_demo(video, codec_frames)
+    print("\ndemo finished")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -140,16 +172,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--video", type=Path, default=None, help="video file (default: a public sample clip)")
     parser.add_argument("--encoder", default=None, help="OV-Encoder checkpoint directory (default: random demo)")
     parser.add_argument("--frames", type=int, default=8, help="frames sampled uniformly from the clip")
-    parser.add_argument("--keep", type=float, default=0.25, help="fraction of video patches kept in sparse mode")
+    parser.add_argument("--codec-frames", type=int, default=32, help="frames the codec reader samples")
     args = parser.parse_args(argv)
     if args.frames < 2:
         parser.error("--frames must be at least 2")
-    if not 0 < args.keep <= 1:
-        parser.error("--keep must be in (0, 1]")
+    if args.codec_frames < 2:
+        parser.error("--codec-frames must be at least 2")
     video = args.video or sample_video_path()
     if not video.is_file():
         parser.error(f"video not found: {video}")
-    run_demo(video, args.encoder, args.frames, args.keep)
+    run_demo(video, args.encoder, args.frames, args.codec_frames)
 
 
 if __name__ == "__main__":

@@ -8,10 +8,13 @@ from llava import demo
 
 
 def test_demo_runs_on_sample_video(capsys):
-    demo.main(["--frames", "3", "--keep", "0.1"])
+    demo.main(["--frames", "3", "--codec-frames", "8"])
     out = capsys.readouterr().out
     assert "video: bigbuckbunny.mp4, 3 frames" in out
+    assert "from 8 frames" in out and "4 mosaics of 224x224" in out
     assert "all three, one packed pass" in out
+    assert "packed vs per-sample max |difference|" in out
+    assert "user: What happens in this video?" in out and "assistant: " in out
     assert "demo finished" in out
 
 
@@ -19,7 +22,7 @@ def test_demo_loads_a_given_checkpoint(tmp_path, capsys):
     from encoder_utils import tiny_encoder
 
     tiny_encoder().save_pretrained(tmp_path)
-    demo.main(["--encoder", str(tmp_path), "--frames", "2"])
+    demo.main(["--encoder", str(tmp_path), "--frames", "2", "--codec-frames", "4"])
     assert "feature width 64" in capsys.readouterr().out
 
 

@@ -61,17 +61,21 @@ def load_images(paths: list[str], processor, config) -> VisualInputs:
     return inputs
 
 
-def load_video(path: str, mode: str, processor, args) -> VisualInputs:
+def load_video(
+    path: str, mode: str, processor, frames: int = 16, codec_frames: int = 64, codec_canvas: int = 576,
+    codec_images: int = 8,
+) -> VisualInputs:
+    """``frames``: uniformly sampled frames; ``codec``: codec mosaics + positions (cv_reader)."""
     inputs = VisualInputs()
     try:
         if mode == "frames":
-            clip = load_video_frames(path, frames_upbound=args.frames)
+            clip = load_video_frames(path, frames_upbound=frames)
             pixels = processor(videos=[list(clip.frames)], return_tensors="pt")["pixel_values_videos"]
             inputs.add(pixels[0].transpose(0, 1), "video", tuple(clip.frames.shape[2:0:-1]))
         else:
             codec = load_codec_inputs(
-                video_path=path, sequence_length=args.codec_frames, square_size=args.codec_canvas,
-                keep_frames_equiv=args.codec_images,
+                video_path=path, sequence_length=codec_frames, square_size=codec_canvas,
+                keep_frames_equiv=codec_images,
                 patch_size=processor.patch_size,
             )
             mosaics = processor(images=list(codec.mosaics), do_resize=False, return_tensors="pt")["pixel_values"]
@@ -99,6 +103,48 @@ def read_question(interactive: bool) -> str | None:
             return line
 
 
+class ChatSession:
+    """A multi-turn conversation with a loaded model about fixed visual inputs."""
+
+    def __init__(self, tokenizer, model, visual: VisualInputs, conv_mode: str | None = None,
+                 temperature: float = 0.2, max_new_tokens: int = 512):
+        self.tokenizer, self.model, self.visual = tokenizer, model, visual
+        self.conv = get_conv_template(conv_mode or default_conv_mode(model.config))
+        self.temperature, self.max_new_tokens = temperature, max_new_tokens
+        self.turns = 0
+
+    def ask(self, question: str, streamer=None) -> str:
+        """Answer ``question`` (the media go with the first one); ``streamer`` gets the tokens live."""
+        if self.turns == 0 and self.visual.images:
+            question = "\n".join([DEFAULT_IMAGE_TOKEN] * len(self.visual.images)) + "\n" + question
+        self.conv.append_message(self.conv.roles[0], question)
+        self.conv.append_message(self.conv.roles[1], None)
+        device = self.model.device
+        input_ids = torch.tensor([tokenizer_image_token(self.conv.get_prompt(), self.tokenizer)], device=device)
+        stop = self.conv.stop_str or self.tokenizer.eos_token
+        kwargs = dict(
+            max_new_tokens=self.max_new_tokens,
+            do_sample=self.temperature > 0,
+            streamer=streamer,
+            eos_token_id=self.tokenizer.convert_tokens_to_ids(stop),
+            pad_token_id=self.tokenizer.pad_token_id,
+            stopping_criteria=[KeywordsStoppingCriteria([stop], self.tokenizer, None)],
+        )
+        if self.temperature > 0:
+            kwargs["temperature"] = self.temperature
+        if self.visual.images:  # every turn re-sends the history, placeholders included
+            kwargs.update(
+                images=[t.to(device) for t in self.visual.images], modalities=self.visual.modalities,
+                image_sizes=self.visual.image_sizes, patch_positions=self.visual.patch_positions,
+            )
+        with torch.inference_mode():
+            output = self.model.generate(input_ids, **kwargs)
+        answer = self.tokenizer.decode(output[0], skip_special_tokens=True).strip()
+        self.conv.messages[-1][-1] = answer
+        self.turns += 1
+        return answer
+
+
 def chat(args: argparse.Namespace) -> int:
     tokenizer, model, processor, _ = load_pretrained_model(
         args.model_path, args.model_base, torch_dtype=torch.float32 if args.device == "cpu" else "auto"
@@ -107,42 +153,16 @@ def chat(args: argparse.Namespace) -> int:
     if args.image:
         visual = load_images(args.image, processor, model.config)
     elif args.video:
-        visual = load_video(args.video, args.video_mode, processor, args)
+        visual = load_video(
+            args.video, args.video_mode, processor, args.frames, args.codec_frames, args.codec_canvas, args.codec_images
+        )
     else:
         visual = VisualInputs()
-
-    conv = get_conv_template(args.conv_mode or default_conv_mode(model.config))
+    session = ChatSession(tokenizer, model, visual, args.conv_mode, args.temperature, args.max_new_tokens)
     interactive = sys.stdin.isatty()
-    first = True
     while (question := read_question(interactive)) is not None:
-        if first and visual.images:
-            question = "\n".join([DEFAULT_IMAGE_TOKEN] * len(visual.images)) + "\n" + question
-        conv.append_message(conv.roles[0], question)
-        conv.append_message(conv.roles[1], None)
-        input_ids = torch.tensor([tokenizer_image_token(conv.get_prompt(), tokenizer)], device=args.device)
-        stop = conv.stop_str or tokenizer.eos_token
-        streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
         print("assistant: ", end="", flush=True)
-        kwargs = dict(
-            max_new_tokens=args.max_new_tokens,
-            do_sample=args.temperature > 0,
-            streamer=streamer,
-            eos_token_id=tokenizer.convert_tokens_to_ids(stop),
-            pad_token_id=tokenizer.pad_token_id,
-            stopping_criteria=[KeywordsStoppingCriteria([stop], tokenizer, None)],
-        )
-        if args.temperature > 0:
-            kwargs["temperature"] = args.temperature
-        if visual.images:  # every turn re-sends the history, placeholders included
-            kwargs.update(
-                images=[t.to(args.device) for t in visual.images], modalities=visual.modalities,
-                image_sizes=visual.image_sizes, patch_positions=visual.patch_positions,
-            )
-        with torch.inference_mode():
-            output = model.generate(input_ids, **kwargs)
-        answer = tokenizer.decode(output[0], skip_special_tokens=True).strip()
-        conv.messages[-1][-1] = answer
-        first = False
+        session.ask(question, streamer=TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True))
     return 0
 
 
