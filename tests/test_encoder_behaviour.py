@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.machinery
 import importlib.util
+import sys
 
 import pytest
 import torch
@@ -125,6 +127,56 @@ def test_flash_attention_2_agrees_with_sdpa_on_gpu():  # pragma: no cover - GPU 
     with torch.no_grad():
         a, b = flash(inputs), sdpa(inputs)
     torch.testing.assert_close(a.last_hidden_state, b.last_hidden_state, atol=3e-2, rtol=3e-2)
+
+
+def _install_flash_attn_double(monkeypatch, calls):
+    """A stand-in for the flash_attn package (absent on CPU machines) with its documented API:
+    ``flash_attn_func(q, k, v)`` on ``[B, L, H, hd]`` and ``flash_attn_varlen_func`` on packed
+    ``[total, H, hd]`` with ``cu_seqlens``. It checks the encoder's calling contract; the
+    kernels themselves are exercised on GPU by the test above."""
+    import types
+
+    def attend(q, k, v, scale):
+        scores = torch.einsum("qhd,khd->hqk", q.float(), k.float()) * scale
+        return torch.einsum("hqk,khd->qhd", scores.softmax(-1), v.float()).to(q.dtype)
+
+    def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False):
+        calls.append(("dense", q.dtype, q.shape))
+        assert not causal and q.ndim == 4
+        return torch.stack([attend(qb, kb, vb, softmax_scale) for qb, kb, vb in zip(q, k, v)])
+
+    def flash_attn_varlen_func(q, k, v, cu_q, cu_k, max_q, max_k, dropout_p=0.0, softmax_scale=None, causal=False):
+        calls.append(("varlen", q.dtype, cu_q.tolist(), max_q))
+        assert not causal and q.ndim == 3 and cu_q.dtype == torch.int32 and torch.equal(cu_q, cu_k)
+        bounds = cu_q.tolist()
+        return torch.cat([attend(q[a:b], k[a:b], v[a:b], softmax_scale) for a, b in zip(bounds, bounds[1:])])
+
+    module = types.ModuleType("flash_attn")
+    module.__spec__ = importlib.machinery.ModuleSpec("flash_attn", None)
+    module.flash_attn_func, module.flash_attn_varlen_func = flash_attn_func, flash_attn_varlen_func
+    monkeypatch.setitem(sys.modules, "flash_attn", module)
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_flash_attention_2_calling_contract(monkeypatch, packed):
+    calls = []
+    _install_flash_attn_double(monkeypatch, calls)
+    sdpa = tiny_encoder("sdpa", seed=6).to(torch.bfloat16)
+    flash = tiny_encoder("sdpa", seed=6).to(torch.bfloat16)
+    flash.config._attn_implementation = "flash_attention_2"  # transformers refuses it at init on CPU
+    if packed:
+        inputs = [torch.randn(3, 4, 8, 12), torch.randn(3, 16, 8)]
+    else:
+        inputs = torch.randn(2, 3, 8, 8, 12)
+    with torch.no_grad():
+        a, b = flash(inputs), sdpa(inputs)
+    torch.testing.assert_close(a.last_hidden_state.float(), b.last_hidden_state.float(), atol=0.05, rtol=0.05)
+    assert len(calls) == 2 and all(call[1] == torch.bfloat16 for call in calls)
+    assert calls[0][0] == ("varlen" if packed else "dense")
+    if packed:
+        assert calls[0][2:] == ([0, 24, 32], 24)
+    with pytest.raises(ValueError, match="float16 or bfloat16"):
+        flash.float()(torch.randn(1, 3, 8, 8))
 
 
 def test_bfloat16_stays_bfloat16(make_encoder):
