@@ -45,7 +45,6 @@ def vit_large(layers: int):
 
 def reference_order_forward(model, video, indices):
     """Embed every patch of every frame, normalise, then keep ``indices`` (the reference's order)."""
-    import torch
 
     from llava.model.multimodal_encoder.modeling_onevision_encoder import _grid_coordinates, gather_patches
 

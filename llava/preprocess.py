@@ -10,12 +10,19 @@ text is exactly ``Conversation.get_prompt()`` for the same turns; ``<image>`` be
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
 from .constants import IGNORE_INDEX
-from .conversation import THINK_END, THINK_START, Conversation, SeparatorStyle, get_conv_template, split_thought
+from .conversation import (
+    THINK_END,
+    THINK_START,
+    Conversation,
+    SeparatorStyle,
+    get_conv_template,
+    split_thought,
+)
 from .mm_utils import tokenizer_image_token
 
 ROLE_ALIASES = {"human": 0, "user": 0, "gpt": 1, "assistant": 1}

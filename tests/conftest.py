@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from encoder_utils import tiny_encoder
 
 

@@ -8,10 +8,9 @@ import sys
 
 import pytest
 import torch
+from encoder_utils import tiny_encoder
 
 from llava.model.multimodal_encoder import modeling_onevision_encoder as modeling
-
-from encoder_utils import tiny_encoder
 
 ATOL = 1e-5
 
@@ -283,9 +282,11 @@ def test_gradient_checkpointing_gives_the_same_gradients(make_encoder):
     def grads(checkpointing: bool) -> dict[str, torch.Tensor]:
         model = make_encoder(seed=9).train()
         if checkpointing:
-            # transformers >= 5.2x renames the API; older releases only have the first name.
-            enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
-            enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            # Newer transformers rename the API (activation_checkpointing_*); older ones only have gradient_*.
+            if hasattr(model, "activation_checkpointing_enable"):
+                model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             assert all(layer.gradient_checkpointing for layer in model.encoder.layers)
         out = model(video)
         (out.last_hidden_state.sum() + out.pooler_output.sum()).backward()

@@ -6,12 +6,11 @@ import json
 
 import pytest
 import torch
+from encoder_utils import tiny_encoder, tiny_encoder_config
 from safetensors.torch import save_file
 from transformers import AutoConfig, AutoImageProcessor, AutoModel
 
 from llava.model import OneVisionEncoderConfig, OneVisionEncoderImageProcessor, OneVisionEncoderModel
-
-from encoder_utils import tiny_encoder, tiny_encoder_config
 
 
 def published_keys(num_layers: int, use_head: bool, rms_norm: bool) -> set[str]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from encoder_reference import reference_forward
 
 ATOL = 1e-4

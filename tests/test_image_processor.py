@@ -6,13 +6,16 @@ import av
 import numpy as np
 import pytest
 import torch
+from encoder_utils import tiny_encoder
 from PIL import Image
 
 from llava.model import OneVisionEncoderImageProcessor
-from llava.model.multimodal_encoder.image_processing_onevision_encoder import CLIP_MEAN, CLIP_STD, fit_to_patch_grid
+from llava.model.multimodal_encoder.image_processing_onevision_encoder import (
+    CLIP_MEAN,
+    CLIP_STD,
+    fit_to_patch_grid,
+)
 from llava.sample_data import sample_video_path
-
-from encoder_utils import tiny_encoder
 
 
 @pytest.mark.parametrize(

@@ -21,14 +21,14 @@ All visual inputs of a batch go through the encoder in **one** packed pass.
 from __future__ import annotations
 
 import math
-import re
 from abc import ABC, abstractmethod
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from ..constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from ..mm_utils import get_anyres_image_grid_shape, parse_anyres_max, unpad_image
 from .multimodal_encoder.modeling_onevision_encoder import OneVisionEncoderPoolingHead
 from .multimodal_encoder.tower import OVEncoderVisionTower, VisualPiece, build_vision_tower, grid_positions
 from .multimodal_projector import build_vision_projector
@@ -228,7 +228,6 @@ class LlavaMetaForCausalLM(ABC):
     def _unpad_tiles(self, parts, image_size, tile_size: int, newline: torch.Tensor) -> torch.Tensor:
         """LLaVA-NeXT ``spatial_unpad``: base view, then the tile grid cropped to the image's
         aspect ratio with a newline token after every row."""
-        from ..mm_utils import get_anyres_image_grid_shape, unpad_image
 
         if image_size is None:
             raise ValueError("anyres images with spatial_unpad need image_sizes")
@@ -243,9 +242,9 @@ class LlavaMetaForCausalLM(ABC):
         grid = torch.stack(tiles).view(num_h, num_w, grid_h, grid_w, hidden)
         grid = grid.permute(4, 0, 2, 1, 3).reshape(hidden, num_h * grid_h, num_w * grid_w)
         grid = unpad_image(grid, image_size)
-        max_tiles = re.fullmatch(r"anyres_max_(\d+)", str(getattr(self.config, "image_aspect_ratio", "")))
+        max_tiles = parse_anyres_max(getattr(self.config, "image_aspect_ratio", None))
         if max_tiles:
-            limit = int(max_tiles.group(1)) * grid_h * grid_w
+            limit = max_tiles * grid_h * grid_w
             rows, cols = grid.shape[1:]
             scale = math.sqrt(rows * cols / limit)
             if scale > 1.1:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import torch.nn as nn
+from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen2Model
 
 from ..llava_arch import LlavaMetaForCausalLM, LlavaMetaModel
@@ -37,4 +37,4 @@ class LlavaQwenForCausalLM(MultimodalCausalLMMixin, Qwen2ForCausalLM, LlavaMetaF
 AutoConfig.register("llava_qwen", LlavaQwenConfig, exist_ok=True)
 AutoModelForCausalLM.register(LlavaQwenConfig, LlavaQwenForCausalLM, exist_ok=True)
 
-__all__ = ["LlavaQwenConfig", "LlavaQwenModel", "LlavaQwenForCausalLM"]
+__all__ = ["LlavaQwenConfig", "LlavaQwenForCausalLM", "LlavaQwenModel"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import torch.nn as nn
+from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, Qwen3Config, Qwen3ForCausalLM, Qwen3Model
 
 from ..llava_arch import LlavaMetaForCausalLM, LlavaMetaModel
@@ -37,4 +37,4 @@ class LlavaQwen3ForCausalLM(MultimodalCausalLMMixin, Qwen3ForCausalLM, LlavaMeta
 AutoConfig.register("llava_qwen3", LlavaQwen3Config, exist_ok=True)
 AutoModelForCausalLM.register(LlavaQwen3Config, LlavaQwen3ForCausalLM, exist_ok=True)
 
-__all__ = ["LlavaQwen3Config", "LlavaQwen3Model", "LlavaQwen3ForCausalLM"]
+__all__ = ["LlavaQwen3Config", "LlavaQwen3ForCausalLM", "LlavaQwen3Model"]

@@ -9,7 +9,8 @@ bicubic filtering, rescaled to [0, 1] and normalised with the CLIP mean / std.
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -238,4 +239,4 @@ def _to_tensors(arrays: list[np.ndarray], return_tensors: str | None):
     return arrays
 
 
-__all__ = ["OneVisionEncoderImageProcessor", "fit_to_patch_grid", "CLIP_MEAN", "CLIP_STD"]
+__all__ = ["CLIP_MEAN", "CLIP_STD", "OneVisionEncoderImageProcessor", "fit_to_patch_grid"]

@@ -18,12 +18,12 @@ The numbers match the published reference implementation (see
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 from transformers import PreTrainedModel
 from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
@@ -642,4 +642,4 @@ class OneVisionEncoderModel(OneVisionEncoderPreTrainedModel):
         return self.head(padded, key_padding_mask=padding)
 
 
-__all__ = ["OneVisionEncoderModel", "OneVisionEncoderPreTrainedModel", "OneVisionEncoderOutput"]
+__all__ = ["OneVisionEncoderModel", "OneVisionEncoderOutput", "OneVisionEncoderPreTrainedModel"]

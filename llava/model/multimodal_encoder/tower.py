@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 from .configuration_onevision_encoder import OneVisionEncoderConfig
 from .image_processing_onevision_encoder import OneVisionEncoderImageProcessor

@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 
 class SpatialMergeProjector(nn.Module):
