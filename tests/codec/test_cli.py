@@ -1,19 +1,35 @@
 """The ``cv_reader VIDEO OUT`` inspection command."""
+
 from __future__ import annotations
 
 import json
 
-import numpy as np
-from PIL import Image
-
 import cv_reader as cv
+import numpy as np
 from cv_reader import cli
+from PIL import Image
 
 
 def test_cli_dumps_arrays_and_selection_png(hevc_pan, tmp_path, capsys):
     out = tmp_path / "inspect"
-    rc = cli.main([hevc_pan.path, str(out), "--sequence_length", "8", "--square_size", "192",
-                   "--keep_frames_equiv", "2", "--mv_compensate", "affine", "--thumb", "96", "--columns", "4"])
+    rc = cli.main(
+        [
+            hevc_pan.path,
+            str(out),
+            "--sequence_length",
+            "8",
+            "--square_size",
+            "192",
+            "--keep_frames_equiv",
+            "2",
+            "--mv_compensate",
+            "affine",
+            "--thumb",
+            "96",
+            "--columns",
+            "4",
+        ]
+    )
     assert rc == 0
     fids = np.load(out / "frame_ids.npy", allow_pickle=False)
     pos = np.load(out / "positions_thw.npy", allow_pickle=False)

@@ -1,10 +1,10 @@
 """codec_patchify / select_patches on real H.264 and HEVC files: where patches go, mosaic pixels."""
+
 from __future__ import annotations
 
+import cv_reader as cv
 import numpy as np
 import pytest
-
-import cv_reader as cv
 from codec_helpers import decode_all_rgb, on_path_fraction
 
 # Small canvas == frame width: no resize, so canvas pixels equal decoded pixels.
@@ -12,9 +12,10 @@ SMALL = dict(sequence_length=16, keep_frames_equiv=2, square_size=192, patch_siz
 
 
 @pytest.mark.parametrize("fixture", ["h264_static", "hevc_static"])
-def test_selected_patches_follow_the_object(request, fixture):
+@pytest.mark.parametrize("analysis_max_side", [None, 96])
+def test_selected_patches_follow_the_object(request, fixture, analysis_max_side):
     vid = request.getfixturevalue(fixture)
-    res = cv.codec_patchify(vid.path, **SMALL)
+    res = cv.codec_patchify(vid.path, analysis_max_side=analysis_max_side, **SMALL)
     geo = cv.CanvasGeometry(vid.height, vid.width, 192, 16)
     assert on_path_fraction(res.positions, res.frame_ids, vid.boxes, geo) >= 0.8
 
@@ -39,9 +40,9 @@ def test_mosaic_pixels_equal_source_patches(h264_static):
     for j, (t, h, w) in enumerate(res.positions):
         m, s = divmod(j, grid * grid)
         r, c = divmod(s, grid)
-        got = res.mosaics[m, r * 16:(r + 1) * 16, c * 16:(c + 1) * 16]
+        got = res.mosaics[m, r * 16 : (r + 1) * 16, c * 16 : (c + 1) * 16]
         canvas = geo.place(frames[res.frame_ids[t]])
-        assert np.array_equal(got, canvas[h * 16:(h + 1) * 16, w * 16:(w + 1) * 16]), (j, t, h, w)
+        assert np.array_equal(got, canvas[h * 16 : (h + 1) * 16, w * 16 : (w + 1) * 16]), (j, t, h, w)
 
 
 def test_keep_first_full_frame_gives_frame0_complete(hevc_static):

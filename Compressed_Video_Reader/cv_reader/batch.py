@@ -1,0 +1,224 @@
+"""Shared plumbing of the Stage-1/Stage-2 batch tools.
+
+Why: both tools stream the same dataset formats, shard samples the same way (so a shard
+of Stage 2 finds the outputs of the same shard of Stage 1), name outputs the same way as
+the upstream tools (existing datasets keep working) and must never leave half-written
+files behind (temp file + ``os.replace``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+_CHUNK = 1 << 20
+
+
+def iter_json_array(path: str | os.PathLike) -> Iterator[Any]:
+    """Yield the elements of a top-level JSON array one by one (bounded memory)."""
+    dec = json.JSONDecoder()
+    with open(path, "r", encoding="utf-8") as f:
+        buf, eof, started = "", False, False
+
+        def more() -> None:
+            nonlocal buf, eof
+            chunk = f.read(_CHUNK)
+            eof = not chunk
+            buf += chunk
+
+        while True:
+            buf = buf.lstrip(", \t\r\n") if started else buf.lstrip()
+            if not buf:
+                if eof:
+                    raise ValueError(f"{path}: {'unterminated' if started else 'empty'} JSON array")
+                more()
+                continue
+            if not started:
+                if buf[0] != "[":
+                    raise ValueError(f"{path}: expected a JSON array")
+                buf, started = buf[1:], True
+                continue
+            if buf[0] == "]":
+                return
+            try:
+                obj, end = dec.raw_decode(buf)
+            except json.JSONDecodeError as exc:
+                if eof:
+                    raise ValueError(f"{path}: invalid JSON array: {exc}") from exc
+                more()
+                continue
+            if end == len(buf) and not eof:  # a scalar may continue in the next chunk
+                more()
+                continue
+            buf = buf[end:]
+            yield obj
+
+
+def iter_dataset(path: str | os.PathLike) -> Iterator[dict]:
+    """Records of a ``.jsonl`` file or a ``.json`` array, streamed."""
+    suffix = Path(path).suffix.lower()
+    if suffix == ".jsonl":
+        with open(path, "r", encoding="utf-8") as f:
+            for line in f:
+                line = line.strip()
+                if line:
+                    yield json.loads(line)
+    elif suffix == ".json":
+        yield from iter_json_array(path)
+    else:
+        raise ValueError(f"{path}: dataset must be .json (array) or .jsonl, got {suffix!r}")
+
+
+def shard_key(video: str, sample_id: Any, row_idx: int) -> str:
+    """Upstream sharding key (``video|id|row``)."""
+    return f"{video}|{sample_id}|{row_idx}"
+
+
+def shard_of(key: str, num_shards: int) -> int:
+    """Stable shard of ``key`` (first 8 hex digits of its SHA-1, as upstream)."""
+    return int(hashlib.sha1(key.encode("utf-8")).hexdigest()[:8], 16) % int(num_shards)
+
+
+def short_hash(text: str) -> str:
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()[:8]
+
+
+def safe_id(sample_id: Any) -> str:
+    """Sample id usable inside a file name (path separators replaced)."""
+    return str(sample_id).replace("/", "_").replace("\\", "_")
+
+
+def sample_stem(sample_id: Any, video: str) -> str:
+    """``sample_<id>__<stem>__<path hash>`` (upstream naming; Stage-2 pack directory)."""
+    vp = Path(video)
+    return f"sample_{safe_id(sample_id)}__{vp.stem}__{short_hash(str(vp))}"
+
+
+def stage1_prefix(out_root: str | os.PathLike, sample_id: Any, video: str, key: str) -> Path:
+    """``sample_<id>__<stem>__<path hash>__<key hash>`` inside ``out_root``."""
+    return Path(out_root) / f"{sample_stem(sample_id, video)}__{short_hash(key)}"
+
+
+def stage1_suffix(t: int, square: int, patch: int, k: int | str) -> str:
+    return f"_T{t}_square{square}_p{patch}_K{k}"
+
+
+class Stage1Index:
+    """Complete Stage-1 outputs under a directory, listed once.
+
+    Why: resume checks and Stage-2 lookups per sample must not glob a directory that may
+    hold millions of files (that is quadratic); one ``os.scandir``/``os.walk`` is enough.
+    A sample counts as complete when its ``meta.json`` and both ``.npy`` files exist.
+    """
+
+    def __init__(
+        self, root: str | os.PathLike, t: int, square: int, patch: int, recursive: bool = False
+    ) -> None:
+        self.tag = f"_T{int(t)}_square{int(square)}_p{int(patch)}_K"
+        self.by_prefix: dict[str, str] = {}
+        self.by_sample: dict[str, list[str]] = {}
+        if not os.path.isdir(root):
+            return
+        walker = os.walk(root) if recursive else [(str(root), [], [e.name for e in os.scandir(root)])]
+        for dirpath, _dirs, files in walker:
+            names = set(files)
+            for name in files:
+                if not name.endswith(".meta.json") or self.tag not in name:
+                    continue
+                base = name[: -len(".meta.json")]
+                if base + ".visidx_thw.npy" in names and base + ".frame_ids.npy" in names:
+                    self._add(base[: base.rindex(self.tag)], os.path.join(dirpath, name))
+
+    def _add(self, prefix: str, meta: str) -> None:
+        self.by_prefix.setdefault(prefix, meta)
+        sample = prefix[: prefix.rindex("__") + 2] if "__" in prefix else prefix
+        self.by_sample.setdefault(sample, []).append(meta)
+
+    def complete(self, prefix: Path) -> str | None:
+        """Meta path of the complete outputs of ``prefix`` (any K), or None."""
+        return self.by_prefix.get(prefix.name)
+
+    def find(self, sample_id: Any, video: str) -> str | None:
+        """Meta path of a sample's outputs whatever its sharding key, or None."""
+        hits = self.by_sample.get(sample_stem(sample_id, video) + "__")
+        return sorted(hits)[0] if hits else None
+
+
+def find_stage1_meta(
+    root: str | os.PathLike, sample_id: Any, video: str, t: int, square: int, patch: int
+) -> Path | None:
+    """The Stage-1 ``meta.json`` of one sample (any K), or None (lists ``root`` recursively)."""
+    hit = Stage1Index(root, t, square, patch, recursive=True).find(sample_id, video)
+    return Path(hit) if hit else None
+
+
+def _tmp(path: str | os.PathLike) -> str:
+    p = str(path)
+    return f"{p}.tmp{os.getpid()}"
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` so readers see either nothing or the whole file."""
+    tmp = _tmp(path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def atomic_save_npy(path: str | os.PathLike, arr: np.ndarray) -> None:
+    buf = io.BytesIO()
+    np.save(buf, arr, allow_pickle=False)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, ensure_ascii=False, indent=2) + "\n").encode("utf-8"))
+
+
+def load_npy(path: str | os.PathLike) -> np.ndarray:
+    """``np.load`` that refuses pickled objects."""
+    return np.load(path, allow_pickle=False)
+
+
+def one_line(text: str) -> str:
+    """Error text fit for a tab-separated log line."""
+    return " ".join(str(text).split())
+
+
+def resolve_video(video: str, video_folder: str | None) -> str:
+    """Absolute-or-cwd path of a dataset ``video`` entry (joined to ``video_folder`` if relative)."""
+    if video_folder and not os.path.isabs(video):
+        return os.path.join(video_folder, video)
+    return video
+
+
+__all__ = [
+    "atomic_save_npy",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "find_stage1_meta",
+    "Stage1Index",
+    "safe_id",
+    "sample_stem",
+    "iter_dataset",
+    "iter_json_array",
+    "load_npy",
+    "one_line",
+    "resolve_video",
+    "shard_key",
+    "shard_of",
+    "short_hash",
+    "stage1_prefix",
+    "stage1_suffix",
+]

@@ -1,0 +1,405 @@
+"""Per-frame codec records: luma, motion-vector field and residual, in display order.
+
+How references are chosen (deterministic: depends only on the stream, never on which
+other frames were requested):
+
+* Bitstream vectors (H.264, MPEG-2/4): past-pointing vectors are resolved against the
+  candidates ``t-1`` and the latest I/P frame before ``t`` in the same GOP segment;
+  future-pointing vectors (B-frames) against ``t+1`` and the next I/P frame after ``t``
+  in the segment. Each 4x4 cell takes the candidate with the lowest prediction SAD.
+* Frames without bitstream vectors (HEVC, VP9, AV1, intra frames, or an inter frame whose
+  every block is intra) get vectors by block matching against ``t-1``; a frame that
+  starts a GOP segment (keyframe) is matched against ``t+1`` instead, so the reader never
+  decodes the previous GOP. A single-frame video has no reference: every cell is masked
+  and the residual is zero.
+
+Decoding runs in a background thread (PyAV releases the GIL) while the numpy work for
+the previous frame proceeds, so the two cores overlap.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import av
+import numpy as np
+from av.video.reformatter import VideoReformatter
+
+from .decode import FrameSource, VideoIndex, build_index, luma_resized, pict_type_name, rgb_resized
+from .errors import VideoReadError
+from .motion import BitstreamField, estimate_motion, field_from_side_data, grid_shape
+from .residual import Compensation, compensate_bitstream, compensate_estimated, residual_from
+
+_MV_TYPE = av.sidedata.sidedata.Type.MOTION_VECTORS
+_T = TypeVar("_T")
+
+
+@dataclass
+class FrameRecord:
+    """One decoded frame with its motion field and residual.
+
+    ``mv`` holds ``(dx, dy)`` in quarter-pel on a 4x4-pixel cell grid and points the way
+    the content moves (for a past reference: from the reference position to the current
+    one; future-reference vectors are negated to the same sense). ``mv_ref`` is the signed
+    display distance to the reference frame each cell was predicted from (``-1`` = the
+    previous frame, ``+2`` = two frames later, ``0`` = no inter prediction). When the
+    reader runs at reduced resolution (``max_side``), ``luma``/``mv``/``residual`` are at
+    that resolution and ``scale`` says by how much.
+    """
+
+    index: int
+    timestamp: float
+    pict_type: str
+    luma: np.ndarray  # uint8 [H, W]
+    mv: np.ndarray  # int16 [Hc, Wc, 2]
+    mv_ref: np.ndarray  # int8 [Hc, Wc]
+    residual: np.ndarray | None  # int16 [H, W] = luma - prediction
+    mv_source: str  # "bitstream" | "estimated"
+    rotation: int = 0  # display rotation (degrees counter-clockwise) from the container
+    scale: float = 1.0  # processing size / coded size
+    rgb: np.ndarray | None = field(default=None, repr=False)  # optional resized RGB (see rgb_size)
+
+    @property
+    def mv_mask(self) -> np.ndarray:
+        """True for cells that have no inter prediction (intra / no reference)."""
+        return self.mv_ref == 0
+
+
+@dataclass
+class _Held:
+    idx: int
+    pict: str
+    luma: np.ndarray
+    rotation: int = 0
+    mvs: np.ndarray | None = None
+    rgb: np.ndarray | None = None
+
+
+@dataclass
+class _Bundle:
+    """Everything needed to compute one record, gathered by the decode thread."""
+
+    cur: _Held
+    past: list[tuple[int, np.ndarray]]
+    future: list[tuple[int, np.ndarray]]
+    est_ref: tuple[int, np.ndarray] | None
+    field: BitstreamField | None = None  # bitstream vectors on the processing grid
+    est_field: np.ndarray | None = None  # block-matching vectors (FFmpeg sense) vs est_ref
+
+
+def probe(path: str | os.PathLike, allowed_codecs: Iterable[str] | None = None) -> VideoIndex:
+    """Index ``path`` (codec, size, frame count, keyframes) without decoding frames."""
+    return build_index(path, allowed_codecs)
+
+
+def work_size(index: VideoIndex, max_side: int | None) -> tuple[int, int]:
+    """(width, height) the reader processes at: the coded size, shrunk to ``max_side``."""
+    w, h = index.width, index.height
+    if max_side is None or max(w, h) <= max_side:
+        return w, h
+    s = max_side / max(w, h)
+    return max(1, int(round(w * s))), max(1, int(round(h * s)))
+
+
+def read_video(
+    path: str | os.PathLike,
+    frame_ids: Iterable[int] | None = None,
+    with_residual: bool = True,
+    *,
+    block_size: int = 16,
+    search_range: int = 16,
+    max_side: int | None = None,
+    threads: int = 0,
+    rgb_size: tuple[int, int] | None = None,
+    index: VideoIndex | None = None,
+    background: bool = True,
+) -> Iterator[FrameRecord]:
+    """Stream :class:`FrameRecord` for ``frame_ids`` (all frames if None) in display order.
+
+    Duplicate ids are returned once. Bad input raises :class:`VideoReadError` right away
+    (not at first iteration). ``block_size``/``search_range`` (coded pixels) control
+    block-matching estimation. ``max_side`` processes frames downscaled so the longer side
+    is at most that (vectors rescaled); None keeps the coded size. ``threads`` sets decoder
+    threads for codecs without vector export (0 = FFmpeg's choice). ``rgb_size=(w, h)``
+    attaches a bilinear-resized RGB image to each record. Memory holds only a few luma
+    planes beyond what the caller keeps.
+    """
+    index = index or build_index(path)
+    n = index.num_frames
+    if frame_ids is None:
+        targets = list(range(n))
+    else:
+        ids = [int(i) for i in frame_ids]
+        bad = [i for i in ids if i < 0 or i >= n]
+        if bad:
+            raise VideoReadError(index.path, f"frame ids {bad[:5]} out of range for a {n}-frame video")
+        targets = sorted(set(ids))
+    if block_size % 4 or block_size < 4:
+        raise ValueError(f"block_size must be a positive multiple of 4, got {block_size}")
+    if search_range < 1:
+        raise ValueError(f"search_range must be >= 1, got {search_range}")
+    if max_side is not None and max_side < 8:
+        raise ValueError(f"max_side must be >= 8, got {max_side}")
+    size = work_size(index, max_side)
+    s = size[0] / index.width
+    b = max(4, int(round(block_size * s / 4)) * 4)
+    r = max(1, int(round(search_range * s)))
+
+    def produce(backlog: Callable[[], int]) -> Iterator[_Bundle]:
+        return _bundles(index, targets, size, threads, rgb_size, b, r, backlog)
+
+    bundles = _in_background(produce) if background else produce(lambda: 0)
+    return (_finalise(bd, index, with_residual, s, b, r) for bd in bundles)
+
+
+def _in_background(factory: Callable[[Callable[[], int]], Iterator[_T]], maxsize: int = 4) -> Iterator[_T]:
+    """Run a generator in a daemon thread, handing items over through a bounded queue.
+
+    The factory receives the queue's backlog (``qsize``) so the producer can take on more
+    work while the consumer lags behind.
+    """
+    q: queue.Queue = queue.Queue(maxsize)
+    stop = threading.Event()
+
+    def run() -> None:
+        gen = factory(q.qsize)
+        try:
+            for item in gen:
+                while not stop.is_set():
+                    try:
+                        q.put(("item", item), timeout=0.05)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(("end", None))
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer
+            q.put(("error", exc))
+        finally:
+            gen.close()
+
+    thread = threading.Thread(target=run, name="cv_reader-decode", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, val = q.get()
+            if kind == "item":
+                yield val
+            elif kind == "end":
+                return
+            else:
+                raise val
+    finally:
+        stop.set()
+        while thread.is_alive():
+            try:
+                q.get(timeout=0.05)
+            except queue.Empty:
+                pass
+        thread.join()
+
+
+def _bundles(
+    index: VideoIndex,
+    targets: list[int],
+    size: tuple[int, int],
+    threads: int,
+    rgb_size: tuple[int, int] | None,
+    block: int,
+    search: int,
+    backlog: Callable[[], int],
+) -> Iterator[_Bundle]:
+    if not targets:
+        return
+    n = index.num_frames
+    export = index.exports_mvs
+    linear = index.pts is None
+    tset = set(targets)
+    needed = set(targets)
+    for t in targets:
+        if t > 0:
+            needed.add(t - 1)
+        if t + 1 < n:
+            needed.add(t + 1)
+    source = FrameSource(index, needed, export_mvs=export, threads=threads)
+    luma_fmt, rgb_fmt = VideoReformatter(), VideoReformatter()
+
+    def seg(i: int) -> int:
+        return 0 if linear else index.segment_start(i)
+
+    def next_seg(i: int) -> int:
+        return n if linear else index.next_segment_start(i)
+
+    held: dict[int, _Held] = {}
+    anchors: list[int] = []  # held I/P frames, ascending display order
+    pending: list[int] = []  # targets decoded but not yet handed over
+    ti = 0
+    last_out = -1
+
+    def ready(t: int, eof: bool) -> bool:
+        if eof:
+            return True
+        if t + 1 < n and last_out < t + 1:
+            return False
+        mvs = held[t].mvs
+        if export and mvs is not None and len(mvs) and (mvs["source"] > 0).any():
+            nxt = next_seg(t)
+            if not any(t + 1 < a < nxt for a in anchors) and last_out < nxt - 1:
+                return False
+        return True
+
+    def bundle(t: int) -> _Bundle:
+        s0, s1 = seg(t), next_seg(t)
+        past: list[tuple[int, np.ndarray]] = []
+        fut: list[tuple[int, np.ndarray]] = []
+        if t - 1 >= s0 and (t - 1) in held:
+            past.append((-1, held[t - 1].luma))
+        prev_a = [a for a in anchors if s0 <= a < t - 1]
+        if prev_a:
+            past.append((prev_a[-1] - t, held[prev_a[-1]].luma))
+        if (t + 1) in held:
+            fut.append((1, held[t + 1].luma))
+        next_a = [a for a in anchors if t + 1 < a < s1]
+        if next_a:
+            fut.append((next_a[0] - t, held[next_a[0]].luma))
+        if t - 1 >= s0 and (t - 1) in held:
+            est = (-1, held[t - 1].luma)
+        elif (t + 1) in held:
+            est = (1, held[t + 1].luma)
+        else:
+            est = None
+        bd = _Bundle(cur=held[t], past=past, future=fut, est_ref=est)
+        # Load balancing: while the consumer lags behind (items waiting in the queue), the
+        # decode thread also computes the vector field; otherwise the consumer does it.
+        # Either way the result is the same.
+        if backlog() >= 1:
+            _compute_fields(bd, index, block, search)
+        return bd
+
+    def prune() -> None:
+        lo = targets[ti] - 1 if ti < len(targets) else n
+        keep_anchor = max((a for a in anchors if a < lo), default=None)
+        for i in [i for i in held if i < lo and i != keep_anchor]:
+            del held[i]
+        anchors[:] = [a for a in anchors if a in held]
+
+    def drain(eof: bool) -> Iterator[_Bundle]:
+        nonlocal ti
+        while ti < len(targets) and pending and pending[0] == targets[ti] and ready(targets[ti], eof):
+            pending.pop(0)
+            yield bundle(targets[ti])
+            ti += 1
+            prune()
+        source.busy = bool(pending)
+
+    for idx, frame in source.frames():
+        if idx <= last_out:
+            continue  # re-decoded after a fallback seek
+        last_out = idx
+        pict = pict_type_name(frame)
+        is_anchor = pict in ("I", "P", "SI", "SP", "S")
+        if idx in needed or (export and is_anchor):
+            h = _Held(
+                idx=idx,
+                pict=pict,
+                luma=luma_resized(frame, size[0], size[1], luma_fmt),
+                rotation=int(getattr(frame, "rotation", 0) or 0),
+            )
+            if idx in tset:
+                if export:
+                    sd = frame.side_data.get(_MV_TYPE)
+                    h.mvs = sd.to_ndarray() if sd is not None else None
+                if rgb_size is not None:
+                    h.rgb = rgb_resized(frame, rgb_size[0], rgb_size[1], rgb_fmt)
+                pending.append(idx)
+            held[idx] = h
+            if export and is_anchor:
+                anchors.append(idx)
+            prune()
+        yield from drain(False)
+        if ti >= len(targets):
+            source.busy = False
+            break
+    yield from drain(True)
+    if ti < len(targets):
+        raise VideoReadError(
+            index.path,
+            f"could not decode frame(s) {targets[ti : ti + 5]} of {n} (truncated or corrupt stream?)",
+        )
+
+
+def _rescale_field(f: BitstreamField, hc: int, wc: int, sy: float, sx: float) -> BitstreamField:
+    """Resample a coded-resolution cell field onto a smaller cell grid (nearest), scaling vectors."""
+    ys = np.minimum(((np.arange(hc) * 4 + 2) / sy / 4).astype(np.int64), f.past.shape[0] - 1)
+    xs = np.minimum(((np.arange(wc) * 4 + 2) / sx / 4).astype(np.int64), f.past.shape[1] - 1)
+    k = np.asarray([sx, sy], np.float64)
+
+    def vec(a: np.ndarray) -> np.ndarray:
+        return np.rint(a[ys][:, xs] * k).astype(np.int32)
+
+    return BitstreamField(vec(f.past), f.has_past[ys][:, xs], vec(f.future), f.has_future[ys][:, xs])
+
+
+def _compute_fields(bd: _Bundle, index: VideoIndex, block: int, search: int) -> None:
+    """Bitstream field on the processing grid; block matching if there is none (idempotent)."""
+    if bd.field is not None or bd.est_field is not None:
+        return
+    cur = bd.cur.luma
+    mvs = bd.cur.mvs
+    if mvs is not None and len(mvs) and (bd.past or bd.future):
+        f = field_from_side_data(mvs, index.height, index.width)
+        if cur.shape != (index.height, index.width):
+            hc, wc = grid_shape(*cur.shape)
+            f = _rescale_field(f, hc, wc, cur.shape[0] / index.height, cur.shape[1] / index.width)
+        if not f.empty:
+            bd.field = f
+    if (
+        bd.field is None
+        and bd.est_field is None
+        and bd.est_ref is not None
+        and bd.est_ref[1].shape == cur.shape
+    ):
+        bd.est_field = estimate_motion(cur, bd.est_ref[1], block, search)
+
+
+def _finalise(
+    bd: _Bundle, index: VideoIndex, with_residual: bool, scale: float, block: int = 16, search: int = 16
+) -> FrameRecord:
+    cur = bd.cur.luma
+    h, w = cur.shape
+    kind = "estimated"
+    _compute_fields(bd, index, block, search)
+    if bd.field is not None:
+        comp = compensate_bitstream(cur, bd.field, bd.past, bd.future)
+        kind = "bitstream"
+    elif bd.est_field is not None and bd.est_ref is not None:
+        comp = compensate_estimated(cur, bd.est_ref[1], bd.est_ref[0], bd.est_field)
+    else:
+        hc, wc = grid_shape(h, w)
+        comp = Compensation(
+            pred=cur.astype(np.int16),
+            mv=np.zeros((hc, wc, 2), np.int16),
+            mv_ref=np.zeros((hc, wc), np.int8),
+        )
+    return FrameRecord(
+        index=bd.cur.idx,
+        timestamp=index.timestamp(bd.cur.idx),
+        pict_type=bd.cur.pict,
+        luma=cur,
+        mv=comp.mv,
+        mv_ref=comp.mv_ref,
+        residual=residual_from(cur, comp.pred) if with_residual else None,
+        mv_source=kind,
+        rotation=bd.cur.rotation,
+        scale=scale,
+        rgb=bd.cur.rgb,
+    )
+
+
+__all__ = ["FrameRecord", "probe", "read_video", "work_size"]

@@ -1,0 +1,237 @@
+"""Stage 1 batch tool: per video, choose the codec patches and write their indices.
+
+Outputs per sample (upstream names, DESIGN §4), written atomically with ``meta.json`` last:
+``<prefix>_T{T}_square{S}_p{P}_K{K}.visidx_thw.npy`` (int32 [K, 3]), ``.frame_ids.npy``
+(int32 [T]) and ``.meta.json``. A sample whose three files exist is skipped (resume).
+Failures go to the per-shard failure log, unsupported codecs to their own log; the run
+goes on with the other samples and ends with a summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import traceback
+from collections.abc import Iterator
+from dataclasses import asdict, fields
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from .batch import (
+    Stage1Index,
+    atomic_save_npy,
+    atomic_write_json,
+    iter_dataset,
+    one_line,
+    resolve_video,
+    shard_key,
+    shard_of,
+    stage1_prefix,
+    stage1_suffix,
+)
+from .camera import MODES as MV_COMPENSATE_MODES
+from .decode import build_index
+from .errors import UnsupportedCodecError
+from .pipeline import Stage1Params, select_patches, stage1_meta
+from .saliency import FUSE_MODES
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="stage1",
+        description="Stage 1: codec-style patch selection (visidx_thw.npy, frame_ids.npy, meta.json)",
+    )
+    ap.add_argument(
+        "--dataset_path", required=True, help="dataset .json (array) or .jsonl; records with id, video"
+    )
+    ap.add_argument("--out_root", required=True, help="output directory")
+    ap.add_argument("--video_folder", default="", help="prefix for relative video paths (default: as given)")
+    ap.add_argument("--num_shards", type=int, default=1)
+    ap.add_argument("--shard_id", type=int, default=0)
+    ap.add_argument(
+        "--max_samples", type=int, default=0, help="stop after this many samples of this shard (0 = all)"
+    )
+    ap.add_argument("--log_every", type=int, default=1000)
+    ap.add_argument("--num_workers", type=int, default=8)
+    ap.add_argument("--maxtasks_per_child", type=int, default=2000)
+    ap.add_argument("--check_codec", action="store_true", help="only accept --allowed_codecs")
+    ap.add_argument("--allowed_codecs", default="h264,hevc,h265,avc1")
+    ap.add_argument(
+        "--fail_txt", default="", help="failure log (default: out_root/stage1_failed.shardXXofYY.txt)"
+    )
+    ap.add_argument(
+        "--unsupported_txt", default="", help="unsupported-codec log (default next to the failure log)"
+    )
+    ap.add_argument("--overwrite", action="store_true", help="recompute samples whose outputs already exist")
+    d = Stage1Params()
+    ap.add_argument("--sequence_length", type=int, default=d.sequence_length)
+    ap.add_argument("--sample_start_offset", type=int, default=d.sample_start_offset)
+    ap.add_argument("--patch_size", type=int, default=d.patch_size)
+    ap.add_argument("--square_size", type=int, default=d.square_size)
+    ap.add_argument("--keep_frames_equiv", type=int, default=d.keep_frames_equiv)
+    ap.add_argument("--padding_policy", default=d.padding_policy, choices=["exclude", "zero"])
+    ap.add_argument("--keep_uniform_first", action="store_true")
+    ap.add_argument("--keep_first_full_frame", action="store_true")
+    ap.add_argument("--mv_unit_div", type=float, default=d.mv_unit_div)
+    ap.add_argument("--mv_pct", type=float, default=d.mv_pct)
+    ap.add_argument("--res_pct", type=float, default=d.res_pct)
+    ap.add_argument("--fuse_mode", default=d.fuse_mode, choices=list(FUSE_MODES))
+    ap.add_argument("--w_mv", type=float, default=d.w_mv)
+    ap.add_argument("--w_res", type=float, default=d.w_res)
+    ap.add_argument("--mv_compensate", default=d.mv_compensate, choices=list(MV_COMPENSATE_MODES))
+    ap.add_argument("--res_use_grad", action="store_true")
+    ap.add_argument("--block_size", type=int, default=d.block_size, help="block-matching block size (px)")
+    ap.add_argument(
+        "--search_range", type=int, default=d.search_range, help="block-matching search range (px)"
+    )
+    ap.add_argument(
+        "--analysis_max_side",
+        type=int,
+        default=d.analysis_max_side,
+        help="analyse frames downscaled to this longer side (0 = coded size)",
+    )
+    ap.add_argument("--threads", type=int, default=1, help="decoder threads per worker (0 = FFmpeg default)")
+    return ap
+
+
+def params_from_args(args: argparse.Namespace) -> Stage1Params:
+    kw = {f.name: getattr(args, f.name) for f in fields(Stage1Params) if hasattr(args, f.name)}
+    if not kw.get("analysis_max_side"):
+        kw["analysis_max_side"] = None
+    return Stage1Params(**kw)
+
+
+def process_sample(task: tuple) -> tuple:
+    """Worker: compute and write one sample. Returns (status, sample_id, video, detail)."""
+    sample_id, video, path, out_root, key, pdict, allowed = task
+    try:
+        p = Stage1Params(**pdict)
+        index = build_index(path, allowed)
+        sel = select_patches(path, p, index=index)
+        prefix = stage1_prefix(out_root, sample_id, video, key)
+        base = str(prefix) + stage1_suffix(p.sequence_length, p.square_size, p.patch_size, sel.k)
+        atomic_save_npy(base + ".visidx_thw.npy", sel.thw.astype(np.int32))
+        atomic_save_npy(base + ".frame_ids.npy", sel.frame_ids.astype(np.int32))
+        meta = stage1_meta(sel, p, sample_id=sample_id, sample_key=key)
+        meta["video"] = str(video)
+        atomic_write_json(base + ".meta.json", meta)  # last: marks the sample complete
+        return ("ok", sample_id, video, sel.k)
+    except UnsupportedCodecError as exc:
+        return ("unsupported", sample_id, video, exc.codec, one_line(exc))
+    except Exception as exc:  # noqa: BLE001 - a batch tool logs and goes on
+        tb = traceback.format_exc(limit=3)
+        return ("fail", sample_id, video, one_line(f"{type(exc).__name__}: {exc}"), tb)
+
+
+def _tasks(args: argparse.Namespace, p: Stage1Params, stats: dict) -> Iterator[tuple]:
+    allowed = [c for c in args.allowed_codecs.split(",") if c.strip()] if args.check_codec else None
+    pdict = asdict(p)
+    done = Stage1Index(args.out_root, p.sequence_length, p.square_size, p.patch_size)
+    for row_idx, item in enumerate(iter_dataset(args.dataset_path)):
+        stats["seen"] += 1
+        try:
+            row = int(item.get("_row_idx", row_idx))
+        except (TypeError, ValueError):
+            row = row_idx
+        sid, video = item.get("id"), item.get("video")
+        if sid is None or not video:
+            stats["skip"] += 1
+            continue
+        key = shard_key(video, sid, row)
+        if shard_of(key, args.num_shards) != args.shard_id:
+            stats["shard_skip"] += 1
+            continue
+        if args.max_samples > 0 and stats["picked"] >= args.max_samples:
+            return
+        stats["picked"] += 1
+        prefix = stage1_prefix(args.out_root, sid, video, key)
+        if not args.overwrite and done.complete(prefix):
+            stats["resumed"] += 1
+            continue
+        yield (
+            str(sid),
+            str(video),
+            resolve_video(str(video), args.video_folder),
+            args.out_root,
+            key,
+            pdict,
+            allowed,
+        )
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Process the dataset; returns the summary counters."""
+    if not 0 <= args.shard_id < max(args.num_shards, 1):
+        raise SystemExit(f"--shard_id {args.shard_id} must be in [0, {args.num_shards})")
+    args.num_shards = max(1, args.num_shards)
+    p = params_from_args(args)
+    out_root = Path(args.out_root)
+    out_root.mkdir(parents=True, exist_ok=True)
+    tag = f"shard{args.shard_id:02d}of{args.num_shards:02d}"
+    fail_path = Path(args.fail_txt or out_root / f"stage1_failed.{tag}.txt")
+    unsup_path = Path(args.unsupported_txt or fail_path.parent / f"stage1_unsupported_codec.{tag}.txt")
+    fail_path.parent.mkdir(parents=True, exist_ok=True)
+    unsup_path.parent.mkdir(parents=True, exist_ok=True)
+    stats = dict(seen=0, picked=0, skip=0, shard_skip=0, resumed=0, ok=0, fail=0, unsupported=0)
+    t0 = time.perf_counter()
+    nw = max(1, int(args.num_workers))
+    tasks = _tasks(args, p, stats)
+    with (
+        open(fail_path, "a", encoding="utf-8") as ffail,
+        open(unsup_path, "a", encoding="utf-8") as funsup,
+        tqdm(desc=f"stage1 {tag}", unit="video", file=sys.stderr, mininterval=1.0) as bar,
+    ):
+
+        def handle(ret: tuple) -> None:
+            status = ret[0]
+            if status == "ok":
+                stats["ok"] += 1
+            elif status == "unsupported":
+                stats["unsupported"] += 1
+                funsup.write(f"{ret[1]}\t{ret[2]}\t{ret[3]}\n")
+                funsup.flush()
+            else:
+                stats["fail"] += 1
+                ffail.write(f"{ret[1]}\t{ret[2]}\t{ret[3]}\n")
+                ffail.flush()
+            bar.update(1)
+            done = stats["ok"] + stats["fail"] + stats["unsupported"]
+            if args.log_every > 0 and done % args.log_every == 0:
+                bar.write(_line(stats, t0, tag))
+
+        if nw <= 1:
+            for task in tasks:
+                handle(process_sample(task))
+        else:
+            mt = args.maxtasks_per_child if args.maxtasks_per_child > 0 else None
+            with get_context("spawn").Pool(processes=nw, maxtasksperchild=mt) as pool:
+                for ret in pool.imap_unordered(process_sample, tasks, chunksize=1):
+                    handle(ret)
+    print(_line(stats, t0, tag, done=True), flush=True)
+    print(f"[stage1] outputs: {out_root}  failures: {fail_path}  unsupported: {unsup_path}", flush=True)
+    return stats
+
+
+def _line(stats: dict, t0: float, tag: str, done: bool = False) -> str:
+    el = time.perf_counter() - t0
+    n = stats["ok"] + stats["fail"] + stats["unsupported"]
+    head = "[stage1] DONE" if done else "[stage1]"
+    return (
+        f"{head} {tag} seen={stats['seen']} picked={stats['picked']} ok={stats['ok']} fail={stats['fail']} "
+        f"unsupported={stats['unsupported']} resumed={stats['resumed']} skip={stats['skip']} "
+        f"shard_skip={stats['shard_skip']} elapsed={el:.1f}s avg={el / max(n, 1):.3f}s/video"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    run(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
