@@ -1,10 +1,11 @@
 """OV-Encoder cost: dense frames vs codec patches, and gather-then-embed vs the reference order.
 
-    python benchmarks/bench_encoder.py [--device cpu|cuda] [--layers 24] [--repeats 3]
+    python benchmarks/bench_encoder.py [--device cpu|cuda] [--layers 24] [--repeats 3] [--frame 224]
 
-On a ViT-L-shaped encoder (random weights, patch 16, 224x224 frames = 196 patches each):
+On a ViT-L-shaped encoder (random weights, patch 16; 224x224 frames = 196 patches each, or
+``--frame`` pixels square):
 
-  (a) dense     8 frames, all 1568 patches
+  (a) dense     8 frames, all their patches
   (b) codec     2048 patches chosen from 64 frames: only those are gathered and embedded
   (c) ref-order the same 2048 patches the reference way: embed all 64 frames, then gather
 
@@ -51,7 +52,7 @@ def reference_order_forward(model, video, indices):
     config = model.config
     hidden = model.layernorm_pre(model.embeddings(gather_patches(video, config.patch_size, None)))
     hidden = hidden.gather(1, indices.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
-    grid = FRAME // config.patch_size
+    grid = video.shape[-1] // config.patch_size
     angles = model.video_rope(_grid_coordinates(indices, grid, grid)).unsqueeze(2)
     cos, sin = angles.cos().to(hidden.dtype), angles.sin().to(hidden.dtype)
     sequence, _, _ = model.encoder(hidden, cos, sin, None, None, False, False)
@@ -59,18 +60,18 @@ def reference_order_forward(model, video, indices):
     return sequence, model.head(sequence)
 
 
-def make_inputs(case: str, device, dtype):
+def make_inputs(case: str, device, dtype, frame: int):
     import torch
 
     generator = torch.Generator().manual_seed(0)
     if case == "dense":
-        video = torch.randn(1, 3, DENSE_FRAMES, FRAME, FRAME, generator=generator)
+        video = torch.randn(1, 3, DENSE_FRAMES, frame, frame, generator=generator)
         slots = torch.linspace(0, CODEC_FRAMES - 1, DENSE_FRAMES).long()
-        per_frame = (FRAME // PATCH) ** 2
+        per_frame = (frame // PATCH) ** 2
         indices = (slots[:, None] * per_frame + torch.arange(per_frame)).reshape(1, -1)
     else:
-        video = torch.randn(1, 3, CODEC_FRAMES, FRAME, FRAME, generator=generator)
-        total = CODEC_FRAMES * (FRAME // PATCH) ** 2
+        video = torch.randn(1, 3, CODEC_FRAMES, frame, frame, generator=generator)
+        total = CODEC_FRAMES * (frame // PATCH) ** 2
         indices = torch.randperm(total, generator=generator)[:CODEC_TOKENS].sort().values.unsqueeze(0)
     return video.to(device=device, dtype=dtype), indices.to(device)
 
@@ -94,9 +95,9 @@ def build(device: str, layers: int):
     return model, dtype
 
 
-def case_forward(case: str, model, device: str, dtype):
+def case_forward(case: str, model, device: str, dtype, frame: int):
     """A no-argument callable running one forward of ``case``, and its token count."""
-    video, indices = make_inputs(case, device, dtype)
+    video, indices = make_inputs(case, device, dtype, frame)
     if case == "ref-order":
         return (lambda: reference_order_forward(model, video, indices)), int(indices.shape[1])
     return (lambda: model(video, visible_indices=indices)), int(indices.shape[1])
@@ -114,7 +115,7 @@ def time_cases(args) -> dict[str, dict]:
     import torch
 
     model, dtype = build(args.device, args.layers)
-    forwards = {case: case_forward(case, model, args.device, dtype) for case in CASES}
+    forwards = {case: case_forward(case, model, args.device, dtype, args.frame) for case in CASES}
     times = {case: [] for case in CASES}
     with torch.no_grad():
         for case, (forward, _) in forwards.items():  # warm-up
@@ -134,12 +135,12 @@ def time_cases(args) -> dict[str, dict]:
     }
 
 
-def peak_memory(case: str, device: str, layers: int, queue) -> None:
+def peak_memory(case: str, device: str, layers: int, frame: int, queue) -> None:
     """Peak memory of one forward over what the model and inputs already hold (own process)."""
     import torch
 
     model, dtype = build(device, layers)
-    forward, _ = case_forward(case, model, device, dtype)
+    forward, _ = case_forward(case, model, device, dtype, frame)
     with torch.no_grad():
         forward()  # warm-up: one-time kernel and thread-pool setup is not the forward's cost
     sync(device)
@@ -180,7 +181,7 @@ def measure_peak(case: str, args) -> int:
     os.environ["MALLOC_MMAP_THRESHOLD_"] = "65536"
     context = mp.get_context("spawn")
     queue = context.Queue()
-    process = context.Process(target=peak_memory, args=(case, args.device, args.layers, queue))
+    process = context.Process(target=peak_memory, args=(case, args.device, args.layers, args.frame, queue))
     process.start()
     peak = queue.get()
     process.join()
@@ -192,6 +193,7 @@ def main() -> None:
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--layers", type=int, default=24, help="encoder depth (24 = ViT-L)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--frame", type=int, default=FRAME, help="frame side in pixels (a multiple of 16)")
     parser.add_argument("--json", action="store_true", help="also print the raw results as JSON")
     args = parser.parse_args()
 
@@ -200,7 +202,8 @@ def main() -> None:
         results[case]["peak_bytes"] = measure_peak(case, args)
 
     name = results["dense"]["device_name"]
-    print(f"\nOV-Encoder ViT-L shape ({args.layers} layers, D=1024, patch {PATCH}, {FRAME}x{FRAME} frames) on {name}")
+    print(f"\nOV-Encoder ViT-L shape ({args.layers} layers, D=1024, patch {PATCH}, {args.frame}x{args.frame} frames) "
+          f"on {name}")
     header = f"{'case':34s} {'tokens':>6s} {'frames':>6s} {'time s':>8s} {'peak MiB':>9s}"
     if args.device == "cuda":
         header += f" {'tokens/s':>10s} {'MFU':>6s}"
