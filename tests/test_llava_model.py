@@ -359,3 +359,35 @@ def test_generate_stops_at_im_end(tiny):
     assert stopped[0].tolist() == [first, im_end]
     text_only = model.generate(ids[None][:, :3], max_new_tokens=3, do_sample=False, pad_token_id=tokenizer.pad_token_id)
     assert text_only.shape == (1, 3)
+
+
+def test_attach_a_pretrained_encoder_to_a_text_only_model(tmp_path):
+    """The training start: plain LLM + pretrained OV-Encoder -> LLaVA-OV checkpoint that loads back."""
+    from llava.model import LlavaQwenConfig, LlavaQwenForCausalLM
+
+    tokenizer, reference, _ = build_tiny_model("qwen2", seed=7)
+    encoder_dir = tmp_path / "encoder"
+    reference.get_vision_tower().vision_tower.save_pretrained(encoder_dir)
+    projector_file = tmp_path / "mm_projector.bin"
+    torch.save({f"model.mm_projector.{k}": v for k, v in reference.get_model().mm_projector.state_dict().items()},
+               projector_file)
+
+    text_config = {k: v for k, v in reference.config.to_dict().items() if not k.startswith(("mm_", "vision_"))}
+    for key in ("model_type", "architectures", "image_aspect_ratio", "image_grid_pinpoints", "use_mm_proj",
+                "tokenizer_model_max_length", "tokenizer_padding_side"):
+        text_config.pop(key, None)
+    model = LlavaQwenForCausalLM(LlavaQwenConfig(**text_config))
+    assert model.get_vision_tower() is None
+    model.load_state_dict(reference.state_dict(), strict=False)
+    model.get_model().initialize_vision_modules(
+        str(encoder_dir), mm_projector_type="mlp2x_gelu", mm_vision_select_layer=-2,
+        pretrain_mm_mlp_adapter=str(projector_file),
+    )
+    assert model.config.mm_hidden_size == reference.config.mm_hidden_size
+    torch.testing.assert_close(logits_for(model.eval(), tokenizer), logits_for(reference, tokenizer))
+
+    out = tmp_path / "llava"
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    _, loaded, _, _ = load_pretrained_model(str(out), torch_dtype=torch.float32)
+    torch.testing.assert_close(logits_for(loaded, tokenizer), logits_for(reference, tokenizer))
