@@ -100,9 +100,11 @@ class OVEncoderVisionTower(nn.Module):
         return self.vision_tower.embeddings.patch_embedding.weight.device
 
     def token_positions(self, piece: VisualPiece) -> torch.Tensor:
-        """``(t, h, w)`` of the tokens the encoder returns for ``piece`` (frame index for t)."""
+        """``(t, h, w)`` of the tokens the encoder returns for ``piece``; ``t`` is the frame, or
+        the RoPE slot when explicit positions were given (grouping by ``t`` works for both)."""
         pixels = piece.pixels if piece.pixels.ndim == 4 else piece.pixels.unsqueeze(1)
-        frames, grid_h, grid_w = pixels.shape[1], pixels.shape[2] // self.config.patch_size, pixels.shape[3] // self.config.patch_size
+        patch = self.config.patch_size
+        frames, grid_h, grid_w = pixels.shape[1], pixels.shape[2] // patch, pixels.shape[3] // patch
         if piece.patch_positions is not None:
             return piece.patch_positions.to(torch.long)
         grid = grid_positions(frames, grid_h, grid_w, device=pixels.device)
@@ -122,8 +124,14 @@ class OVEncoderVisionTower(nn.Module):
         return output.split(selected)
 
 
-def build_vision_tower(config, delay_load: bool = False, **kwargs) -> OVEncoderVisionTower:
-    """Build the tower named by ``config.mm_vision_tower`` (LLaVA config keys)."""
+def build_vision_tower(
+    config, delay_load: bool = False, attn_implementation: str | None = None
+) -> OVEncoderVisionTower:
+    """Build the tower named by ``config.mm_vision_tower`` (LLaVA config keys).
+
+    The tower's attention backend is ``attn_implementation``, else the config's
+    ``vision_attn_implementation``, else the encoder's default (SDPA).
+    """
     name = getattr(config, "mm_vision_tower", None) or getattr(config, "vision_tower", None)
     if name is None:
         raise ValueError("config has no mm_vision_tower")
@@ -133,5 +141,5 @@ def build_vision_tower(config, delay_load: bool = False, **kwargs) -> OVEncoderV
         select_feature=getattr(config, "mm_vision_select_feature", "patch"),
         vision_config=getattr(config, "vision_config", None),
         delay_load=delay_load,
-        attn_implementation=kwargs.get("attn_implementation", getattr(config, "vision_attn_implementation", None)),
+        attn_implementation=attn_implementation or getattr(config, "vision_attn_implementation", None),
     )
