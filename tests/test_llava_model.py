@@ -391,3 +391,29 @@ def test_attach_a_pretrained_encoder_to_a_text_only_model(tmp_path):
     tokenizer.save_pretrained(out)
     _, loaded, _, _ = load_pretrained_model(str(out), torch_dtype=torch.float32)
     torch.testing.assert_close(logits_for(loaded, tokenizer), logits_for(reference, tokenizer))
+
+
+def test_left_padded_batch_generation_matches_each_prompt():
+    """Batched generation (left padding, per-sample images of different sizes) = one prompt at a time."""
+    tokenizer, model, _ = build_tiny_model("qwen2", seed=1, tokenizer_padding_side="left")
+    torch.manual_seed(3)
+    with torch.no_grad():  # larger weights so greedy outputs differ from token to token
+        for name, param in model.named_parameters():
+            if "norm" not in name:
+                param.normal_(0, 0.3)
+    generator = torch.Generator().manual_seed(0)
+    images = [torch.randn(3, 2 * PATCH, 3 * PATCH, generator=generator), torch.randn(3, PATCH, 2 * PATCH,
+                                                                                      generator=generator)]
+    prompts = ["<|im_start|>user\n<image>\nwhat is it, tell me more<|im_end|>\n<|im_start|>assistant\n",
+               "<|im_start|>user\n<image>\nhi<|im_end|>\n<|im_start|>assistant\n"]
+    ids = [prompt_ids(tokenizer, p) for p in prompts]
+    options = dict(max_new_tokens=6, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    alone = [model.generate(i[None], images=[image], **options)[0].tolist() for i, image in zip(ids, images)]
+    longest = max(len(i) for i in ids)
+    batch = torch.full((2, longest), tokenizer.pad_token_id)
+    mask = torch.zeros(2, longest, dtype=torch.long)
+    for row, i in enumerate(ids):
+        batch[row, longest - len(i):], mask[row, longest - len(i):] = i, 1
+    together = model.generate(batch, attention_mask=mask, images=images, **options)
+    assert together.tolist() == alone
+    assert len(set(alone[0])) > 1
