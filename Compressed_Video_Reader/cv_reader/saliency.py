@@ -39,10 +39,11 @@ def _normalise_by_percentile(vals: np.ndarray, pct: float, floor: float, scale: 
     from one batched histogram, and the division is a per-frame lookup table.
     """
     b = vals.shape[0]
-    flat = vals.reshape(b, -1).astype(np.intp)
+    flat = vals.reshape(b, -1).astype(np.intp)  # always a fresh copy: modified in place below
     n = flat.shape[1]
     m = int(flat.max(initial=0)) + 1
-    hist = np.bincount((flat + (np.arange(b) * m)[:, None]).ravel(), minlength=b * m).reshape(b, m)
+    flat += (np.arange(b) * m)[:, None]  # per-frame bins: one bincount and one lookup for the batch
+    hist = np.bincount(flat.ravel(), minlength=b * m).reshape(b, m)
     cum = np.cumsum(hist, axis=1)
     pos = (n - 1) * float(pct) / 100.0
     lo = int(np.floor(pos))
@@ -52,7 +53,7 @@ def _normalise_by_percentile(vals: np.ndarray, pct: float, floor: float, scale: 
     p = (v_lo + (v_hi - v_lo) * (pos - lo)) / scale
     a = np.maximum(p, floor) * scale
     lut = np.minimum(np.arange(m, dtype=np.float32)[None, :] / a[:, None].astype(np.float32), 1.0)
-    return lut.ravel().take(flat + (np.arange(b) * m)[:, None]).reshape(vals.shape).astype(np.float32)
+    return lut.ravel().take(flat).reshape(vals.shape)  # lut is float32 already
 
 
 def residual_energy(residual: np.ndarray, pct: float = 95.0, use_grad: bool = False) -> np.ndarray:
