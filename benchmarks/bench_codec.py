@@ -299,8 +299,9 @@ def main() -> int:
             f"peak MB = peak RSS growth of a fresh process over its post-import baseline."
         )
         text = (
-            f"Produced by `python benchmarks/bench_codec.py --write-docs` "
-            f"({time.strftime('%Y-%m-%d')}).\n\n{env}\n\n"
+            f"Produced by `python benchmarks/bench_codec.py {' '.join(sys.argv[1:])}` "
+            f"({time.strftime('%Y-%m-%d')}; timings on a shared machine drift 20-30 % between runs)."
+            f"\n\n{env}\n\n"
             "*decord* = open the video and `get_batch` the T uniformly sampled frames (RGB, full size). "
             "*Stage 1* = `cv_reader` Stage 1 with the upstream CLI defaults (T=64 sampled frames, their "
             "motion vectors and residuals, scores on the 576 canvas, top-K, three output files). "
