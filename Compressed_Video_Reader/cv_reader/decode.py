@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import av
 import numpy as np
-from av.video.reformatter import VideoReformatter
+from av.video.reformatter import ColorRange, VideoReformatter
 
 from .errors import UnsupportedCodecError, VideoReadError
 
@@ -247,8 +247,22 @@ def luma_resized(
     if frame.width == width and frame.height == height:
         return luma_plane(frame)
     r = reformatter or VideoReformatter()
-    fmt = "yuv420p" if frame.format.name in _LUMA8_FORMATS else "gray"
-    return luma_plane(r.reformat(frame, width=width, height=height, format=fmt, interpolation="AREA"))
+    if frame.format.name in _LUMA8_FORMATS:
+        # Scale the luma plane alone: "gray" declared full range on both sides, so swscale
+        # copies Y values as they are (no limited->full range expansion) and skips chroma.
+        full = ColorRange.JPEG
+        out = r.reformat(
+            frame,
+            width=width,
+            height=height,
+            format="gray",
+            interpolation="AREA",
+            src_color_range=full,
+            dst_color_range=full,
+        )
+    else:
+        out = r.reformat(frame, width=width, height=height, format="gray", interpolation="AREA")
+    return luma_plane(out)
 
 
 class FrameSource:

@@ -70,14 +70,65 @@ class FrameRecord:
         return self.mv_ref == 0
 
 
-@dataclass
+_local = threading.local()
+
+
+def _reformatter(kind: str) -> VideoReformatter:
+    """A per-thread swscale context per conversion kind (contexts are not thread-safe)."""
+    fmt = getattr(_local, kind, None)
+    if fmt is None:
+        fmt = VideoReformatter()
+        setattr(_local, kind, fmt)
+    return fmt
+
+
 class _Held:
-    idx: int
-    pict: str
-    luma: np.ndarray
-    rotation: int = 0
-    mvs: np.ndarray | None = None
-    rgb: np.ndarray | None = None
+    """A decoded frame the reader may still need, converted only when (and if) it is used.
+
+    Why lazy: the decode thread keeps every I/P frame that a B-frame might reference, but
+    only some are ever read, and conversion (swscale) runs in whichever thread first asks,
+    which is usually the consumer, leaving the decode thread to decode.
+    """
+
+    __slots__ = ("idx", "pict", "rotation", "mvs", "_frame", "_size", "_rgb_size", "_luma", "_rgb", "_lock")
+
+    def __init__(
+        self,
+        idx: int,
+        pict: str,
+        frame: av.VideoFrame,
+        size: tuple[int, int],
+        rgb_size: tuple[int, int] | None = None,
+        mvs: np.ndarray | None = None,
+    ) -> None:
+        self.idx, self.pict, self.mvs = idx, pict, mvs
+        self.rotation = int(getattr(frame, "rotation", 0) or 0)
+        self._frame, self._size, self._rgb_size = frame, size, rgb_size
+        self._luma: np.ndarray | None = None
+        self._rgb: np.ndarray | None = None
+        self._lock = threading.Lock()
+
+    def _convert(self) -> None:
+        with self._lock:
+            if self._frame is None:
+                return
+            self._luma = luma_resized(self._frame, self._size[0], self._size[1], _reformatter("luma"))
+            if self._rgb_size is not None:
+                w, h = self._rgb_size
+                self._rgb = rgb_resized(self._frame, w, h, _reformatter("rgb"))
+            self._frame = None  # give the decoder's buffer back
+
+    @property
+    def luma(self) -> np.ndarray:
+        if self._luma is None:
+            self._convert()
+        return self._luma
+
+    @property
+    def rgb(self) -> np.ndarray | None:
+        if self._rgb_size is not None and self._rgb is None:
+            self._convert()
+        return self._rgb
 
 
 @dataclass
@@ -85,9 +136,9 @@ class _Bundle:
     """Everything needed to compute one record, gathered by the decode thread."""
 
     cur: _Held
-    past: list[tuple[int, np.ndarray]]
-    future: list[tuple[int, np.ndarray]]
-    est_ref: tuple[int, np.ndarray] | None
+    past: list[tuple[int, _Held]]  # (signed display distance, frame), nearest first
+    future: list[tuple[int, _Held]]
+    est_ref: tuple[int, _Held] | None
     field: BitstreamField | None = None  # bitstream vectors on the processing grid
     est_field: np.ndarray | None = None  # block-matching vectors (FFmpeg sense) vs est_ref
 
@@ -228,7 +279,6 @@ def _bundles(
         if t + 1 < n:
             needed.add(t + 1)
     source = FrameSource(index, needed, export_mvs=export, threads=threads)
-    luma_fmt, rgb_fmt = VideoReformatter(), VideoReformatter()
 
     def seg(i: int) -> int:
         return 0 if linear else index.segment_start(i)
@@ -256,22 +306,22 @@ def _bundles(
 
     def bundle(t: int) -> _Bundle:
         s0, s1 = seg(t), next_seg(t)
-        past: list[tuple[int, np.ndarray]] = []
-        fut: list[tuple[int, np.ndarray]] = []
+        past: list[tuple[int, _Held]] = []
+        fut: list[tuple[int, _Held]] = []
         if t - 1 >= s0 and (t - 1) in held:
-            past.append((-1, held[t - 1].luma))
+            past.append((-1, held[t - 1]))
         prev_a = [a for a in anchors if s0 <= a < t - 1]
         if prev_a:
-            past.append((prev_a[-1] - t, held[prev_a[-1]].luma))
+            past.append((prev_a[-1] - t, held[prev_a[-1]]))
         if (t + 1) in held:
-            fut.append((1, held[t + 1].luma))
+            fut.append((1, held[t + 1]))
         next_a = [a for a in anchors if t + 1 < a < s1]
         if next_a:
-            fut.append((next_a[0] - t, held[next_a[0]].luma))
+            fut.append((next_a[0] - t, held[next_a[0]]))
         if t - 1 >= s0 and (t - 1) in held:
-            est = (-1, held[t - 1].luma)
+            est = (-1, held[t - 1])
         elif (t + 1) in held:
-            est = (1, held[t + 1].luma)
+            est = (1, held[t + 1])
         else:
             est = None
         bd = _Bundle(cur=held[t], past=past, future=fut, est_ref=est)
@@ -305,18 +355,12 @@ def _bundles(
         pict = pict_type_name(frame)
         is_anchor = pict in ("I", "P", "SI", "SP", "S")
         if idx in needed or (export and is_anchor):
-            h = _Held(
-                idx=idx,
-                pict=pict,
-                luma=luma_resized(frame, size[0], size[1], luma_fmt),
-                rotation=int(getattr(frame, "rotation", 0) or 0),
-            )
-            if idx in tset:
+            target = idx in tset
+            h = _Held(idx, pict, frame, size, rgb_size if target else None)
+            if target:
                 if export:
                     sd = frame.side_data.get(_MV_TYPE)
                     h.mvs = sd.to_ndarray() if sd is not None else None
-                if rgb_size is not None:
-                    h.rgb = rgb_resized(frame, rgb_size[0], rgb_size[1], rgb_fmt)
                 pending.append(idx)
             held[idx] = h
             if export and is_anchor:
@@ -363,9 +407,9 @@ def _compute_fields(bd: _Bundle, index: VideoIndex, block: int, search: int) -> 
         bd.field is None
         and bd.est_field is None
         and bd.est_ref is not None
-        and bd.est_ref[1].shape == cur.shape
+        and bd.est_ref[1].luma.shape == cur.shape
     ):
-        bd.est_field = estimate_motion(cur, bd.est_ref[1], block, search)
+        bd.est_field = estimate_motion(cur, bd.est_ref[1].luma, block, search)
 
 
 def _finalise(
@@ -376,10 +420,12 @@ def _finalise(
     kind = "estimated"
     _compute_fields(bd, index, block, search)
     if bd.field is not None:
-        comp = compensate_bitstream(cur, bd.field, bd.past, bd.future)
+        comp = compensate_bitstream(
+            cur, bd.field, [(d, f.luma) for d, f in bd.past], [(d, f.luma) for d, f in bd.future]
+        )
         kind = "bitstream"
     elif bd.est_field is not None and bd.est_ref is not None:
-        comp = compensate_estimated(cur, bd.est_ref[1], bd.est_ref[0], bd.est_field)
+        comp = compensate_estimated(cur, bd.est_ref[1].luma, bd.est_ref[0], bd.est_field)
     else:
         hc, wc = grid_shape(h, w)
         comp = Compensation(

@@ -101,6 +101,64 @@ def test_residual_is_current_minus_prediction(hevc_static):
     assert np.abs(cur.residual).mean() < np.abs(cur.luma.astype(np.int16) - prev.luma).mean() / 2
 
 
+def _bilinear_reference(ref: np.ndarray, mv: np.ndarray) -> np.ndarray:
+    """Quarter-pel bilinear prediction written out directly (edge-extended reference)."""
+    h, w = ref.shape
+    m = int(np.abs(mv).max()) // 4 + 3
+    pad = np.pad(ref.astype(np.int32), m, mode="edge")
+    ys, xs = np.mgrid[0:h, 0:w]
+    v = np.repeat(np.repeat(mv, 4, 0), 4, 1)[:h, :w]
+    mx, my = v[..., 0], v[..., 1]
+    y, x = ys + (my >> 2) + m, xs + (mx >> 2) + m
+    fx, fy = mx & 3, my & 3
+    top = pad[y, x] * (4 - fx) + pad[y, x + 1] * fx
+    bot = pad[y + 1, x] * (4 - fx) + pad[y + 1, x + 1] * fx
+    return ((top * (4 - fy) + bot * fy + 8) >> 4).astype(np.int16)
+
+
+def test_prediction_kernel_matches_bilinear_formula():
+    rng = np.random.default_rng(7)
+    ref = rng.integers(0, 256, (37, 45), dtype=np.uint8)  # not a multiple of the 4x4 cell
+    mv = rng.integers(-70, 71, (10, 12, 2)).astype(np.int32)  # many vectors leave the frame
+    mv[2:5, 3:7] = rng.integers(-6, 7, (3, 4, 2))  # and some stay well inside
+    assert np.array_equal(predict([ref], mv), _bilinear_reference(ref, mv))
+    # per-cell plane selection
+    other = rng.integers(0, 256, ref.shape, dtype=np.uint8)
+    sel = rng.integers(0, 2, (10, 12))
+    both = np.where(
+        np.repeat(np.repeat(sel, 4, 0), 4, 1)[:37, :45] == 1,
+        _bilinear_reference(other, mv),
+        _bilinear_reference(ref, mv),
+    )
+    assert np.array_equal(predict([ref, other], mv, sel), both)
+    with pytest.raises(ValueError, match="shape"):
+        predict([ref], mv[:-1])
+
+
+def test_bitstream_compensation_picks_matching_reference_and_averages_bipred():
+    from cv_reader.motion import BitstreamField
+    from cv_reader.residual import compensate_bitstream
+
+    rng = np.random.default_rng(11)
+    h, w = 32, 48
+    cur = rng.integers(0, 256, (h, w), dtype=np.uint8)
+    noise = rng.integers(0, 256, (h, w), dtype=np.uint8)
+    zero = np.zeros((h // 4, w // 4, 2), np.int32)
+    yes, no = np.ones((h // 4, w // 4), bool), np.zeros((h // 4, w // 4), bool)
+    # past only, two candidates: every cell must pick the copy of the frame (distance -3)
+    comp = compensate_bitstream(cur, BitstreamField(zero, yes, zero, no), [(-1, noise), (-3, cur)], [])
+    assert (comp.mv_ref == -3).all() and np.array_equal(comp.pred, cur.astype(np.int16))
+    # bi-prediction averages the two directions with rounding; future-only cells use the future
+    fut = rng.integers(0, 256, (h, w), dtype=np.uint8)
+    has_p = yes.copy()
+    has_p[:, :3] = False
+    comp = compensate_bitstream(cur, BitstreamField(zero, has_p, zero, yes), [(-1, noise)], [(2, fut)])
+    avg = (noise.astype(np.int16) + fut + 1) >> 1
+    assert np.array_equal(comp.pred[:, 12:], avg[:, 12:])
+    assert np.array_equal(comp.pred[:, :12], fut[:, :12].astype(np.int16))
+    assert (comp.mv_ref[:, 3:] == -1).all() and (comp.mv_ref[:, :3] == 2).all()
+
+
 def test_subset_read_matches_full_read(h264_static, h264_records):
     ids = [0, 7, 23, 24, 25, 41, 47]
     sub = list(cv.read_video(h264_static.path, ids + [7]))
