@@ -128,7 +128,7 @@ def _padded_i16(img, hp, wp):  # pragma: no cover - compiled
 
 @jit
 def _block_sad(cur, ref, y0, x0, vy, vx, bl) -> int:  # pragma: no cover - compiled
-    """SAD of the ``bl`` x ``bl`` block of ``cur`` at (y0, x0) vs ``ref`` displaced by (vy, vx), edge-clamped."""
+    """SAD of the ``bl``-square block of ``cur`` at (y0, x0) vs ``ref`` shifted by (vy, vx), edge-clamped."""
     h, w = ref.shape
     s = 0
     if 0 <= y0 + vy and y0 + vy + bl <= h and 0 <= x0 + vx and x0 + vx + bl <= w:
