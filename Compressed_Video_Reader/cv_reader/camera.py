@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .kernels import jit
+
 MODES = ("none", "median", "mean", "similarity", "affine")
 _MAX_FIT_SAMPLES = 8192
 
@@ -66,6 +68,47 @@ def fit_global_motion(vec: np.ndarray, valid: np.ndarray, mode: str, iterations:
     return np.stack([fx @ params, fy @ params], axis=-1).reshape(hc, wc, 2)
 
 
+@jit
+def _masked_medians(vec, valid):  # pragma: no cover - compiled
+    """``np.median(vec[b][valid[b]], axis=0)`` for every frame ``b`` (float32, NaN when none valid).
+
+    Even counts average the two middle values in float32, as numpy's median does.
+    """
+    nb = vec.shape[0]
+    out = np.full((nb, 2), np.nan, np.float32)
+    for b in range(nb):
+        n = 0
+        for y in range(valid.shape[1]):
+            for x in range(valid.shape[2]):
+                n += valid[b, y, x]
+        if n == 0:
+            continue
+        for c in range(2):
+            vals = np.empty(n, np.float32)
+            k = 0
+            for y in range(valid.shape[1]):
+                for x in range(valid.shape[2]):
+                    if valid[b, y, x]:
+                        vals[k] = vec[b, y, x, c]
+                        k += 1
+            vals.sort()
+            if n % 2:
+                out[b, c] = vals[n // 2]
+            else:
+                out[b, c] = (vals[n // 2 - 1] + vals[n // 2]) / np.float32(2.0)
+    return out
+
+
+def compensate_batch(vec: np.ndarray, valid: np.ndarray, mode: str = "median") -> np.ndarray:
+    """:func:`compensate` for a batch ``[B, Hc, Wc, 2]`` (the median of every frame in one call)."""
+    mode = (mode or "none").lower()
+    if mode == "median":
+        vec = vec.astype(np.float32)
+        med = _masked_medians(np.ascontiguousarray(vec), np.ascontiguousarray(valid))
+        return vec - np.nan_to_num(med, nan=0.0)[:, None, None, :]
+    return np.stack([compensate(vec[i], valid[i], mode) for i in range(vec.shape[0])])
+
+
 def compensate(vec: np.ndarray, valid: np.ndarray, mode: str = "median") -> np.ndarray:
     """Return ``vec`` minus the global motion estimated on ``valid`` cells."""
     mode = (mode or "none").lower()
@@ -75,10 +118,10 @@ def compensate(vec: np.ndarray, valid: np.ndarray, mode: str = "median") -> np.n
     if mode == "none" or not valid.any():
         return vec
     if mode == "median":
-        return vec - np.median(vec[valid], axis=0).astype(np.float32)
+        return compensate_batch(vec[None], valid[None], mode)[0]
     if mode == "mean":
         return vec - vec[valid].mean(axis=0).astype(np.float32)
     return (vec - fit_global_motion(vec, valid, mode)).astype(np.float32)
 
 
-__all__ = ["MODES", "compensate", "fit_global_motion"]
+__all__ = ["MODES", "compensate", "compensate_batch", "fit_global_motion"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .camera import compensate
+from .camera import compensate_batch
 
 FUSE_MODES = ("weighted", "max", "sum", "geomean")
 RES_FLOOR = 1.0  # residual percentile floor (grey levels): a clean frame stays near zero
@@ -92,7 +92,7 @@ def mv_energy(
     valid = ref_b != 0
     dist = np.where(valid, np.abs(ref_b.astype(np.float32)), np.float32(1.0))
     vec = mv_b.astype(np.float32) / np.float32(mv_unit_div) / dist[..., None]
-    vec = np.stack([compensate(vec[i], valid[i], compensate_mode) for i in range(vec.shape[0])])
+    vec = compensate_batch(vec, valid, compensate_mode)
     mag = np.hypot(vec[..., 0], vec[..., 1])
     mag[~valid] = 0.0
     a = np.maximum(np.percentile(mag.reshape(mag.shape[0], -1), pct, axis=1), MV_FLOOR).astype(np.float32)
