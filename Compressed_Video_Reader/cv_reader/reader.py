@@ -13,8 +13,9 @@ other frames were requested):
   decodes the previous GOP. A single-frame video has no reference: every cell is masked
   and the residual is zero.
 
-Decoding runs in a background thread (PyAV releases the GIL) while the numpy work for
-the previous frame proceeds, so the two cores overlap.
+Decoding runs in a background thread (PyAV releases the GIL) while the caller's thread
+converts frames and runs the compiled kernels (which release it too) for the previous
+ones, so the two cores overlap.
 """
 
 from __future__ import annotations
@@ -177,8 +178,8 @@ def read_video(
     block-matching estimation. ``max_side`` processes frames downscaled so the longer side
     is at most that (vectors rescaled); None keeps the coded size. ``threads`` sets decoder
     threads for codecs without vector export (0 = FFmpeg's choice). ``rgb_size=(w, h)``
-    attaches a bilinear-resized RGB image to each record. Memory holds only a few luma
-    planes beyond what the caller keeps.
+    attaches a bilinear-resized RGB image to each record. Memory holds only a few decoded
+    frames (the queue and the references still needed) beyond what the caller keeps.
     """
     index = index or build_index(path)
     n = index.num_frames
