@@ -1,43 +1,13 @@
 """cv_reader: codec-style patch selection for video (motion vectors, residuals, top-K patches).
 
-Pure PyAV + numpy: H.264/MPEG motion vectors come from FFmpeg's side data, other codecs get
-block-matching estimates; no patched FFmpeg build is needed.
+PyAV + numpy, with the per-pixel loops compiled by numba: H.264/MPEG motion vectors come
+from FFmpeg's side data, other codecs get block-matching estimates; no patched FFmpeg build
+is needed. The public names are those of :mod:`cv_reader.api`.
 """
 
-from .api import (
-    CanvasGeometry,
-    CodecPatches,
-    FrameRecord,
-    Selection,
-    Stage1Params,
-    UnsupportedCodecError,
-    VideoReadError,
-    codec_patchify,
-    global_topk,
-    load_canvases,
-    pack_mosaics,
-    probe,
-    read_video,
-    sample_frame_ids_uniform,
-    select_patches,
-)
+from . import api
+from .api import *  # noqa: F403 - the package re-exports exactly api.__all__
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "CanvasGeometry",
-    "CodecPatches",
-    "FrameRecord",
-    "Selection",
-    "Stage1Params",
-    "UnsupportedCodecError",
-    "VideoReadError",
-    "codec_patchify",
-    "global_topk",
-    "load_canvases",
-    "pack_mosaics",
-    "probe",
-    "read_video",
-    "sample_frame_ids_uniform",
-    "select_patches",
-]
+__all__ = list(api.__all__)
