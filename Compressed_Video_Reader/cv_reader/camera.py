@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from .kernels import jit
-
 MODES = ("none", "median", "mean", "similarity", "affine")
 _MAX_FIT_SAMPLES = 8192
 
@@ -68,35 +66,21 @@ def fit_global_motion(vec: np.ndarray, valid: np.ndarray, mode: str, iterations:
     return np.stack([fx @ params, fy @ params], axis=-1).reshape(hc, wc, 2)
 
 
-@jit
-def _masked_medians(vec, valid):  # pragma: no cover - compiled
+def _masked_medians(vec: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """``np.median(vec[b][valid[b]], axis=0)`` for every frame ``b`` (float32, NaN when none valid).
 
-    Even counts average the two middle values in float32, as numpy's median does.
+    One sort of the whole batch with invalid cells pushed to the end; the median is the
+    float32 mean of the two middle values (equal for odd counts), as numpy's median gives.
     """
     nb = vec.shape[0]
-    out = np.full((nb, 2), np.nan, np.float32)
-    for b in range(nb):
-        n = 0
-        for y in range(valid.shape[1]):
-            for x in range(valid.shape[2]):
-                n += valid[b, y, x]
-        if n == 0:
-            continue
-        for c in range(2):
-            vals = np.empty(n, np.float32)
-            k = 0
-            for y in range(valid.shape[1]):
-                for x in range(valid.shape[2]):
-                    if valid[b, y, x]:
-                        vals[k] = vec[b, y, x, c]
-                        k += 1
-            vals.sort()
-            if n % 2:
-                out[b, c] = vals[n // 2]
-            else:
-                out[b, c] = (vals[n // 2 - 1] + vals[n // 2]) / np.float32(2.0)
-    return out
+    keys = np.where(valid[:, None], np.moveaxis(vec, -1, 1), np.float32(np.inf)).reshape(nb, 2, -1)
+    keys.sort(axis=2)
+    n = valid.reshape(nb, -1).sum(axis=1)
+    lo, hi = np.maximum((n - 1) // 2, 0), n // 2
+    rows = np.arange(nb)
+    med = (keys[rows, :, lo] + keys[rows, :, hi]) / np.float32(2.0)
+    med[n == 0] = np.nan
+    return med
 
 
 def compensate_batch(vec: np.ndarray, valid: np.ndarray, mode: str = "median") -> np.ndarray:
@@ -104,7 +88,7 @@ def compensate_batch(vec: np.ndarray, valid: np.ndarray, mode: str = "median") -
     mode = (mode or "none").lower()
     if mode == "median":
         vec = vec.astype(np.float32)
-        med = _masked_medians(np.ascontiguousarray(vec), np.ascontiguousarray(valid))
+        med = _masked_medians(vec, valid)
         return vec - np.nan_to_num(med, nan=0.0)[:, None, None, :]
     return np.stack([compensate(vec[i], valid[i], mode) for i in range(vec.shape[0])])
 

@@ -2,8 +2,8 @@
 
 Why: Stage 1 scores and Stage 2 packs patches on the same ``S`` x ``S`` canvas, so both
 use this one definition (upstream ``square576`` mapping, DESIGN §4). Patch scores are the
-integral of the energy over each patch of the area-resampled map, computed with two
-small overlap matrices instead of materialising the resized map.
+integral of the energy over each patch of the area-resampled map, computed from the
+frame-resolution map without materialising the resized one.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
+
+from .kernels import jit
 
 
 @dataclass(frozen=True)
@@ -100,47 +102,22 @@ class CanvasGeometry:
         rx = np.clip((edges - self.pad_left) * ew / wn, 0, ew)
         return ry, rx
 
-    @staticmethod
-    def _integrate(x: np.ndarray, bounds: np.ndarray, axis: int) -> np.ndarray:
-        """Integral of ``x`` (piecewise constant along ``axis``) between consecutive ``bounds``.
-
-        Whole samples inside an interval are summed with ``reduceat`` (no prefix-sum
-        cancellation); the two partial samples at its ends are added with their fractions.
-        """
-        n = x.shape[axis]
-        i = np.minimum(np.floor(bounds).astype(np.int64), n - 1)
-        f = (bounds - i).astype(np.float32)
-        i0, i1, f0, f1 = i[:-1], i[1:], f[:-1], f[1:]
-        shape = [1] * x.ndim
-        shape[axis] = -1
-
-        def col(v: np.ndarray) -> np.ndarray:
-            return v.reshape(shape)
-
-        starts = np.minimum(i0 + 1, n - 1)
-        pairs = np.stack([starts, np.maximum(i1, starts)], axis=1).ravel()
-        mid = np.take(np.add.reduceat(x, pairs, axis=axis), np.arange(0, 2 * len(i0), 2), axis=axis)
-        mid = np.where(col(i1 <= i0 + 1), np.float32(0), mid)
-        x0, x1 = np.take(x, i0, axis=axis), np.take(x, i1, axis=axis)
-        ends = col(1.0 - f0) * x0 + col(f1) * x1 + mid
-        inner = col(f1 - f0) * x0
-        return np.where(col(i0 == i1), inner, ends).astype(np.float32)
-
     def patch_scores(self, energy: np.ndarray) -> np.ndarray:
         """Sum of the canvas-mapped ``energy`` inside each patch -> ``[..., grid, grid]``.
 
         ``energy`` (``[..., h, w]``, any leading batch dims) covers the whole
         (display-oriented) frame at any resolution. The result is the exact area integral of
-        the piecewise-constant map resized onto the canvas (no resized copy, no BLAS).
+        the piecewise-constant map resized onto the canvas (no resized copy).
         """
         if energy.ndim < 2:
             raise ValueError(f"energy must be at least 2-D, got {energy.shape}")
         eh, ew = energy.shape[-2:]
         ry, rx = self._bounds(eh, ew)
         hn, wn = self.content_hw
-        rows = self._integrate(energy.astype(np.float32, copy=False), ry, axis=energy.ndim - 2)
-        out = self._integrate(rows, rx, axis=energy.ndim - 1)
-        return (out * np.float32((hn / eh) * (wn / ew))).astype(np.float32)
+        batch = energy.reshape((-1, eh, ew))  # a view unless a rotated batch must be copied
+        out = np.empty((batch.shape[0], self.grid, self.grid), np.float32)
+        _patch_integrals(batch.astype(np.float32, copy=False), ry, rx, (hn / eh) * (wn / ew), out)
+        return out.reshape(energy.shape[:-2] + (self.grid, self.grid))
 
     def place(self, content: np.ndarray) -> np.ndarray:
         """Centre-pad a resized ``[Hn, Wn, ...]`` image onto a black canvas."""
@@ -150,6 +127,52 @@ class CanvasGeometry:
         out = np.zeros((self.size, self.size) + content.shape[2:], dtype=content.dtype)
         out[self.pad_top : self.pad_top + hn, self.pad_left : self.pad_left + wn] = content
         return out
+
+
+@jit
+def _interval_weights(bounds: np.ndarray, n: int, k: int) -> tuple[int, int, float, float]:
+    """Samples ``i0..i1`` of a length-``n`` axis covered by interval ``k`` and their end fractions.
+
+    Sample ``i`` spans ``[i, i + 1)``; interior samples count fully, sample ``i0`` with
+    weight ``w0`` and ``i1`` with ``w1`` (one sample: ``w0`` is its whole weight).
+    """
+    b0, b1 = bounds[k], bounds[k + 1]
+    i0 = min(int(np.floor(b0)), n - 1)
+    i1 = min(int(np.floor(b1)), n - 1)
+    f0, f1 = b0 - i0, b1 - i1
+    if i0 == i1:
+        return i0, i1, f1 - f0, 0.0
+    return i0, i1, 1.0 - f0, f1
+
+
+@jit
+def _patch_integrals(
+    energy: np.ndarray, ry: np.ndarray, rx: np.ndarray, scale: float, out: np.ndarray
+) -> None:
+    """``out[b, i, j]`` = ``scale`` x integral of ``energy[b]`` over rows ``[ry[i], ry[i+1])``
+    and columns ``[rx[j], rx[j+1])``.
+
+    Rows first (one band per patch row), then columns; float64 accumulation.
+    """
+    nb, h, w = energy.shape
+    g = out.shape[1]
+    band = np.empty(w, np.float64)
+    for b in range(nb):
+        for i in range(g):
+            band[:] = 0.0
+            y0, y1, wy0, wy1 = _interval_weights(ry, h, i)
+            for y in range(y0, y1 + 1):
+                wy = wy0 if y == y0 else (wy1 if y == y1 else 1.0)
+                if wy != 0.0:
+                    for x in range(w):
+                        band[x] += wy * energy[b, y, x]
+            for j in range(g):
+                x0, x1, wx0, wx1 = _interval_weights(rx, w, j)
+                acc = 0.0
+                for x in range(x0, x1 + 1):
+                    wx = wx0 if x == x0 else (wx1 if x == x1 else 1.0)
+                    acc += wx * band[x]
+                out[b, i, j] = np.float32(acc * scale)
 
 
 def rotate_display(arr: np.ndarray, rotation: int, axes: tuple[int, int] = (0, 1)) -> np.ndarray:

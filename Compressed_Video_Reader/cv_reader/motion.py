@@ -102,9 +102,17 @@ def field_from_side_data(mvs: np.ndarray | None, height: int, width: int, cell: 
 @jit
 def _pool(img, f):  # pragma: no cover - compiled
     """Mean-pool an int16 image by an integer factor (dimensions divide), rounded half up."""
+    if f == 1:
+        return img
     h, w = img.shape
     out = np.empty((h // f, w // f), np.int16)
     n = f * f
+    if f == 2:
+        for y in range(h // 2):
+            a, b = img[2 * y], img[2 * y + 1]
+            for x in range(w // 2):
+                out[y, x] = (np.int32(a[2 * x]) + a[2 * x + 1] + b[2 * x] + b[2 * x + 1] + 2) >> 2
+        return out
     for y in range(h // f):
         for x in range(w // f):
             s = 0
@@ -121,8 +129,12 @@ def _padded_i16(img, hp, wp):  # pragma: no cover - compiled
     h, w = img.shape
     out = np.empty((hp, wp), np.int16)
     for y in range(hp):
-        for x in range(wp):
-            out[y, x] = img[min(y, h - 1), min(x, w - 1)]
+        src = img[min(y, h - 1)]
+        row = out[y]
+        for x in range(w):
+            row[x] = src[x]
+        for x in range(w, wp):
+            row[x] = src[w - 1]
     return out
 
 
@@ -174,12 +186,23 @@ def _full_search(cur, ref, nby, nbx, bl, r, lam, dy, dx) -> None:  # pragma: no 
 
 @jit
 def _best_of(cur, ref, nby, nbx, bl, lam, cy, cx, dy, dx) -> None:  # pragma: no cover - compiled
-    """Per block, the candidate ``(cy[c], cx[c])`` with the lowest SAD + length penalty (first wins)."""
+    """Per block, the candidate ``(cy[c], cx[c])`` with the lowest SAD + length penalty (first wins).
+
+    A candidate equal to an earlier one of the same block is skipped (same cost, and ties
+    keep the first anyway): neighbours usually share their vectors.
+    """
     for by in range(nby):
         for bx in range(nbx):
             best = np.inf
             for c in range(cy.shape[0]):
                 a, b = cy[c, by, bx], cx[c, by, bx]
+                seen = False
+                for e in range(c):
+                    if cy[e, by, bx] == a and cx[e, by, bx] == b:
+                        seen = True
+                        break
+                if seen:
+                    continue
                 cost = _block_sad(cur, ref, by * bl, bx * bl, a, b, bl) + lam * (abs(a) + abs(b))
                 if cost < best:
                     best = cost

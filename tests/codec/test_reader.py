@@ -260,3 +260,18 @@ def test_camera_compensation_models():
     assert np.hypot(med[..., 0], med[..., 1])[~obj].max() > 0.3  # translation-only leaves the zoom
     with pytest.raises(ValueError):
         compensate(field, valid, "bogus")
+
+
+def test_batched_median_compensation_matches_numpy_median():
+    from cv_reader.camera import compensate_batch
+
+    rng = np.random.default_rng(3)
+    vec = (rng.integers(-40, 40, (5, 7, 9, 2)) / 4.0).astype(np.float32)
+    valid = rng.random((5, 7, 9)) < 0.6
+    valid[1] = False  # no inter cells: nothing to subtract
+    valid[2] = False
+    valid[2, 3, 4] = valid[2, 0, 0] = True  # even count: mean of the two middle values
+    out = compensate_batch(vec, valid, "median")
+    for b in range(5):
+        med = np.median(vec[b][valid[b]], axis=0) if valid[b].any() else np.zeros(2, np.float32)
+        np.testing.assert_array_equal(out[b], vec[b] - med.astype(np.float32))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from cv_reader.canvas import CanvasGeometry
 from cv_reader.mosaic import pack_mosaics
-from cv_reader.saliency import fuse, mv_energy, percentile_small_int, residual_energy
+from cv_reader.saliency import FUSE_MODES, fuse, fused_energy, mv_energy, residual_energy, upsample_cells
 from cv_reader.selection import global_topk, sample_frame_ids_uniform
 
 
@@ -46,11 +46,82 @@ def test_patch_scores_integrate_energy():
     assert np.allclose(g2.patch_scores(half).sum(), sc.sum(), rtol=1e-4)
 
 
+def _overlap(bounds: np.ndarray, n: int) -> np.ndarray:
+    """[intervals, n] length of each interval's overlap with each unit sample [k, k + 1)."""
+    k = np.arange(n)
+    return np.clip(np.minimum(bounds[1:, None], k + 1) - np.maximum(bounds[:-1, None], k), 0, None)
+
+
+@pytest.mark.parametrize(
+    "h,w,size,patch", [(37, 53, 576, 16), (144, 176, 96, 16), (5, 7, 64, 16), (61, 20, 112, 16)]
+)
+def test_patch_scores_equal_area_integral_of_resized_map(h, w, size, patch):
+    """Non-integer scales, maps at a different resolution than the frame, batches, rotated views."""
+    geo = CanvasGeometry(h, w, size, patch)
+    rng = np.random.default_rng(h * w)
+    for eh, ew in ((h, w), (h // 2 + 1, w // 3 + 1)):
+        e = rng.random((3, eh, ew)).astype(np.float32)
+        hn, wn = geo.content_hw
+        edges = np.arange(geo.grid + 1) * patch
+        ry = np.clip((edges - geo.pad_top) * eh / hn, 0, eh)
+        rx = np.clip((edges - geo.pad_left) * ew / wn, 0, ew)
+        ref = np.einsum("iy,byx,jx->bij", _overlap(ry, eh), e.astype(np.float64), _overlap(rx, ew))
+        ref *= (hn / eh) * (wn / ew)
+        np.testing.assert_allclose(geo.patch_scores(e), ref, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(geo.patch_scores(e[1]), ref[1], rtol=1e-5, atol=1e-5)
+    rot = np.rot90(e, 1, axes=(1, 2))  # a non-contiguous view, as Stage 1 passes for rotated videos
+    g_rot = CanvasGeometry(w, h, size, patch)
+    np.testing.assert_allclose(
+        g_rot.patch_scores(rot), g_rot.patch_scores(np.ascontiguousarray(rot)), rtol=0, atol=0
+    )
+
+
+def _residual_energy_reference(r: np.ndarray, pct: float, use_grad: bool) -> np.ndarray:
+    """The definition written out with numpy: value / max(P_pct, floor), clipped to [0, 1]."""
+    ri = r.astype(np.int32)
+    if use_grad:
+        v = 0.5 * (
+            np.abs(np.roll(ri, -1, 1) - np.roll(ri, 1, 1)) + np.abs(np.roll(ri, -1, 0) - np.roll(ri, 1, 0))
+        )
+    else:
+        v = np.abs(ri).astype(np.float64)
+    return np.minimum(v / max(np.percentile(v, pct), 1.0), 1.0)
+
+
+@pytest.mark.parametrize("use_grad", [False, True])
+@pytest.mark.parametrize("pct", [95.0, 50.0, 99.9])
+def test_residual_energy_matches_percentile_definition(use_grad, pct):
+    rng = np.random.default_rng(int(pct))
+    r = rng.normal(0, 12, (2, 23, 31)).clip(-255, 255).astype(np.int16)
+    r[1, :, :20] = 0  # mostly clean frame: the percentile falls between histogram bins
+    out = residual_energy(r, pct, use_grad)
+    for b in range(2):
+        np.testing.assert_allclose(
+            out[b], _residual_energy_reference(r[b], pct, use_grad), rtol=1e-6, atol=1e-6
+        )
+        np.testing.assert_array_equal(residual_energy(r[b], pct, use_grad), out[b])
+
+
+@pytest.mark.parametrize("mode", FUSE_MODES)
+def test_fused_energy_is_fusion_of_upsampled_mv_and_residual_energy(mode):
+    rng = np.random.default_rng(7)
+    res = rng.normal(0, 10, (3, 18, 22)).astype(np.int16)
+    # 4 x 11 cells of 5 x 2 px (different factors per axis; the last cell row is partial)
+    mv = rng.integers(-20, 20, (3, 4, 11, 2)).astype(np.int16)
+    ref = rng.choice(np.array([-2, -1, 0, 1], np.int8), (3, 4, 11))
+    kw = dict(fuse_mode=mode, w_mv=3.0, w_res=1.0, res_use_grad=mode == "sum", mv_compensate="mean")
+    out = fused_energy(mv, ref, res, **kw)
+    m = upsample_cells(mv_energy(mv, ref, compensate_mode="mean"), 18, 22)
+    r = residual_energy(res, use_grad=mode == "sum")
+    np.testing.assert_array_equal(out, fuse(m, r, mode, 3.0, 1.0))
+    assert out.dtype == np.float32 and out.min() >= 0 and out.max() <= 1
+    np.testing.assert_array_equal(fused_energy(mv[0], ref[0], res[0], **kw), out[0])
+
+
 def test_energy_normalisation():
     r = np.zeros((10, 10), np.int16)
     r[0, :5] = 40
     r[1, :5] = -20
-    assert percentile_small_int(np.abs(r).astype(np.int64), 95) == pytest.approx(np.percentile(np.abs(r), 95))
     e = residual_energy(r, 95)
     assert e.max() == 1.0 and e.min() == 0.0 and e.dtype == np.float32
     assert residual_energy(np.zeros((4, 4), np.int16)).max() == 0.0  # floor keeps a clean frame at 0
