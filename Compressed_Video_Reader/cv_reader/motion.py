@@ -37,19 +37,36 @@ class BitstreamField:
 
 
 @jit
-def _paint_kernel(
-    order, cy0, cx0, ch, cw, future_dir, vec, past, has_past, future, has_future
-) -> None:  # pragma: no cover
-    """Paint blocks (in ``order``) onto the cell grids; cells outside are clamped to the border."""
+def _paint_records(
+    w, h, source, dst_x, dst_y, motion_x, motion_y, motion_scale, cell, past, has_past, future, has_future
+) -> None:  # pragma: no cover - compiled
+    """Paint ``AVMotionVector`` blocks onto the cell grids (see :func:`field_from_side_data`).
+
+    Arguments are the record fields as arrays. Blocks are painted in a stable order of
+    (direction, height, width); cells outside the grid are clamped to its border.
+    """
+    n = w.shape[0]
     hp, wp = has_past.shape
-    for i in order:
-        field, has = (future, has_future) if future_dir[i] else (past, has_past)
-        for dy in range(ch[i]):
-            y = min(max(cy0[i] + dy, 0), hp - 1)
-            for dx in range(cw[i]):
-                x = min(max(cx0[i] + dx, 0), wp - 1)
-                field[y, x, 0] = vec[i, 0]
-                field[y, x, 1] = vec[i, 1]
+    key = np.empty(n, np.int64)
+    for i in range(n):
+        cw, ch = max(w[i] // cell, 1), max(h[i] // cell, 1)
+        key[i] = (4096 if source[i] > 0 else 0) + ch * 64 + cw
+    for i in np.argsort(key, kind="mergesort"):
+        if source[i] == 0:
+            continue
+        field, has = (future, has_future) if source[i] > 0 else (past, has_past)
+        scale = max(np.float64(motion_scale[i]), 1.0)
+        vx = np.int32(np.rint(motion_x[i] * 4.0 / scale))
+        vy = np.int32(np.rint(motion_y[i] * 4.0 / scale))
+        bw, bh = np.int64(w[i]), np.int64(h[i])
+        cx0 = (np.int64(dst_x[i]) - bw // 2) // cell
+        cy0 = (np.int64(dst_y[i]) - bh // 2) // cell
+        for dy in range(max(bh // cell, 1)):
+            y = min(max(cy0 + dy, 0), hp - 1)
+            for dx in range(max(bw // cell, 1)):
+                x = min(max(cx0 + dx, 0), wp - 1)
+                field[y, x, 0] = vx
+                field[y, x, 1] = vy
                 has[y, x] = True
 
 
@@ -71,31 +88,8 @@ def field_from_side_data(mvs: np.ndarray | None, height: int, width: int, cell: 
     has_past = np.zeros((hp, wp), bool)
     has_future = np.zeros((hp, wp), bool)
     if mvs is not None and len(mvs):
-        w = mvs["w"].astype(np.int64)
-        h = mvs["h"].astype(np.int64)
-        src = mvs["source"]
-        cw = np.maximum(w // cell, 1)
-        ch = np.maximum(h // cell, 1)
-        key = np.where(src > 0, 1 << 12, 0) + ch * 64 + cw
-        order = np.argsort(key, kind="stable")
-        order = order[src[order] != 0]
-        scale = np.maximum(mvs["motion_scale"].astype(np.float64), 1.0)
-        vec = np.stack(
-            [np.rint(mvs["motion_x"] * 4.0 / scale), np.rint(mvs["motion_y"] * 4.0 / scale)], axis=-1
-        ).astype(np.int32)
-        _paint_kernel(
-            order,
-            (mvs["dst_y"].astype(np.int64) - h // 2) // cell,
-            (mvs["dst_x"].astype(np.int64) - w // 2) // cell,
-            ch,
-            cw,
-            src > 0,
-            vec,
-            past,
-            has_past,
-            future,
-            has_future,
-        )
+        names = ("w", "h", "source", "dst_x", "dst_y", "motion_x", "motion_y", "motion_scale")
+        _paint_records(*(mvs[k] for k in names), cell, past, has_past, future, has_future)
     return BitstreamField(*(np.ascontiguousarray(a[:hc, :wc]) for a in (past, has_past, future, has_future)))
 
 

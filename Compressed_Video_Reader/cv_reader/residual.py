@@ -94,15 +94,21 @@ def _compensate_kernel(
     for cy in range(hc):
         for cx in range(wc):
             y0, x0 = cy * CELL, cx * CELL
+            # One direction covers every cell (cells without a vector use zero motion from the
+            # best-matching candidate). Two: future-only cells take the future prediction,
+            # bi-predicted cells the rounded average, all others the past one. A direction
+            # whose prediction is not used has no vector here either: it is skipped.
+            src = 0 if n_past > 0 else 1
+            if both:
+                hp, hf = has_past[cy, cx], has_future[cy, cx]
+                src = 2 if (hp and hf) else (1 if hf else 0)
             for d in range(2):
+                if src != 2 and d != src:
+                    continue
                 if d == 0:
-                    if n_past == 0:
-                        continue
                     lo, hi, sign, has = 0, n_past, -1, has_past[cy, cx]
                     mx, my = np.int64(past[cy, cx, 0]), np.int64(past[cy, cx, 1])
                 else:
-                    if n_future == 0:
-                        continue
                     lo, hi, sign, has = n_past, n_past + n_future, 1, has_future[cy, cx]
                     mx, my = np.int64(future[cy, cx, 0]), np.int64(future[cy, cx, 1])
                 k = lo if hi - lo == 1 else _best_candidate(cur, refs, lo, hi, mx, my, y0, x0)
@@ -111,13 +117,6 @@ def _compensate_kernel(
                     mv[cy, cx, 1] = sign * my
                     mv_ref[cy, cx] = max(-127, min(127, dists[k]))
                 _predict_cell(refs, k, mx, my, y0, x0, cells[d])
-            # One direction covers every cell (cells without a vector use zero motion from the
-            # best-matching candidate). Two: future-only cells take the future prediction,
-            # bi-predicted cells the rounded average, all others the past one.
-            src = 0 if n_past > 0 else 1
-            if both:
-                hp, hf = has_past[cy, cx], has_future[cy, cx]
-                src = 2 if (hp and hf) else (1 if hf else 0)
             for yy in range(min(CELL, h - y0)):
                 for xx in range(min(CELL, w - x0)):
                     if src == 2:

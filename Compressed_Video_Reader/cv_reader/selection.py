@@ -40,10 +40,21 @@ class TopK:
 
 
 def _ranked(scores: np.ndarray, k: int) -> np.ndarray:
-    """Flat indices of the ``k`` best scores; ties keep the lower index (stable)."""
-    flat = scores.reshape(-1)
-    order = np.argsort(-flat, kind="stable")
-    return order[:k]
+    """Flat indices of the ``k`` best scores, best first; ties keep the lower index (stable).
+
+    Equals ``np.argsort(-scores, kind="stable")[:k]`` without sorting everything: a
+    partition finds the k-th best value, then only the chosen indices are sorted.
+    """
+    neg = -scores.reshape(-1)
+    if k <= 0:
+        return np.zeros(0, np.int64)
+    if k >= neg.size:
+        return np.argsort(neg, kind="stable")
+    kth = np.partition(neg, k - 1)[k - 1]
+    better = np.flatnonzero(neg < kth)
+    ties = np.flatnonzero(neg == kth)[: k - better.size]  # the lowest indices among equals
+    chosen = np.sort(np.concatenate([better, ties]))
+    return chosen[np.argsort(neg[chosen], kind="stable")]
 
 
 def _to_thw(flat_idx: np.ndarray, s_total: int, wb: int) -> np.ndarray:

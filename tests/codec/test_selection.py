@@ -170,6 +170,16 @@ def test_topk_zero_uses_full_budget_and_padding_last():
     assert not _vm()[top.thw[16:, 1], top.thw[16:, 2]].any()
 
 
+@pytest.mark.parametrize("k", [0, 1, 37, 500, 999, 1000, 1200])
+def test_ranked_equals_full_stable_sort(k):
+    from cv_reader.selection import _ranked
+
+    rng = np.random.default_rng(k)
+    scores = rng.integers(0, 6, (10, 10, 10)).astype(np.float64)  # many ties at every rank
+    scores[rng.random(scores.shape) < 0.1] = -np.inf
+    np.testing.assert_array_equal(_ranked(scores, k), np.argsort(-scores.reshape(-1), kind="stable")[:k])
+
+
 def test_topk_ties_are_stable():
     scores = np.ones((3, 4, 4), np.float32)
     top = global_topk(scores, np.ones((4, 4), bool), keep_frames_equiv=1, padding_policy="zero")
