@@ -21,9 +21,17 @@ import numba
 _F = TypeVar("_F", bound=Callable)
 
 
-def jit(fn: _F) -> _F:
-    """``numba.njit`` with the options every kernel here uses: cached, GIL released."""
-    return numba.njit(cache=True, nogil=True)(fn)
+def jit(fn: _F | None = None, *, inline: bool = False) -> _F | Callable[[_F], _F]:
+    """``numba.njit`` with the options every kernel here uses: cached, GIL released.
+
+    ``@jit(inline=True)`` marks a small helper that numba should inline into its callers
+    (per-cell helpers called thousands of times per frame).
+    """
+
+    def wrap(f: _F) -> _F:
+        return numba.njit(cache=True, nogil=True, inline="always" if inline else "never")(f)
+
+    return wrap(fn) if fn is not None else wrap
 
 
 __all__ = ["jit"]

@@ -33,6 +33,7 @@ from av.video.reformatter import VideoReformatter
 
 from .decode import FrameSource, VideoIndex, build_index, luma_resized, pict_type_name, rgb_resized
 from .errors import VideoReadError
+from .kernels import jit
 from .motion import BitstreamField, estimate_motion, field_from_side_data, grid_shape
 from .residual import Compensation, compensate_bitstream, compensate_estimated, residual_from
 
@@ -202,59 +203,132 @@ def read_video(
     b = max(4, int(round(block_size * s / 4)) * 4)
     r = max(1, int(round(search_range * s)))
 
-    def produce(backlog: Callable[[], int]) -> Iterator[_Bundle]:
-        return _bundles(index, targets, size, threads, rgb_size, b, r, backlog)
+    def produce(group: list[int], eager: bool = False) -> Callable[[Callable[[], int]], Iterator[_Bundle]]:
+        return lambda backlog: _bundles(index, group, size, threads, rgb_size, b, r, backlog, eager)
 
-    bundles = _in_background(produce) if background else produce(lambda: 0)
+    if not background:
+        bundles: Iterator[_Bundle] = produce(targets)(lambda: 0)
+    elif index.exports_mvs and (split := _split_point(index, targets)):
+        # Vector export forces single-threaded decoding: decode the second half of the
+        # GOP segments in a second thread instead. It runs ahead by a bounded number of
+        # bundles, converted eagerly so they hold small planes, not decoder frames.
+        ahead = _ahead_bundles(size, rgb_size)
+        bundles = _chain(
+            [
+                _Background(produce(targets[:split])),
+                _Background(produce(targets[split:], eager=True), maxsize=ahead),
+            ]
+        )
+    else:
+        bundles = _chain([_Background(produce(targets))])
     return (_finalise(bd, index, with_residual, s, b, r) for bd in bundles)
 
 
-def _in_background(factory: Callable[[Callable[[], int]], Iterator[_T]], maxsize: int = 4) -> Iterator[_T]:
-    """Run a generator in a daemon thread, handing items over through a bounded queue.
+_AHEAD_BYTES = 64 << 20  # memory the second decode thread may fill before the consumer reaches it
+
+
+def _ahead_bundles(size: tuple[int, int], rgb_size: tuple[int, int] | None) -> int:
+    """How many bundles the second decode thread may prepare: 4..64, within ``_AHEAD_BYTES``.
+
+    A converted bundle holds about three planes (current frame and its own references;
+    neighbours share theirs) plus the current frame's RGB image when one is requested.
+    """
+    per = 3 * size[0] * size[1] + (3 * rgb_size[0] * rgb_size[1] if rgb_size else 0)
+    return int(min(64, max(4, _AHEAD_BYTES // max(per, 1))))
+
+
+def _split_point(index: VideoIndex, targets: list[int]) -> int:
+    """Index into ``targets`` where a second decoder should take over (0 = do not split).
+
+    Groups never share a GOP segment (references never cross one), and the split balances
+    the frames each decoder must decode (segment start to the last frame needed in it).
+    """
+    if index.pts is None or len(targets) < 2:
+        return 0
+    starts = [index.segment_start(t) for t in targets]
+    work = []  # (position in targets, frames to decode in this segment)
+    for i, t in enumerate(targets):
+        if i == 0 or starts[i] != starts[i - 1]:
+            work.append([i, 0])
+        work[-1][1] = min(t + 2, index.next_segment_start(t)) - starts[i]
+    total = sum(w for _, w in work)
+    best, best_cost, done = 0, total, 0
+    for j in range(len(work) - 1):
+        done += work[j][1]
+        cost = max(done, total - done)
+        if cost < best_cost:
+            best, best_cost = work[j + 1][0], cost
+    # Not worth a second decoder (and its start-up) when it would save little.
+    return best if best_cost <= 0.8 * total else 0
+
+
+class _Background:
+    """Run a generator in a daemon thread (started at once), handing items over a bounded queue.
 
     The factory receives the queue's backlog (``qsize``) so the producer can take on more
-    work while the consumer lags behind.
+    work while the consumer lags behind. ``close`` stops the thread whether or not the
+    items were consumed.
     """
-    q: queue.Queue = queue.Queue(maxsize)
-    stop = threading.Event()
 
-    def run() -> None:
-        gen = factory(q.qsize)
+    def __init__(self, factory: Callable[[Callable[[], int]], Iterator[_T]], maxsize: int = 4) -> None:
+        self._q: queue.Queue = queue.Queue(maxsize)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, args=(factory,), name="cv_reader-decode", daemon=True
+        )
+        self._thread.start()
+
+    def _run(self, factory: Callable[[Callable[[], int]], Iterator[_T]]) -> None:
+        q = self._q
         try:
-            for item in gen:
-                while not stop.is_set():
-                    try:
-                        q.put(("item", item), timeout=0.05)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-            q.put(("end", None))
+            gen = factory(q.qsize)
+            try:
+                for item in gen:
+                    if not self._put(("item", item)):
+                        return
+            finally:
+                gen.close()
+            self._put(("end", None))
         except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer
-            q.put(("error", exc))
-        finally:
-            gen.close()
+            self._put(("error", exc))
 
-    thread = threading.Thread(target=run, name="cv_reader-decode", daemon=True)
-    thread.start()
-    try:
+    def _put(self, msg: tuple) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._q.put(msg, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def __iter__(self) -> Iterator[_T]:
         while True:
-            kind, val = q.get()
+            kind, val = self._q.get()
             if kind == "item":
                 yield val
             elif kind == "end":
                 return
             else:
                 raise val
-    finally:
-        stop.set()
-        while thread.is_alive():
+
+    def close(self) -> None:
+        self._stop.set()
+        while self._thread.is_alive():
             try:
-                q.get(timeout=0.05)
+                self._q.get(timeout=0.05)
             except queue.Empty:
                 pass
-        thread.join()
+        self._thread.join()
+
+
+def _chain(parts: list[_Background]) -> Iterator[_Bundle]:
+    """Items of every part in order; all threads are stopped when iteration ends or is abandoned."""
+    try:
+        for part in parts:
+            yield from part
+    finally:
+        for part in parts:
+            part.close()
 
 
 def _bundles(
@@ -266,7 +340,13 @@ def _bundles(
     block: int,
     search: int,
     backlog: Callable[[], int],
+    eager: bool = False,
 ) -> Iterator[_Bundle]:
+    """Bundles for ``targets`` (ascending), decoding only the segments that reach them.
+
+    ``eager`` converts every frame a bundle refers to right away (in this thread), so a
+    bundle waiting in a queue holds small planes instead of decoder frames.
+    """
     if not targets:
         return
     n = index.num_frames
@@ -329,8 +409,12 @@ def _bundles(
         # Load balancing: while the consumer lags behind (items waiting in the queue), the
         # decode thread also computes the vector field; otherwise the consumer does it.
         # Either way the result is the same.
-        if backlog() >= 1:
+        if backlog() >= 1 or eager:
             _compute_fields(bd, index, block, search)
+        if eager:
+            for _, h in (*past, *fut):
+                h.luma  # noqa: B018 - converts and releases the decoder frame
+            bd.cur.rgb  # noqa: B018
         return bd
 
     def prune() -> None:
@@ -379,16 +463,26 @@ def _bundles(
         )
 
 
+@jit
+def _resample_cells(field, has, ys, xs, sx, sy):  # pragma: no cover - compiled
+    """``field``/``has`` at rows ``ys`` x columns ``xs``, vectors scaled by (sx, sy) and rounded."""
+    out = np.empty((ys.size, xs.size, 2), np.int32)
+    out_has = np.empty((ys.size, xs.size), np.bool_)
+    for i in range(ys.size):
+        for j in range(xs.size):
+            out[i, j, 0] = np.int32(np.rint(field[ys[i], xs[j], 0] * sx))
+            out[i, j, 1] = np.int32(np.rint(field[ys[i], xs[j], 1] * sy))
+            out_has[i, j] = has[ys[i], xs[j]]
+    return out, out_has
+
+
 def _rescale_field(f: BitstreamField, hc: int, wc: int, sy: float, sx: float) -> BitstreamField:
     """Resample a coded-resolution cell field onto a smaller cell grid (nearest), scaling vectors."""
     ys = np.minimum(((np.arange(hc) * 4 + 2) / sy / 4).astype(np.int64), f.past.shape[0] - 1)
     xs = np.minimum(((np.arange(wc) * 4 + 2) / sx / 4).astype(np.int64), f.past.shape[1] - 1)
-    k = np.asarray([sx, sy], np.float64)
-
-    def vec(a: np.ndarray) -> np.ndarray:
-        return np.rint(a[ys][:, xs] * k).astype(np.int32)
-
-    return BitstreamField(vec(f.past), f.has_past[ys][:, xs], vec(f.future), f.has_future[ys][:, xs])
+    past, has_past = _resample_cells(f.past, f.has_past, ys, xs, float(sx), float(sy))
+    future, has_future = _resample_cells(f.future, f.has_future, ys, xs, float(sx), float(sy))
+    return BitstreamField(past, has_past, future, has_future)
 
 
 def _compute_fields(bd: _Bundle, index: VideoIndex, block: int, search: int) -> None:

@@ -24,12 +24,12 @@ from .kernels import jit
 from .motion import CELL, BitstreamField, grid_shape
 
 
-@jit
+@jit(inline=True)
 def _clamp(v: int, hi: int) -> int:
     return 0 if v < 0 else (hi if v > hi else v)
 
 
-@jit
+@jit(inline=True)
 def _predict_cell(refs, k, mx, my, y0, x0, out) -> None:  # pragma: no cover - compiled
     """Bilinear quarter-pel prediction of the 4x4 cell at (y0, x0) from ``refs[k]`` into ``out``."""
     h, w = refs.shape[1], refs.shape[2]
@@ -54,7 +54,7 @@ def _predict_cell(refs, k, mx, my, y0, x0, out) -> None:  # pragma: no cover - c
             out[yy, xx] = (top * gy + bot * fy + 8) >> 4
 
 
-@jit
+@jit(inline=True)
 def _best_candidate(cur, refs, lo, hi, mx, my, y0, x0) -> int:  # pragma: no cover - compiled
     """Plane in ``[lo, hi)`` whose integer-pel prediction of the cell has the lowest SAD (first wins ties).
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import cv_reader as cv
 import numpy as np
 import pytest
@@ -175,7 +177,26 @@ def test_without_residual_and_streaming(h264_static):
     it = cv.read_video(h264_static.path, [3, 30], with_residual=False)
     first = next(it)
     assert first.index == 3 and first.residual is None
-    it.close()  # stopping early must not hang the decode thread
+    it.close()  # stopping early must not hang either decode thread
+    assert not [t for t in threading.enumerate() if t.name == "cv_reader-decode"]
+
+
+def test_two_decoders_give_the_same_records_as_one(h264_static, h264_records):
+    """Vector export decodes single-threaded, so GOP segments are split over two decoders."""
+    from cv_reader.reader import _split_point
+
+    idx = build_index(h264_static.path)
+    ids = list(range(2, 48, 3))
+    split = _split_point(idx, ids)
+    assert split and ids[split] >= 24 and ids[split - 1] < 24  # the split falls on the keyframe
+    both = list(cv.read_video(h264_static.path, ids, rgb_size=(64, 48)))
+    serial = list(cv.read_video(h264_static.path, ids, rgb_size=(64, 48), background=False))
+    assert [r.index for r in both] == ids == [r.index for r in serial]
+    for a, b in zip(both, serial):
+        for name in ("luma", "mv", "mv_ref", "residual", "rgb"):
+            np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=f"{name} of {a.index}")
+        np.testing.assert_array_equal(a.residual, h264_records[a.index].residual)
+    assert _split_point(idx, [1, 2, 20, 25]) == 0  # the first segment holds nearly all the work
 
 
 def test_seek_decodes_only_needed_segment(h264_static):
