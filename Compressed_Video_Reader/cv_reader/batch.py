@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -164,6 +165,43 @@ def _tmp(path: str | os.PathLike) -> str:
     return f"{p}.tmp{os.getpid()}"
 
 
+# Temp files of atomic writes of the tools' own outputs: ``<name>.<ext>.tmp<pid>``.
+_TMP_NAME = re.compile(r"\.(?:npy|json|jsonl|jpg|png)\.tmp(\d+)$")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def sweep_stale_tmp(root: str | os.PathLike, recursive: bool = True, prefix: str = "") -> int:
+    """Delete temp files that killed runs left under ``root``; returns how many.
+
+    Only names of the tools' atomic writes (``*.npy|json|jsonl|jpg|png.tmp<pid>``, starting
+    with ``prefix``) whose writing process no longer exists are touched, so a run working
+    beside this one keeps its files.
+    """
+    removed = 0
+    if not os.path.isdir(root):
+        return 0
+    walker = os.walk(root) if recursive else [(str(root), [], os.listdir(root))]
+    for folder, _, names in walker:
+        for name in names:
+            m = _TMP_NAME.search(name)
+            if m and name.startswith(prefix) and not _pid_alive(int(m.group(1))):
+                try:
+                    os.remove(os.path.join(folder, name))
+                    removed += 1
+                except FileNotFoundError:
+                    pass
+    return removed
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` so readers see either nothing or the whole file."""
     tmp = _tmp(path)
@@ -219,6 +257,7 @@ __all__ = [
     "shard_key",
     "shard_of",
     "short_hash",
+    "sweep_stale_tmp",
     "stage1_prefix",
     "stage1_suffix",
 ]

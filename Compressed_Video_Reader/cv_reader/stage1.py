@@ -32,6 +32,7 @@ from .batch import (
     shard_of,
     stage1_prefix,
     stage1_suffix,
+    sweep_stale_tmp,
 )
 from .camera import MODES as MV_COMPENSATE_MODES
 from .decode import build_index
@@ -177,6 +178,12 @@ def run(args: argparse.Namespace) -> dict:
     fail_path.parent.mkdir(parents=True, exist_ok=True)
     unsup_path.parent.mkdir(parents=True, exist_ok=True)
     stats = dict(seen=0, picked=0, skip=0, shard_skip=0, resumed=0, ok=0, fail=0, unsupported=0)
+    stats["stale_tmp_removed"] = sweep_stale_tmp(out_root)
+    if stats["stale_tmp_removed"]:
+        print(
+            f"[stage1] removed {stats['stale_tmp_removed']} temp file(s) left by an interrupted run",
+            flush=True,
+        )
     t0 = time.perf_counter()
     nw = max(1, int(args.num_workers))
     tasks = _tasks(args, p, stats)

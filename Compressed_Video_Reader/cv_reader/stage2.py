@@ -37,6 +37,7 @@ from .batch import (
     sample_stem,
     shard_key,
     shard_of,
+    sweep_stale_tmp,
 )
 from .mosaic import LAYOUTS, pack_mosaics
 from .pipeline import load_canvases
@@ -228,6 +229,14 @@ def run(args: argparse.Namespace) -> dict:
     for d in (out_jsonl.parent, fail_path.parent, Path(args.out_image_root)):
         d.mkdir(parents=True, exist_ok=True)
     stats = dict(seen=0, picked=0, skip=0, shard_skip=0, ok=0, fail=0)
+    stats["stale_tmp_removed"] = sweep_stale_tmp(args.out_image_root) + sweep_stale_tmp(
+        out_jsonl.parent, recursive=False, prefix=out_jsonl.name
+    )
+    if stats["stale_tmp_removed"]:
+        print(
+            f"[stage2] removed {stats['stale_tmp_removed']} temp file(s) left by an interrupted run",
+            flush=True,
+        )
     t0 = time.perf_counter()
     tmp_jsonl = Path(f"{out_jsonl}.tmp{os.getpid()}")
     nw = max(1, int(args.num_workers))

@@ -280,6 +280,40 @@ def test_stage2_resume_and_missing(dataset, packed, tmp_path):
     assert st["skip"] >= 2 and st["ok"] == 0 and out.read_text() == ""
 
 
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_stale_temp_files_of_killed_runs_are_removed(dataset, packed, tmp_path, capsys):
+    dead = _dead_pid()
+    s1 = packed["s1"]
+    base = str(sorted(s1.glob("*.meta.json"))[0])[: -len(".meta.json")]
+    stale = [Path(f"{base}.meta.json.tmp{dead}"), Path(f"{base}.visidx_thw.npy.tmp{dead}")]
+    img = sorted((packed["root"] / "img").rglob("*.jpg"))[0]
+    stale += [Path(f"{img}.tmp{dead}"), Path(f"{packed['jsonl']}.tmp{dead}")]
+    kept = [
+        Path(f"{base}.meta.json.tmp{os.getpid()}"),  # a live writer's file
+        s1 / f"notes.txt.tmp{dead}",  # not one of the tools' outputs
+        packed["root"] / f"other.jsonl.tmp{dead}",  # beside the JSONL but not its temp file
+    ]
+    for f in stale + kept:
+        f.write_bytes(b"partial")
+    st1 = stage1.run(
+        stage1.build_parser().parse_args(
+            ["--dataset_path", dataset["jsonl"], "--out_root", str(s1)] + S1_FULL
+        )
+    )
+    st2 = stage2.run(stage2.build_parser().parse_args(packed["args"]))
+    assert st1["stale_tmp_removed"] == 2 and st2["stale_tmp_removed"] == 2
+    assert not any(f.exists() for f in stale) and all(f.exists() for f in kept)
+    assert st1["resumed"] == 2 and st1["ok"] == 0  # finished samples are skipped, not redone
+    assert "removed 2 temp file(s)" in capsys.readouterr().out
+    for f in kept:
+        f.unlink()
+
+
 def test_stage1_stage2_worker_pool(dataset, packed, tmp_path):
     s1 = tmp_path / "s1"
     stage1.main(
