@@ -314,7 +314,7 @@ def main() -> int:
             f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
             f"Python {platform.python_version()}, PyAV {av.__version__} (FFmpeg bundled), decord {dver}, "
             f"numpy {np.__version__}, numba {numba.__version__}. T={args.T}; each figure is the median "
-            f"over {args.rounds} rounds that alternate the two tools, each round a fresh process timing "
+            f"over {args.rounds} rounds that alternate the tools, each round a fresh process timing "
             f"{args.repeats} run(s) after a warm-up; peak MB = peak RSS growth of a fresh process over its "
             "post-import baseline (for Stage 1 this includes about 100 MB of compiled kernels that numba "
             "loads on first use, once per process)."
