@@ -213,14 +213,9 @@ def read_video(
         # GOP segments in a second thread instead. It runs ahead by a bounded number of
         # bundles, converted eagerly so they hold small planes, not decoder frames.
         ahead = _ahead_bundles(size, rgb_size)
-        bundles = _chain(
-            [
-                _Background(produce(targets[:split])),
-                _Background(produce(targets[split:], eager=True), maxsize=ahead),
-            ]
-        )
+        bundles = _chain([(produce(targets[:split]), 4), (produce(targets[split:], eager=True), ahead)])
     else:
-        bundles = _chain([_Background(produce(targets))])
+        bundles = _chain([(produce(targets), 4)])
     return (_finalise(bd, index, with_residual, s, b, r) for bd in bundles)
 
 
@@ -321,9 +316,19 @@ class _Background:
         self._thread.join()
 
 
-def _chain(parts: list[_Background]) -> Iterator[_Bundle]:
-    """Items of every part in order; all threads are stopped when iteration ends or is abandoned."""
+_Factory = Callable[[Callable[[], int]], Iterator[_Bundle]]
+
+
+def _chain(specs: list[tuple[_Factory, int]]) -> Iterator[_Bundle]:
+    """Items of every ``(factory, queue size)`` part in order, each produced in its own thread.
+
+    All threads start at the first ``next`` (not before: an iterator never used decodes
+    nothing) and are stopped when iteration ends or is abandoned.
+    """
+    parts: list[_Background] = []
     try:
+        for factory, maxsize in specs:
+            parts.append(_Background(factory, maxsize))
         for part in parts:
             yield from part
     finally:

@@ -173,12 +173,17 @@ def test_subset_read_matches_full_read(h264_static, h264_records):
         assert np.array_equal(r.residual, full.residual)
 
 
+def _decode_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "cv_reader-decode"]
+
+
 def test_without_residual_and_streaming(h264_static):
     it = cv.read_video(h264_static.path, [3, 30], with_residual=False)
+    assert not _decode_threads()  # nothing is decoded before the first record is asked for
     first = next(it)
     assert first.index == 3 and first.residual is None
     it.close()  # stopping early must not hang either decode thread
-    assert not [t for t in threading.enumerate() if t.name == "cv_reader-decode"]
+    assert not _decode_threads()
 
 
 def test_two_decoders_give_the_same_records_as_one(h264_static, h264_records):
