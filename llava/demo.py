@@ -23,32 +23,19 @@ import tempfile
 import time
 from pathlib import Path
 
-import av
-import numpy as np
 import torch
 from transformers import AutoImageProcessor, AutoModel
 
 import llava  # noqa: F401  (registers the OV-Encoder with the Auto classes)
 from llava.model import OneVisionEncoderConfig, OneVisionEncoderImageProcessor, OneVisionEncoderModel
+from llava.model.multimodal_encoder.tower import temporal_slots
 from llava.sample_data import sample_video_path
+from llava.video_io import LLAVA_CODEC, MediaError, load_codec_inputs, load_video_frames
 
 DEMO_ENCODER = dict(
     hidden_size=256, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=4, patch_size=16,
     image_size=224, rope_temporal_size=64,
 )
-
-
-def read_uniform_frames(path: Path, count: int) -> list[np.ndarray]:
-    """``count`` RGB frames sampled uniformly over the clip (decodes the clip once)."""
-    try:
-        with av.open(str(path)) as container:
-            frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
-    except (av.error.FFmpegError, IndexError) as error:
-        raise SystemExit(f"error: cannot decode video {path}: {error}") from None
-    if not frames:
-        raise SystemExit(f"error: {path} has no video frames")
-    picks = np.linspace(0, len(frames) - 1, count).round().astype(int)
-    return [frames[i] for i in picks]
 
 
 def load_encoder(checkpoint: str | None, workdir: Path) -> tuple[OneVisionEncoderModel, OneVisionEncoderImageProcessor]:
@@ -78,16 +65,13 @@ def timed(fn):
 
 
 def codec_inputs(video: Path, processor, frames: int, canvas: int, mosaics: int):
-    """Codec mosaics as pixels ``[N, C, S, S]`` and their positions ``[K, 3]``, with timing."""
-    from cv_reader import codec_patchify
-
+    """Codec mosaics as pixels ``[C, N, S, S]`` and their positions ``[K, 3]``, with timing."""
     start = time.perf_counter()
-    codec = codec_patchify(
-        str(video), sequence_length=frames, square_size=canvas, keep_frames_equiv=mosaics,
-        patch_size=processor.patch_size,
+    codec = load_codec_inputs(
+        video, sequence_length=frames, square_size=canvas, keep_frames_equiv=mosaics, patch_size=processor.patch_size
     )
     seconds = time.perf_counter() - start
-    pixels = processor(images=list(codec.mosaics), do_resize=False, return_tensors="pt")["pixel_values"]
+    pixels = processor(videos=[list(codec.mosaics)], do_resize=False, return_tensors="pt")["pixel_values_videos"][0]
     return pixels, torch.as_tensor(codec.positions).long(), seconds
 
 
@@ -95,7 +79,7 @@ def encoder_demo(video: Path, checkpoint: str | None, frames: int, codec_frames:
     with tempfile.TemporaryDirectory(prefix="llava-demo-") as workdir:
         model, processor = load_encoder(checkpoint, Path(workdir))
     config = model.config
-    clip = read_uniform_frames(video, frames)
+    clip = list(load_video_frames(video, frames_upbound=frames, force_sample=True).frames)
     print(f"video: {video.name}, {frames} frames of {clip[0].shape[1]}x{clip[0].shape[0]}")
 
     image = processor(images=clip[0], return_tensors="pt")["pixel_values"]
@@ -103,15 +87,13 @@ def encoder_demo(video: Path, checkpoint: str | None, frames: int, codec_frames:
     _, _, num_frames, height, width = video_pixels.shape
     per_frame = (height // config.patch_size) * (width // config.patch_size)
     # Dense frames spread over the temporal RoPE grid (K == N: the indices only place tokens).
-    grid_t = config.rope_temporal_size or num_frames
-    frame_slots = torch.linspace(0, grid_t - 1, num_frames).long()
+    frame_slots = temporal_slots(num_frames, config.rope_temporal_size or num_frames)
     spread = (frame_slots[:, None] * per_frame + torch.arange(per_frame)).reshape(1, -1)
 
     canvas = config.patch_size * max(1, config.image_size // config.patch_size)  # pre-training frame size
-    mosaics, positions, codec_seconds = codec_inputs(video, processor, codec_frames, canvas, mosaics=4)
+    codec_video, positions, codec_seconds = codec_inputs(video, processor, codec_frames, canvas, mosaics=4)
     print(f"codec reader: {positions.shape[0]} patches from {codec_frames} frames in {codec_seconds:.2f} s "
-          f"-> {mosaics.shape[0]} mosaics of {canvas}x{canvas}")
-    codec_video = mosaics.transpose(0, 1)  # [C, N, S, S]
+          f"-> {codec_video.shape[1]} mosaics of {canvas}x{canvas}")
 
     rows = []
     image_out, seconds = timed(lambda: model(image))
@@ -144,14 +126,16 @@ def encoder_demo(video: Path, checkpoint: str | None, frames: int, codec_frames:
 
 
 def chat_demo(video: Path, codec_frames: int) -> None:
+    from .chat import ChatSession
+    from .mm_inputs import VisualProcessor
     from .model.builder import load_pretrained_model
     from .model.tiny import save_tiny_checkpoint
-    from .serve.cli import ChatSession, load_video
 
     with tempfile.TemporaryDirectory(prefix="llava-demo-") as workdir:
         path = save_tiny_checkpoint(Path(workdir) / "tiny-llava-ov")
-        tokenizer, model, processor, _ = load_pretrained_model(str(path), torch_dtype=torch.float32)
-    visual = load_video(str(video), "codec", processor, codec_frames=codec_frames, codec_canvas=64, codec_images=4)
+        tokenizer, model, image_processor, _ = load_pretrained_model(str(path), torch_dtype=torch.float32)
+    codec = LLAVA_CODEC.replace(sequence_length=codec_frames, square_size=64, keep_frames_equiv=4)
+    visual = VisualProcessor(image_processor, model.config, video_mode="codec", codec=codec).video(video)
     session = ChatSession(tokenizer, model, visual, temperature=1.0, max_new_tokens=12)
     question = "What happens in this video?"
     torch.manual_seed(0)  # sampled, so the random model's answer is visible text rather than blanks
@@ -181,7 +165,10 @@ def main(argv: list[str] | None = None) -> None:
     video = args.video or sample_video_path()
     if not video.is_file():
         parser.error(f"video not found: {video}")
-    run_demo(video, args.encoder, args.frames, args.codec_frames)
+    try:
+        run_demo(video, args.encoder, args.frames, args.codec_frames)
+    except MediaError as error:  # names the file and the problem
+        raise SystemExit(f"error: {error}") from None
 
 
 if __name__ == "__main__":

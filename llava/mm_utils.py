@@ -1,10 +1,13 @@
 """Multimodal helpers shared by training, evaluation and serving (LLaVA-NeXT names and semantics).
 
-Size conventions follow LLaVA-NeXT so configs and code from there work unchanged:
-``original_size`` / ``image_size`` are PIL-style ``(width, height)`` (``image.size``), and each
-``image_grid_pinpoints`` pair is read as ``(width, height)`` too (the usual pinpoint sets are
-symmetric, so this only matters for hand-written lists). ``get_anyres_image_grid_shape``
-returns ``(num_tiles_wide, num_tiles_high)``.
+**The size convention of the project** (stated here, once): an image size is PIL-style
+``(width, height)``, ``image.size``. It is what LLaVA-NeXT's callers pass
+(``image_sizes=[img.size]``), what the OV-Encoder image processor returns as ``image_sizes``,
+what ``llava.mm_inputs`` puts in ``VisualInputs.image_sizes`` and what the model reads to
+unpad ``anyres`` images. Each ``image_grid_pinpoints`` pair is read as ``(width, height)`` too
+(the usual pinpoint sets are symmetric, so this only matters for hand-written lists), and
+``get_anyres_image_grid_shape`` returns ``(num_tiles_wide, num_tiles_high)``. Pixel tensors
+are ``[C, H, W]`` as usual.
 """
 
 from __future__ import annotations

@@ -4,9 +4,11 @@ No hub access is available here, so tests cannot download Qwen's tokenizer. This
 that behaves the same way where the project depends on it: byte-level BPE (any text encodes,
 no unknown token), Qwen2's pre-tokenisation regex (digits split one by one), NFC
 normalisation, the ChatML special tokens as single ids after the regular vocabulary, no BOS,
-``eos_token="<|im_end|>"``, ``pad_token="<|endoftext|>"`` and a ChatML ``chat_template``
-that renders exactly what ``conv_templates["qwen_1_5"]`` renders. ``<think>`` / ``</think>``
-are added as single, non-special tokens as in Qwen3 (``skip_special_tokens`` keeps them).
+``eos_token="<|im_end|>"``, ``pad_token="<|endoftext|>"`` and a ``chat_template`` generated
+from a registered conversation template (``Conversation.chat_template()``), so
+``apply_chat_template(conv.to_messages(), ...)`` renders exactly ``conv.get_prompt()``.
+``<think>`` / ``</think>`` are added as single, non-special tokens as in Qwen3
+(``skip_special_tokens`` keeps them).
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from pathlib import Path
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
+
+from .conversation import Conversation, get_conv_template
 
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 THINK_TOKENS = ("<think>", "</think>")
@@ -25,24 +29,6 @@ MODEL_MAX_LENGTH = 2048
 QWEN2_SPLIT_PATTERN = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
     r"|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
-
-# ChatML, default system message as in Qwen2 / the ``qwen_1_5`` conversation template.
-# String contents pass through; multimodal content parts become "<image>" / text.
-CHATML_TEMPLATE = (
-    "{%- for message in messages %}"
-    "{%- if loop.first and message['role'] != 'system' %}"
-    "{{- '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}"
-    "{%- endif %}"
-    "{{- '<|im_start|>' + message['role'] + '\\n' }}"
-    "{%- if message['content'] is string %}{{- message['content'] }}"
-    "{%- else %}{%- for part in message['content'] %}"
-    "{%- if part['type'] == 'text' %}{{- part['text'] }}"
-    "{%- elif part['type'] in ('image', 'video') %}{{- '<image>' }}{%- endif %}"
-    "{%- endfor %}{%- endif %}"
-    "{{- '<|im_end|>\\n' }}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
 )
 
 # Small fixed English corpus: enough merges for realistic multi-character tokens.
@@ -96,11 +82,25 @@ def _build_backend(vocab_size: int) -> Tokenizer:
 
 
 def build_tiny_qwen_tokenizer(
-    save_dir: str | Path | None = None, vocab_size: int = TINY_VOCAB_SIZE
+    save_dir: str | Path | None = None,
+    vocab_size: int = TINY_VOCAB_SIZE,
+    template: str | Conversation = "qwen_1_5",
 ) -> PreTrainedTokenizerFast:
-    """Build the tiny Qwen2-like fast tokenizer; with ``save_dir``, also save it for ``AutoTokenizer``."""
+    """Build the tiny Qwen2-like fast tokenizer; with ``save_dir``, also save it for ``AutoTokenizer``.
+
+    ``template`` (a ``conv_templates`` name or a ``Conversation``) picks the chat template, so a
+    tiny checkpoint's tokenizer renders the prompts its LLM is trained on (``"qwen3"`` for Qwen3).
+    """
     if not 300 <= vocab_size <= 4096:
         raise ValueError(f"vocab_size must be in [300, 4096] (256 bytes + merges), got {vocab_size}")
+    if isinstance(template, str):
+        conv = get_conv_template(template)
+    elif isinstance(template, Conversation):
+        conv = template
+    else:
+        raise ValueError(
+            f"template must be a conv_templates name or a Conversation, got {type(template).__name__}"
+        )
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=_build_backend(vocab_size),
         eos_token="<|im_end|>",
@@ -110,7 +110,7 @@ def build_tiny_qwen_tokenizer(
         model_max_length=MODEL_MAX_LENGTH,
         padding_side="right",
         clean_up_tokenization_spaces=False,
-        chat_template=CHATML_TEMPLATE,
+        chat_template=conv.chat_template(),
     )
     if save_dir is not None:
         tokenizer.save_pretrained(str(save_dir))
@@ -118,7 +118,6 @@ def build_tiny_qwen_tokenizer(
 
 
 __all__ = [
-    "CHATML_TEMPLATE",
     "QWEN2_SPLIT_PATTERN",
     "SPECIAL_TOKENS",
     "THINK_TOKENS",

@@ -109,10 +109,14 @@ def test_unreadable_media_is_a_clear_message(checkpoint, tmp_path, monkeypatch, 
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"definitely not a png")
     code, _, err = chat(monkeypatch, capsys, ["--model-path", str(checkpoint), "--image", str(broken)], "hi\n")
-    assert code == 1 and "cannot read image" in err and "Traceback" not in err
-    code, _, err = chat(monkeypatch, capsys, ["--model-path", str(checkpoint), "--video", str(broken),
-                                              "--video-mode", "frames"], "hi\n")
-    assert code == 1 and "cannot read video" in err
+    assert code == 1 and f"error: {broken}: cannot read image" in err and "Traceback" not in err
+    for mode in ("frames", "codec"):  # one line naming the file and the problem, whichever reader
+        code, _, err = chat(monkeypatch, capsys, ["--model-path", str(checkpoint), "--video", str(broken),
+                                                  "--video-mode", mode], "hi\n")
+        assert code == 1 and f"error: {broken}: video stream has no frame size" in err and "Traceback" not in err
+    code, _, err = chat(monkeypatch, capsys, ["--model-path", str(checkpoint), "--video", str(tmp_path / "gone.mp4")],
+                        "hi\n")
+    assert code == 1 and "gone.mp4: file not found" in err
 
 
 def test_a_path_that_is_not_a_checkpoint(tmp_path, monkeypatch, capsys):

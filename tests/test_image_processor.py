@@ -49,7 +49,7 @@ def test_constant_image_is_clip_normalised():
     assert pixels.shape == (1, 3, 42, 28)
     expected = (torch.tensor([1.0, 0.0, 128 / 255]) - torch.tensor(CLIP_MEAN)) / torch.tensor(CLIP_STD)
     torch.testing.assert_close(pixels[0, :, 5, 5], expected, atol=1e-5, rtol=1e-5)
-    assert out["image_sizes"].tolist() == [[42, 28]]
+    assert out["image_sizes"].tolist() == [[28, 42]]  # (width, height), as image.size
 
 
 @pytest.mark.parametrize("mode", ["L", "RGBA", "P"])

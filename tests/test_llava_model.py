@@ -32,11 +32,11 @@ def visual(kind: str, seed: int = 0):
     generator = torch.Generator().manual_seed(seed)
     if kind == "image":
         return torch.randn(3, 2 * PATCH, 3 * PATCH, generator=generator), "image", None, 6
-    if kind == "video":
-        return torch.randn(4, 3, PATCH, 2 * PATCH, generator=generator), "video", None, 8
-    if kind == "codec":
+    if kind == "video":  # [C, T, H, W]: 4 frames of 1 x 2 patches
+        return torch.randn(3, 4, PATCH, 2 * PATCH, generator=generator), "video", None, 8
+    if kind == "codec":  # [C, N, S, S]: 2 mosaics of 2 x 2 patches
         positions = codec_positions(2, 2, seed)
-        return torch.randn(2, 3, 2 * PATCH, 2 * PATCH, generator=generator), "codec", positions, 8
+        return torch.randn(3, 2, 2 * PATCH, 2 * PATCH, generator=generator), "codec", positions, 8
     raise ValueError(kind)
 
 
@@ -191,7 +191,7 @@ def test_spatial_merge_projector_and_video_pooling_shrink_tokens():
     assert merged.shape[0] == positions[:, 0].unique().numel()
 
     _, pooled_model, _ = build_tiny_model("qwen2", mm_spatial_pool_stride=2, mm_spatial_pool_mode="average")
-    video = torch.randn(3, 3, 2 * PATCH, 4 * PATCH)  # 3 frames of 2 x 4 patches -> 1 x 2 after pooling
+    video = torch.randn(3, 3, 2 * PATCH, 4 * PATCH)  # [C, T, H, W]: 3 frames of 2 x 4 patches -> 1 x 2 pooled
     assert pooled_model.encode_visual_inputs([video], ["video"])[0].shape[0] == 3 * 2
 
 
@@ -417,3 +417,107 @@ def test_left_padded_batch_generation_matches_each_prompt():
     together = model.generate(batch, attention_mask=mask, images=images, **options)
     assert together.tolist() == alone
     assert len(set(alone[0])) > 1
+
+
+# --- the model code the trainer drives -------------------------------------------------
+
+
+def test_config_declares_the_multimodal_defaults_once(tmp_path):
+    """An older / upstream config without the mm_* keys loads with the declared defaults."""
+    from llava.model import LlavaQwenConfig
+
+    config = LlavaQwenConfig()
+    assert (config.mm_vision_select_layer, config.mm_vision_select_feature, config.mm_patch_merge_type) == (
+        -2, "patch", "flat")
+    assert (config.mm_projector_type, config.mm_spatial_pool_mode, config.tokenizer_padding_side) == (
+        "linear", "average", "right")
+    path = save_tiny_checkpoint(tmp_path / "ckpt", seed=8)
+    raw = json.loads((path / "config.json").read_text())
+    for key in ("mm_vision_select_layer", "mm_patch_merge_type", "mm_newline_position", "tokenizer_padding_side"):
+        raw.pop(key)
+    raw["mm_resampler_type"] = None  # an upstream key this project does not use: kept as an attribute
+    (path / "config.json").write_text(json.dumps(raw))
+    _, model, _, _ = load_pretrained_model(str(path), torch_dtype=torch.float32)
+    assert model.config.mm_vision_select_layer == -2 and model.config.mm_patch_merge_type == "flat"
+    assert model.get_vision_tower().select_layer == -2 and model.config.mm_resampler_type is None
+
+
+def test_the_tower_is_not_frozen_when_built():
+    _, model, _ = build_tiny_model("qwen2", seed=1)
+    assert all(p.requires_grad for p in model.get_vision_tower().parameters())
+    assert all(p.requires_grad for p in model.get_model().mm_projector.parameters())
+
+
+def _upstream_layout(tmp_path, mm_vision_tower: str):
+    """A tiny checkpoint laid out as the upstream code saves it: no embedded vision_config,
+    the encoder named in mm_vision_tower, no preprocessor_config.json of its own."""
+    from safetensors.torch import load_file
+
+    path = save_tiny_checkpoint(tmp_path / "upstream", seed=9)
+    keys = load_file(str(path / "model.safetensors")).keys()
+    assert any(k.startswith("model.vision_tower.vision_tower.embeddings.patch_embedding") for k in keys)
+    assert any(k.startswith("model.mm_projector.0.") for k in keys)
+    raw = json.loads((path / "config.json").read_text())
+    del raw["vision_config"]
+    raw["mm_vision_tower"] = mm_vision_tower
+    (path / "config.json").write_text(json.dumps(raw))
+    (path / "preprocessor_config.json").unlink()
+    return path
+
+
+def _save_encoder(directory, seed: int = 9):
+    from llava.model import OneVisionEncoderImageProcessor
+
+    _, reference, _ = build_tiny_model("qwen2", seed=seed)
+    reference.get_vision_tower().vision_tower.save_pretrained(directory)
+    OneVisionEncoderImageProcessor(patch_size=PATCH, max_pixels=48 * 48).save_pretrained(directory)
+    return reference
+
+
+def test_upstream_checkpoint_with_a_local_encoder_directory(tmp_path):
+    reference = _save_encoder(tmp_path / "encoder")
+    path = _upstream_layout(tmp_path, str(tmp_path / "encoder"))
+    tokenizer, model, processor, _ = load_pretrained_model(str(path), torch_dtype=torch.float32)
+    torch.testing.assert_close(logits_for(model, tokenizer), logits_for(reference, tokenizer), rtol=0, atol=0)
+    assert processor.max_pixels == 48 * 48  # the encoder's own processor
+    assert model.config.vision_config["hidden_size"] == TINY_ENCODER["hidden_size"]  # embedded from now on
+
+
+def test_upstream_checkpoint_with_a_hub_id_in_the_local_cache(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hub"
+    snapshot = cache / "models--lmms-lab--tiny-ov-encoder" / "snapshots" / ("0" * 40)
+    reference = _save_encoder(snapshot)
+    (cache / "models--lmms-lab--tiny-ov-encoder" / "refs").mkdir()
+    (cache / "models--lmms-lab--tiny-ov-encoder" / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    path = _upstream_layout(tmp_path, "lmms-lab/tiny-ov-encoder")
+    tokenizer, model, _, _ = load_pretrained_model(str(path), torch_dtype=torch.float32)
+    torch.testing.assert_close(logits_for(model, tokenizer), logits_for(reference, tokenizer), rtol=0, atol=0)
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    with pytest.raises(ValueError, match=r"mm_vision_tower='lmms-lab/tiny-ov-encoder'.*neither a local directory"
+                                         r".*huggingface-cli download lmms-lab/tiny-ov-encoder"):
+        load_pretrained_model(str(path), torch_dtype=torch.float32)
+
+
+def test_a_language_model_family_is_one_definition(tmp_path):
+    """Adding a family (here Llama) is one call; the result trains, saves and loads like the Qwen ones."""
+    from transformers import LlamaConfig, LlamaForCausalLM, LlamaModel
+
+    from llava.model.language_model import LLAVA_LMS, define_llava_lm
+
+    lm = define_llava_lm("llama_test", "llava_llama_test", "LlavaLlamaTest", LlamaConfig, LlamaModel,
+                         LlamaForCausalLM, "qwen_1_5", __name__)
+    try:
+        assert LLAVA_LMS["llama_test"] is lm and lm.causal_lm_class.__name__ == "LlavaLlamaTestForCausalLM"
+        tokenizer, model, _ = build_tiny_model("llama_test", seed=2)
+        out = run(model, [prompt_ids(tokenizer, "<image>\nwhat is this?")], [[("image", 0)]])
+        assert torch.isfinite(out.loss)
+        path = save_tiny_checkpoint(tmp_path / "llama", llm="llama_test", seed=2)
+        _, loaded, _, _ = load_pretrained_model(str(path), torch_dtype=torch.float32)
+        assert type(loaded) is lm.causal_lm_class
+        torch.testing.assert_close(logits_for(loaded, tokenizer), logits_for(model, tokenizer), rtol=0, atol=0)
+    finally:
+        LLAVA_LMS.pop("llama_test")

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from test_conversation import MULTI, THOUGHTS, chat, conversation_cases, llava_next_qwen
 from transformers import AutoTokenizer
 
-from llava.conversation import get_conv_template
+from llava.conversation import conv_templates, get_conv_template
+from llava.preprocess import tokenize_conversation
 from llava.tokenizer_utils import SPECIAL_TOKENS, THINK_TOKENS, build_tiny_qwen_tokenizer
 
 TEXTS = [
@@ -92,3 +94,96 @@ def test_chat_template_matches_qwen_1_5_conversation(saved):
 def test_invalid_vocab_size_is_rejected():
     with pytest.raises(ValueError, match="vocab_size"):
         build_tiny_qwen_tokenizer(vocab_size=100)
+
+
+# --------------------------------------------------------------------- chat template per conv template
+@pytest.fixture(scope="module", params=sorted(conv_templates))
+def per_template(request, tmp_path_factory):
+    """``(name, tokenizer)``: built with that template, saved and reloaded through ``AutoTokenizer``."""
+    save_dir = tmp_path_factory.mktemp(f"tiny_{request.param}")
+    build_tiny_qwen_tokenizer(save_dir, template=request.param)
+    return request.param, AutoTokenizer.from_pretrained(save_dir)
+
+
+def render(tokenizer, conv, **kwargs) -> str:
+    """What a Hugging Face user gets for ``conv``: open last turn -> ``add_generation_prompt``."""
+    is_open = bool(conv.messages) and conv.messages[-1][1] is None
+    return tokenizer.apply_chat_template(
+        conv.to_messages(), tokenize=False, add_generation_prompt=is_open, **kwargs
+    )
+
+
+def test_apply_chat_template_renders_get_prompt_for_every_shape(per_template):
+    name, tokenizer = per_template
+    default_thinking = conv_templates[name].enable_thinking
+    for label, conv in conversation_cases(name):
+        # The template's own thinking mode must need no argument; the other one is asked for.
+        kwargs = {} if conv.enable_thinking == default_thinking else {"enable_thinking": conv.enable_thinking}
+        assert render(tokenizer, conv, **kwargs) == conv.get_prompt(), label
+
+
+THINKING_TEMPLATES = sorted(name for name, conv in conv_templates.items() if conv.enable_thinking is not None)
+
+
+@pytest.mark.parametrize("name", THINKING_TEMPLATES)
+def test_enable_thinking_can_be_passed_explicitly(name):
+    tokenizer = build_tiny_qwen_tokenizer(template=name)
+    for thinking in (False, True):
+        for turns in (THOUGHTS, MULTI, MULTI[:-1] + (None,)):
+            conv = chat(name, *turns)
+            conv.enable_thinking = thinking
+            assert render(tokenizer, conv, enable_thinking=thinking) == conv.get_prompt(), (thinking, turns)
+
+
+def test_multimodal_content_parts_render_the_image_placeholder(per_template):
+    name, tokenizer = per_template
+    conv = chat(name, "<image>\nWhat is this?", None)
+    messages = conv.to_messages()
+    user = next(m for m in messages if m["role"] == "user")
+    user["content"] = [{"type": "image"}, {"type": "text", "text": "\nWhat is this?"}]
+    rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert rendered == conv.get_prompt()
+
+
+def test_assistant_tokens_mask_equals_the_training_labels(per_template):
+    """HF's ``return_assistant_tokens_mask`` marks exactly the tokens our labels supervise."""
+    name, tokenizer = per_template
+    records = [
+        {"from": "human", "value": "What is this?"},
+        {"from": "gpt", "value": "A cat."},
+        {"from": "human", "value": "And the colour?"},
+        {"from": "gpt", "value": "Black."},
+    ]
+    input_ids, labels = tokenize_conversation(records, tokenizer, name)
+    conv = chat(name, *(record["value"] for record in records))
+    out = tokenizer.apply_chat_template(
+        conv.to_messages(), tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+    )
+    assert out["input_ids"] == input_ids.tolist()
+    assert out["assistant_masks"] == (labels != -100).int().tolist()
+
+
+def test_llava_next_pre_wrapped_conversation_renders_through_the_qwen_template(saved):
+    _, reloaded, _ = saved  # built with the default template, qwen_1_5
+    conv = llava_next_qwen()
+    for message in MULTI[:-1] + (None,):
+        conv.append_message(conv.roles[len(conv.messages) % 2], message)
+    assert render(reloaded, conv) == conv.get_prompt()
+    assert conv.get_prompt().count("You are a helpful assistant.") == 1
+
+
+def test_qwen3_reads_hugging_face_reasoning_content():
+    tokenizer = build_tiny_qwen_tokenizer(template="qwen3")
+    messages = [
+        {"role": "user", "content": "q"},
+        {"role": "assistant", "content": "a", "reasoning_content": "step"},
+    ]
+    rendered = tokenizer.apply_chat_template(messages, tokenize=False)
+    assert rendered == chat("qwen3", "q", "<think>\nstep\n</think>\n\na").get_prompt()
+
+
+def test_unknown_template_is_named():
+    with pytest.raises(ValueError, match="no_such_template"):
+        build_tiny_qwen_tokenizer(template="no_such_template")
+    with pytest.raises(ValueError, match="template must be"):
+        build_tiny_qwen_tokenizer(template={"system": ""})

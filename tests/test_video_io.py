@@ -1,19 +1,19 @@
-"""video_io: frame sampling and decoding (decord and PyAV), codec-input loading and validation."""
+"""video_io: frame sampling and decoding through cv_reader, codec-input loading and validation."""
 
 from __future__ import annotations
 
-import sys
 
 import av
 import numpy as np
 import pytest
 from PIL import Image
 
-from llava import video_io
 from llava.sample_data import sample_video_path
 from llava.video_io import (
+    LLAVA_CODEC,
     CodecInputError,
-    VideoLoadError,
+    MediaError,
+    VideoReadError,
     load_codec_inputs,
     load_video_frames,
     sample_frame_indices,
@@ -50,13 +50,6 @@ def decoded_ids(frames: np.ndarray) -> list[int]:
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory):
     return write_video(tmp_path_factory.mktemp("video") / "clip.mp4")
-
-
-@pytest.fixture(params=["pyav", "decord"])
-def backend(request):
-    if request.param == "decord":
-        pytest.importorskip("decord")
-    return request.param
 
 
 # ----------------------------------------------------------- sampling rule
@@ -101,8 +94,8 @@ def test_sampling_rejects_bad_arguments(kwargs, match):
 
 
 # ----------------------------------------------------------- decoding
-def test_load_video_frames_returns_the_sampled_frames(clip, backend):
-    video = load_video_frames(clip, frames_upbound=5, backend=backend)
+def test_load_video_frames_returns_the_sampled_frames(clip):
+    video = load_video_frames(clip, frames_upbound=5)
     assert video.frames.shape == (5, 48, 64, 3) and video.frames.dtype == np.uint8
     assert video.frame_indices.tolist() == [0, 5, 11, 17, 23]
     assert decoded_ids(video.frames) == [0, 5, 11, 17, 23]
@@ -112,58 +105,58 @@ def test_load_video_frames_returns_the_sampled_frames(clip, backend):
     assert video.frame_time_str().startswith("0.00s,0.42s,")
 
 
-def test_fps_and_force_sample_through_the_loader(clip, backend):
-    by_fps = load_video_frames(clip, frames_upbound=32, fps=2, backend=backend)
+def test_fps_and_force_sample_through_the_loader(clip):
+    by_fps = load_video_frames(clip, frames_upbound=32, fps=2)
     assert by_fps.frame_indices.tolist() == [0, 6, 12, 18] and decoded_ids(by_fps.frames) == [0, 6, 12, 18]
-    forced = load_video_frames(clip, frames_upbound=30, force_sample=True, backend=backend)
+    forced = load_video_frames(clip, frames_upbound=30, force_sample=True)
     assert len(forced.frames) == 30 and decoded_ids(forced.frames) == forced.frame_indices.tolist()
 
 
-def test_backends_agree_on_a_real_clip():
-    pytest.importorskip("decord")
+def test_uniform_frames_are_the_codec_readers_frames(clip):
+    """One sampler: uniform frame sampling picks the frames cv_reader samples for codec patches."""
+    import cv_reader
+
+    assert sample_frame_indices(NUM_FRAMES, FPS, frames_upbound=7).tolist() == cv_reader.sample_frame_ids_uniform(
+        NUM_FRAMES, 7
+    )
+    codec = load_codec_inputs(clip, sequence_length=7, keep_frames_equiv=1, square_size=64)
+    assert codec.frame_ids.tolist() == load_video_frames(clip, frames_upbound=7).frame_indices.tolist()
+
+
+def test_frames_agree_with_decord_on_a_real_clip():
+    """Cross-check against an independent decoder: same frames, same pixels up to colour rounding."""
+    decord = pytest.importorskip("decord")
     path = sample_video_path()
-    a = load_video_frames(path, frames_upbound=4, backend="pyav")
-    b = load_video_frames(path, frames_upbound=4, backend="decord")
-    assert a.frame_indices.tolist() == b.frame_indices.tolist() == [0, 43, 87, 131]
-    assert a.frames.shape == b.frames.shape == (4, 720, 1280, 3)
-    assert np.abs(a.frames.astype(int) - b.frames).mean() < 2.0
-    assert a.duration == pytest.approx(b.duration) == pytest.approx(132 / 25)
+    ours = load_video_frames(path, frames_upbound=4)
+    reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
+    theirs = reader.get_batch(ours.frame_indices.tolist()).asnumpy()
+    assert ours.frame_indices.tolist() == [0, 43, 87, 131] and len(reader) == ours.total_frames == 132
+    assert ours.frames.shape == theirs.shape == (4, 720, 1280, 3)
+    assert np.abs(ours.frames.astype(int) - theirs).mean() < 2.0
+    assert ours.duration == pytest.approx(132 / 25)
 
 
-def test_auto_backend_falls_back_to_pyav_without_decord(clip, monkeypatch):
-    monkeypatch.setitem(sys.modules, "decord", None)  # makes `import decord` fail
-    video = load_video_frames(clip, frames_upbound=3)
-    assert decoded_ids(video.frames) == [0, 11, 23]
-
-
-def test_pyav_counts_frames_when_the_container_has_no_count(tmp_path):
+def test_frames_are_counted_when_the_container_has_no_count(tmp_path):
     path = write_video(tmp_path / "clip.mkv")
     with av.open(str(path)) as container:
         assert container.streams.video[0].frames == 0  # Matroska stores no frame count
-    video = load_video_frames(path, frames_upbound=3, backend="pyav")
+    video = load_video_frames(path, frames_upbound=3)
     assert video.total_frames == NUM_FRAMES and decoded_ids(video.frames) == [0, 11, 23]
 
 
-def test_pyav_resamples_when_the_header_overcounts(clip, monkeypatch):
-    monkeypatch.setattr(video_io, "_pyav_stream_info", lambda path: (40, float(FPS)))
-    video = load_video_frames(clip, frames_upbound=3, backend="pyav")
-    assert video.total_frames == NUM_FRAMES
-    assert video.frame_indices.tolist() == [0, 11, 23] and decoded_ids(video.frames) == [0, 11, 23]
+def test_missing_file(tmp_path):
+    with pytest.raises(VideoReadError, match="nope.mp4: file not found"):
+        load_video_frames(tmp_path / "nope.mp4")
 
 
-def test_missing_file(tmp_path, backend):
-    with pytest.raises(VideoLoadError, match="not found"):
-        load_video_frames(tmp_path / "nope.mp4", backend=backend)
-
-
-def test_non_video_file(tmp_path, backend):
+def test_non_video_file(tmp_path):
     path = tmp_path / "notes.mp4"
     path.write_text("this is not a video\n" * 50)
-    with pytest.raises(VideoLoadError, match="notes.mp4"):
-        load_video_frames(path, backend=backend)
+    with pytest.raises(VideoReadError, match="notes.mp4"):
+        load_video_frames(path)
 
 
-def test_audio_only_file(tmp_path, backend):
+def test_audio_only_file(tmp_path):
     path = tmp_path / "tone.wav"
     with av.open(str(path), "w") as container:
         stream = container.add_stream("pcm_s16le", rate=8000)
@@ -174,14 +167,20 @@ def test_audio_only_file(tmp_path, backend):
             container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
-    with pytest.raises(VideoLoadError, match="no video stream"):
-        load_video_frames(path, backend=backend)
+    with pytest.raises(VideoReadError, match="no video stream"):
+        load_video_frames(path)
 
 
-def test_video_load_error_is_a_value_error_and_backend_is_checked(clip):
-    assert issubclass(VideoLoadError, ValueError)
-    with pytest.raises(ValueError, match="opencv"):
-        load_video_frames(clip, backend="opencv")
+def test_one_error_hierarchy_names_file_and_problem(tmp_path):
+    """Every media error is a MediaError (a ValueError) carrying the path and the problem."""
+    assert issubclass(VideoReadError, MediaError) and issubclass(CodecInputError, MediaError)
+    assert issubclass(MediaError, ValueError)
+    with pytest.raises(MediaError) as info:
+        load_video_frames(tmp_path / "nope.mp4")
+    assert info.value.path == str(tmp_path / "nope.mp4") and info.value.problem == "file not found"
+    with pytest.raises(MediaError) as info:
+        load_codec_inputs(mosaic_paths=[tmp_path / "m.png"], positions_path=tmp_path / "p.npy")
+    assert info.value.path == str(tmp_path / "m.png") and "not found" in info.value.problem
 
 
 # ----------------------------------------------------------- codec inputs (precomputed)
@@ -202,26 +201,35 @@ def write_codec_files(tmp_path, num: int = 2, side: int = 32, patch: int = 16, p
     return mosaics, positions, paths, positions_path
 
 
+SMALL = dict(square_size=32, sequence_length=64)  # the packs written here: 32 px canvases
+
+
 def test_precomputed_codec_inputs_round_trip(tmp_path):
     mosaics, positions, paths, positions_path = write_codec_files(tmp_path)
-    inputs = load_codec_inputs(mosaic_paths=paths, positions_path=positions_path)
+    inputs = load_codec_inputs(mosaic_paths=paths, positions_path=positions_path, **SMALL)
     assert inputs.mosaics.dtype == np.uint8 and inputs.mosaics.shape == (2, 32, 32, 3)
     np.testing.assert_array_equal(inputs.mosaics, mosaics)
     assert inputs.positions.dtype == np.int32 and inputs.positions.shape == (8, 3)
     np.testing.assert_array_equal(inputs.positions, positions)
-    assert inputs.frame_ids is None
+    assert inputs.frame_ids is None and inputs.num_images == 2
+
+
+def test_packs_are_checked_against_the_llava_codec_configuration(tmp_path):
+    assert (LLAVA_CODEC.sequence_length, LLAVA_CODEC.keep_frames_equiv, LLAVA_CODEC.square_size) == (64, 8, 576)
+    assert (LLAVA_CODEC.patch_size, LLAVA_CODEC.padding_policy, LLAVA_CODEC.keep_first_full_frame) == (16, "zero", True)
+    _, _, paths, positions_path = write_codec_files(tmp_path)
+    with pytest.raises(CodecInputError, match="expected square_size=576"):
+        load_codec_inputs(mosaic_paths=paths, positions_path=positions_path)
 
 
 def test_int64_positions_and_other_patch_sizes(tmp_path):
     grid = 4
     positions = np.array([(0, h, w) for h in range(grid) for w in range(grid)], dtype=np.int64)
     _, _, paths, positions_path = write_codec_files(tmp_path, num=1, positions=positions)
-    inputs = load_codec_inputs(
-        mosaic_paths=paths, positions_path=positions_path, patch_size=8, square_size=32
-    )
+    inputs = load_codec_inputs(mosaic_paths=paths, positions_path=positions_path, patch_size=8, square_size=32)
     assert inputs.positions.dtype == np.int32 and inputs.positions.shape == (16, 3)
     with pytest.raises(CodecInputError, match="K=16"):
-        load_codec_inputs(mosaic_paths=paths, positions_path=positions_path)  # default patch 16 -> K=4
+        load_codec_inputs(mosaic_paths=paths, positions_path=positions_path, **SMALL)  # patch 16 -> K=4
 
 
 @pytest.mark.parametrize(
@@ -238,38 +246,39 @@ def test_int64_positions_and_other_patch_sizes(tmp_path):
 def test_bad_positions_are_rejected(tmp_path, positions, match):
     _, _, paths, positions_path = write_codec_files(tmp_path, positions=positions)
     with pytest.raises(CodecInputError, match=match):
-        load_codec_inputs(mosaic_paths=paths, positions_path=positions_path)
+        load_codec_inputs(mosaic_paths=paths, positions_path=positions_path, **SMALL)
 
 
 def test_pickled_positions_never_load(tmp_path):
     _, _, paths, positions_path = write_codec_files(tmp_path)
     np.save(positions_path, np.array([{"t": 0}, [1, 2, 3]], dtype=object), allow_pickle=True)
     with pytest.raises(CodecInputError, match="pickle|numeric"):
-        load_codec_inputs(mosaic_paths=paths, positions_path=positions_path)
+        load_codec_inputs(mosaic_paths=paths, positions_path=positions_path, **SMALL)
 
 
 def test_padding_policy_exclude_and_sequence_length(tmp_path):
     positions = np.array([(0, 0, 0), (0, 0, 1), (5, 1, 0), (5, 1, 1)], dtype=np.int32)
     _, _, paths, positions_path = write_codec_files(tmp_path, positions=positions)
-    inputs = load_codec_inputs(mosaic_paths=paths, positions_path=positions_path, padding_policy="exclude")
+    inputs = load_codec_inputs(mosaic_paths=paths, positions_path=positions_path, padding_policy="exclude", **SMALL)
     assert inputs.positions.shape == (4, 3)
     with pytest.raises(CodecInputError, match="sequence_length=4"):
         load_codec_inputs(
-            mosaic_paths=paths, positions_path=positions_path, padding_policy="exclude", sequence_length=4
+            mosaic_paths=paths, positions_path=positions_path, padding_policy="exclude", square_size=32,
+            sequence_length=4,
         )
     with pytest.raises(ValueError, match="padding_policy"):
-        load_codec_inputs(mosaic_paths=paths, positions_path=positions_path, padding_policy="drop")
+        load_codec_inputs(mosaic_paths=paths, positions_path=positions_path, padding_policy="drop", **SMALL)
 
 
 def test_bad_mosaics_are_rejected(tmp_path):
     _, _, paths, positions_path = write_codec_files(tmp_path)
     Image.new("RGB", (32, 16)).save(paths[1])
-    with pytest.raises(CodecInputError, match="square"):
-        load_codec_inputs(mosaic_paths=paths, positions_path=positions_path)
-    with pytest.raises(CodecInputError, match="not found"):
-        load_codec_inputs(mosaic_paths=[tmp_path / "missing.png"], positions_path=positions_path)
-    with pytest.raises(CodecInputError, match="positions file not found"):
-        load_codec_inputs(mosaic_paths=paths[:1], positions_path=tmp_path / "missing.npy")
+    with pytest.raises(CodecInputError, match="mosaic_1.png: mosaic is 32x16; mosaics must be square"):
+        load_codec_inputs(mosaic_paths=paths, positions_path=positions_path, **SMALL)
+    with pytest.raises(CodecInputError, match="missing.png: mosaic image not found"):
+        load_codec_inputs(mosaic_paths=[tmp_path / "missing.png"], positions_path=positions_path, **SMALL)
+    with pytest.raises(CodecInputError, match="missing.npy: positions file not found"):
+        load_codec_inputs(mosaic_paths=paths[:1], positions_path=tmp_path / "missing.npy", **SMALL)
     with pytest.raises(CodecInputError, match="square_size=64"):
         load_codec_inputs(mosaic_paths=paths[:1], positions_path=positions_path, square_size=64)
 
@@ -281,7 +290,9 @@ def test_codec_input_arguments_are_checked(tmp_path, clip):
     with pytest.raises(ValueError, match="both mosaic_paths and positions_path"):
         load_codec_inputs(mosaic_paths=paths)
     with pytest.raises(ValueError, match="single path"):
-        load_codec_inputs(mosaic_paths=str(paths[0]), positions_path=positions_path)
+        load_codec_inputs(mosaic_paths=str(paths[0]), positions_path=positions_path, **SMALL)
+    with pytest.raises(TypeError, match="unknown codec parameter"):
+        load_codec_inputs(clip, canvas=64)
 
 
 # ----------------------------------------------------------- codec inputs (from a video)
@@ -290,9 +301,3 @@ def test_codec_inputs_from_video_with_cv_reader(clip):
     assert inputs.mosaics.shape == (2, 64, 64, 3) and inputs.mosaics.dtype == np.uint8
     assert inputs.positions.shape == (2 * 4 * 4, 3) and inputs.positions.dtype == np.int32
     assert inputs.positions[:, 0].max() < 8 and len(inputs.frame_ids) == 8
-
-
-def test_codec_inputs_from_video_without_cv_reader(clip, monkeypatch):
-    monkeypatch.setitem(sys.modules, "cv_reader", None)
-    with pytest.raises(CodecInputError, match="cv_reader"):
-        load_codec_inputs(clip)

@@ -3,25 +3,44 @@
 from __future__ import annotations
 
 from .canvas import CanvasGeometry
-from .errors import UnsupportedCodecError, VideoReadError
+from .errors import CodecInputError, ImageReadError, MediaError, UnsupportedCodecError, VideoReadError
 from .mosaic import pack_mosaics
-from .pipeline import CodecPatches, Selection, Stage1Params, codec_patchify, load_canvases, select_patches
+from .pack import check_codec_inputs, load_mosaics, load_positions, read_pack
+from .pipeline import (
+    LLAVA_CODEC,
+    CodecPatches,
+    Selection,
+    Stage1Params,
+    codec_patchify,
+    load_canvases,
+    read_frames,
+    select_patches,
+)
 from .reader import FrameRecord, probe, read_video
 from .selection import global_topk, sample_frame_ids_uniform
 
 __all__ = [
+    "LLAVA_CODEC",
     "CanvasGeometry",
+    "CodecInputError",
     "CodecPatches",
     "FrameRecord",
+    "ImageReadError",
+    "MediaError",
     "Selection",
     "Stage1Params",
     "UnsupportedCodecError",
     "VideoReadError",
+    "check_codec_inputs",
     "codec_patchify",
     "global_topk",
     "load_canvases",
+    "load_mosaics",
+    "load_positions",
     "pack_mosaics",
     "probe",
+    "read_frames",
+    "read_pack",
     "read_video",
     "sample_frame_ids_uniform",
     "select_patches",

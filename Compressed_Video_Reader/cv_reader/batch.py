@@ -1,9 +1,9 @@
 """Shared plumbing of the Stage-1/Stage-2 batch tools.
 
-Why: both tools stream the same dataset formats, shard samples the same way (so a shard
-of Stage 2 finds the outputs of the same shard of Stage 1), name outputs the same way as
-the upstream tools (existing datasets keep working) and must never leave half-written
-files behind (temp file + ``os.replace``).
+Why: both tools shard samples the same way (so a shard of Stage 2 finds the outputs of the
+same shard of Stage 1), name outputs the same way as the upstream tools (existing datasets
+keep working) and must never leave half-written files behind (temp file + ``os.replace``).
+Dataset files are read by :mod:`cv_reader.dataset`.
 """
 
 from __future__ import annotations
@@ -13,68 +13,21 @@ import io
 import json
 import os
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-_CHUNK = 1 << 20
+from .dataset import DatasetReader
 
 
-def iter_json_array(path: str | os.PathLike) -> Iterator[Any]:
-    """Yield the elements of a top-level JSON array one by one (bounded memory)."""
-    dec = json.JSONDecoder()
-    with open(path, "r", encoding="utf-8") as f:
-        buf, eof, started = "", False, False
-
-        def more() -> None:
-            nonlocal buf, eof
-            chunk = f.read(_CHUNK)
-            eof = not chunk
-            buf += chunk
-
-        while True:
-            buf = buf.lstrip(", \t\r\n") if started else buf.lstrip()
-            if not buf:
-                if eof:
-                    raise ValueError(f"{path}: {'unterminated' if started else 'empty'} JSON array")
-                more()
-                continue
-            if not started:
-                if buf[0] != "[":
-                    raise ValueError(f"{path}: expected a JSON array")
-                buf, started = buf[1:], True
-                continue
-            if buf[0] == "]":
-                return
-            try:
-                obj, end = dec.raw_decode(buf)
-            except json.JSONDecodeError as exc:
-                if eof:
-                    raise ValueError(f"{path}: invalid JSON array: {exc}") from exc
-                more()
-                continue
-            if end == len(buf) and not eof:  # a scalar may continue in the next chunk
-                more()
-                continue
-            buf = buf[end:]
-            yield obj
-
-
-def iter_dataset(path: str | os.PathLike) -> Iterator[dict]:
-    """Records of a ``.jsonl`` file or a ``.json`` array, streamed."""
-    suffix = Path(path).suffix.lower()
-    if suffix == ".jsonl":
-        with open(path, "r", encoding="utf-8") as f:
-            for line in f:
-                line = line.strip()
-                if line:
-                    yield json.loads(line)
-    elif suffix == ".json":
-        yield from iter_json_array(path)
-    else:
-        raise ValueError(f"{path}: dataset must be .json (array) or .jsonl, got {suffix!r}")
+def open_dataset(path: str | os.PathLike, tool: str) -> DatasetReader:
+    """The reader of a tool's dataset flag; a configuration error (bad mixture, missing
+    file, unsupported suffix) ends the tool with that message instead of a traceback."""
+    try:
+        return DatasetReader(path)
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"[{tool}] cannot read the dataset: {exc}") from None
 
 
 def shard_key(video: str, sample_id: Any, row_idx: int) -> str:
@@ -249,10 +202,9 @@ __all__ = [
     "Stage1Index",
     "safe_id",
     "sample_stem",
-    "iter_dataset",
-    "iter_json_array",
     "load_npy",
     "one_line",
+    "open_dataset",
     "resolve_video",
     "shard_key",
     "shard_of",

@@ -20,7 +20,7 @@ from PIL import Image, ImageDraw
 
 from .batch import atomic_save_npy, atomic_write_bytes, atomic_write_json
 from .errors import VideoReadError
-from .pipeline import Selection, Stage1Params, select_patches, stage1_meta
+from .pipeline import LLAVA_CODEC, Selection, Stage1Params, select_patches, stage1_meta
 from .reader import FrameRecord
 
 
@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--no_arrays", action="store_true", help="skip the per-frame .npz dumps")
     ap.add_argument("--thumb", type=int, default=192, help="side of each frame tile in selection.png")
     ap.add_argument("--columns", type=int, default=8)
-    d = Stage1Params(padding_policy="zero", keep_first_full_frame=True)
+    d = LLAVA_CODEC
     for f in fields(Stage1Params):
         val = getattr(d, f.name)
         if isinstance(val, bool):

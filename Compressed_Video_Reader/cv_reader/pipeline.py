@@ -8,11 +8,13 @@ reader (one decode pass, only the sampled frames and their references) and keeps
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
@@ -26,9 +28,12 @@ from .saliency import FUSE_MODES, fused_energy
 from .selection import PADDING_POLICIES, global_topk, sample_frame_ids_uniform
 
 
-@dataclass
+@dataclass(frozen=True)
 class Stage1Params:
-    """Stage-1 parameters with the upstream names and defaults."""
+    """Stage-1 parameters with the upstream names and defaults (those of the Stage-1 CLI).
+
+    The model's codec inputs use :data:`LLAVA_CODEC` instead (``docs/formats.md``).
+    """
 
     sequence_length: int = 64
     sample_start_offset: int = 0
@@ -69,11 +74,24 @@ class Stage1Params:
 
     @classmethod
     def from_kwargs(cls, **kw: Any) -> Stage1Params:
-        names = {f.name for f in fields(cls)}
-        unknown = set(kw) - names
+        return cls().replace(**kw)
+
+    def replace(self, **kw: Any) -> Stage1Params:
+        """A copy with some parameters changed; unknown names raise ``TypeError``."""
+        unknown = set(kw) - {f.name for f in fields(self)}
         if unknown:
-            raise TypeError(f"unknown parameter(s): {sorted(unknown)}")
-        return cls(**kw)
+            known = [f.name for f in fields(self)]
+            raise TypeError(f"unknown codec parameter(s): {sorted(unknown)}; known: {known}")
+        return dataclasses.replace(self, **kw)
+
+
+#: The codec configuration of the LLaVA pipeline: what the model's codec inputs are made with
+#: wherever they are produced (online in chat and evaluation, Stage-2 packs for training).
+#: T 64 frames, 8 mosaics of 576 x 576 in 16 px patches (K = 10,368), padding ``zero``, frame
+#: t = 0 complete in mosaic 0, median camera-motion compensation. The Stage-1 CLI keeps the
+#: upstream defaults (:class:`Stage1Params`: ``exclude``, no full first frame) unless run
+#: with ``--preset llava``.
+LLAVA_CODEC = Stage1Params(padding_policy="zero", keep_first_full_frame=True)
 
 
 @dataclass
@@ -221,29 +239,25 @@ def _coded_rgb_size(index: VideoIndex, p: Stage1Params, rotation: int) -> tuple[
     return (hn, wn) if (int(round(rotation / 90.0)) % 2) else (wn, hn)
 
 
-def load_canvases(
-    path: str | os.PathLike, frame_ids: np.ndarray, square_size: int, patch_size: int, threads: int = 0
-) -> np.ndarray:
-    """Decode ``frame_ids`` and map them onto the canvas (RGB ``[T, S, S, 3]``), as Stage 1 does."""
-    index = build_index(path)
+def _checked_ids(index: VideoIndex, frame_ids: Iterable[int]) -> list[int]:
     ids = [int(i) for i in frame_ids]
     bad = [i for i in ids if i < 0 or i >= index.num_frames]
     if bad:
         raise VideoReadError(
             index.path, f"frame ids {bad[:5]} out of range for a {index.num_frames}-frame video"
         )
-    rotation = _peek_rotation(index)
-    p = Stage1Params(square_size=square_size, patch_size=patch_size)
-    w, h = _coded_rgb_size(index, p, rotation)
-    dh, dw = display_hw(index.height, index.width, rotation)
-    geo = CanvasGeometry(dh, dw, square_size, patch_size)
+    return ids
+
+
+def _decode_frames(
+    index: VideoIndex, ids: list[int], threads: int, convert: Callable[[av.VideoFrame], np.ndarray]
+) -> list[np.ndarray]:
+    """``convert(frame)`` of each wanted display frame, in the order of ``ids`` (repeats allowed)."""
     wanted = set(ids)
     got: dict[int, np.ndarray] = {}
-    src = FrameSource(index, wanted, export_mvs=False, threads=threads)
-    fmt = VideoReformatter()
-    for idx, frame in src.frames():
+    for idx, frame in FrameSource(index, wanted, export_mvs=False, threads=threads).frames():
         if idx in wanted and idx not in got:
-            got[idx] = geo.place(rotate_display(rgb_resized(frame, w, h, fmt), rotation))
+            got[idx] = convert(frame)
             if len(got) == len(wanted):
                 break
     missing = sorted(wanted - set(got))
@@ -251,7 +265,42 @@ def load_canvases(
         raise VideoReadError(
             index.path, f"could not decode frame(s) {missing[:5]} (truncated or corrupt stream?)"
         )
-    return np.stack([got[i] for i in ids])
+    return [got[i] for i in ids]
+
+
+def read_frames(
+    path: str | os.PathLike, frame_ids: Iterable[int], *, threads: int = 0, index: VideoIndex | None = None
+) -> np.ndarray:
+    """RGB uint8 ``[T, H, W, 3]`` of display frames ``frame_ids`` at their decoded size, upright.
+
+    Only the wanted frames' GOP segments are decoded (seeking between them); frames carrying
+    a display rotation are turned upright, as the codec canvas is.
+    """
+    index = index or build_index(path)
+
+    def upright(frame: av.VideoFrame) -> np.ndarray:
+        return rotate_display(frame.to_ndarray(format="rgb24"), int(getattr(frame, "rotation", 0) or 0))
+
+    return np.stack(_decode_frames(index, _checked_ids(index, frame_ids), threads, upright))
+
+
+def load_canvases(
+    path: str | os.PathLike, frame_ids: np.ndarray, square_size: int, patch_size: int, threads: int = 0
+) -> np.ndarray:
+    """Decode ``frame_ids`` and map them onto the canvas (RGB ``[T, S, S, 3]``), as Stage 1 does."""
+    index = build_index(path)
+    ids = _checked_ids(index, frame_ids)
+    rotation = _peek_rotation(index)
+    p = Stage1Params(square_size=square_size, patch_size=patch_size)
+    w, h = _coded_rgb_size(index, p, rotation)
+    dh, dw = display_hw(index.height, index.width, rotation)
+    geo = CanvasGeometry(dh, dw, square_size, patch_size)
+    fmt = VideoReformatter()
+
+    def on_canvas(frame: av.VideoFrame) -> np.ndarray:
+        return geo.place(rotate_display(rgb_resized(frame, w, h, fmt), rotation))
+
+    return np.stack(_decode_frames(index, ids, threads, on_canvas))
 
 
 def stage1_meta(sel: Selection, p: Stage1Params, sample_id: str = "", sample_key: str = "") -> dict:
@@ -294,45 +343,39 @@ def stage1_meta(sel: Selection, p: Stage1Params, sample_id: str = "", sample_key
 
 @dataclass
 class CodecPatches:
-    """In-memory codec-patch input for one video."""
+    """Codec-style patch input of one video: the one result type, computed or read from a pack.
+
+    ``positions[j]`` is the ``(t, h, w)`` of the j-th mosaic slot, mosaic by mosaic in raster
+    order (``docs/formats.md``). ``frame_ids`` (source frame of each ``t``) and ``meta`` are
+    known when the patches were computed here or the pack recorded them.
+    """
 
     mosaics: np.ndarray  # uint8 [N, S, S, 3]
     positions: np.ndarray  # int32 [K, 3] (t, h, w)
-    frame_ids: np.ndarray  # int32 [T]
-    meta: dict
+    frame_ids: np.ndarray | None = None  # int32 [T]
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def num_images(self) -> int:
+        return int(self.mosaics.shape[0])
 
 
 def codec_patchify(
     path: str | os.PathLike,
+    params: Stage1Params | None = None,
     *,
-    sequence_length: int = 64,
     num_images: int | None = None,
-    keep_frames_equiv: int = 8,
-    square_size: int = 576,
-    patch_size: int = 16,
-    padding_policy: str = "zero",
-    keep_first_full_frame: bool = True,
-    mv_compensate: str = "median",
     layout: str = "time_spatial",
-    **kwargs: Any,
+    **overrides: Any,
 ) -> CodecPatches:
     """Select codec-style patches of ``path`` and pack them into ``N`` mosaics in memory.
 
-    Defaults are the LLaVA pipeline config (DESIGN §4): T 64, N 8, canvas 576, patch 16,
-    padding ``zero``, ``keep_first_full_frame``, ``mv_compensate median``. Other Stage-1
-    parameters pass through ``kwargs``. ``num_images`` defaults to ``keep_frames_equiv``.
+    ``params`` defaults to :data:`LLAVA_CODEC` (the model's configuration); keyword
+    ``overrides`` change single Stage-1 parameters (``sequence_length=16, square_size=64``).
+    ``num_images`` defaults to ``keep_frames_equiv``.
     """
-    p = Stage1Params.from_kwargs(
-        sequence_length=sequence_length,
-        keep_frames_equiv=keep_frames_equiv,
-        square_size=square_size,
-        patch_size=patch_size,
-        padding_policy=padding_policy,
-        keep_first_full_frame=keep_first_full_frame,
-        mv_compensate=mv_compensate,
-        **kwargs,
-    )
-    n = int(num_images or keep_frames_equiv)
+    p = (params or LLAVA_CODEC).replace(**overrides)
+    n = int(num_images or p.keep_frames_equiv)
     sel = select_patches(path, p, with_canvases=True)
     mosaics, positions = pack_mosaics(
         sel.canvases,
@@ -351,11 +394,13 @@ def codec_patchify(
 
 
 __all__ = [
+    "LLAVA_CODEC",
     "CodecPatches",
     "Selection",
     "Stage1Params",
     "codec_patchify",
     "load_canvases",
+    "read_frames",
     "select_patches",
     "stage1_meta",
 ]

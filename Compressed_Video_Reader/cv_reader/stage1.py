@@ -4,7 +4,9 @@ Outputs per sample (upstream names, DESIGN §4), written atomically with ``meta.
 ``<prefix>_T{T}_square{S}_p{P}_K{K}.visidx_thw.npy`` (int32 [K, 3]), ``.frame_ids.npy``
 (int32 [T]) and ``.meta.json``. A sample whose three files exist is skipped (resume).
 Failures go to the per-shard failure log, unsupported codecs to their own log; the run
-goes on with the other samples and ends with a summary.
+goes on with the other samples and ends with a summary. The dataset is read by
+:class:`cv_reader.dataset.DatasetReader` (JSONL, JSON array, brace list, YAML mixture): a
+malformed record is logged with its ``file:line``, skipped and counted (``bad_records``).
 """
 
 from __future__ import annotations
@@ -20,13 +22,14 @@ from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from .batch import (
     Stage1Index,
     atomic_save_npy,
     atomic_write_json,
-    iter_dataset,
     one_line,
+    open_dataset,
     resolve_video,
     shard_key,
     shard_of,
@@ -35,6 +38,7 @@ from .batch import (
     sweep_stale_tmp,
 )
 from .camera import MODES as MV_COMPENSATE_MODES
+from .dataset import DatasetReader
 from .decode import build_index
 from .errors import UnsupportedCodecError
 from .pipeline import Stage1Params, select_patches, stage1_meta
@@ -47,7 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Stage 1: codec-style patch selection (visidx_thw.npy, frame_ids.npy, meta.json)",
     )
     ap.add_argument(
-        "--dataset_path", required=True, help="dataset .json (array) or .jsonl; records with id, video"
+        "--dataset_path",
+        required=True,
+        help="dataset: .jsonl, .json (array), a brace list dir/{a,b}.jsonl or a .yaml mixture; "
+        "records with id, video",
     )
     ap.add_argument("--out_root", required=True, help="output directory")
     ap.add_argument("--video_folder", default="", help="prefix for relative video paths (default: as given)")
@@ -128,16 +135,20 @@ def process_sample(task: tuple) -> tuple:
         return ("fail", sample_id, video, one_line(f"{type(exc).__name__}: {exc}"), tb)
 
 
-def _tasks(args: argparse.Namespace, p: Stage1Params, stats: dict) -> Iterator[tuple]:
+def _tasks(
+    args: argparse.Namespace, p: Stage1Params, stats: dict, reader: DatasetReader
+) -> Iterator[tuple]:
     allowed = [c for c in args.allowed_codecs.split(",") if c.strip()] if args.check_codec else None
     pdict = asdict(p)
     done = Stage1Index(args.out_root, p.sequence_length, p.square_size, p.patch_size)
-    for row_idx, item in enumerate(iter_dataset(args.dataset_path)):
+    for record in reader:
         stats["seen"] += 1
+        stats["bad_records"] = reader.bad_records
+        item = record.data
         try:
-            row = int(item.get("_row_idx", row_idx))
+            row = int(item.get("_row_idx", record.index))
         except (TypeError, ValueError):
-            row = row_idx
+            row = record.index
         sid, video = item.get("id"), item.get("video")
         if sid is None or not video:
             stats["skip"] += 1
@@ -170,6 +181,7 @@ def run(args: argparse.Namespace) -> dict:
         raise SystemExit(f"--shard_id {args.shard_id} must be in [0, {args.num_shards})")
     args.num_shards = max(1, args.num_shards)
     p = params_from_args(args)
+    reader = open_dataset(args.dataset_path, "stage1")
     out_root = Path(args.out_root)
     out_root.mkdir(parents=True, exist_ok=True)
     tag = f"shard{args.shard_id:02d}of{args.num_shards:02d}"
@@ -177,7 +189,9 @@ def run(args: argparse.Namespace) -> dict:
     unsup_path = Path(args.unsupported_txt or fail_path.parent / f"stage1_unsupported_codec.{tag}.txt")
     fail_path.parent.mkdir(parents=True, exist_ok=True)
     unsup_path.parent.mkdir(parents=True, exist_ok=True)
-    stats = dict(seen=0, picked=0, skip=0, shard_skip=0, resumed=0, ok=0, fail=0, unsupported=0)
+    stats = dict(
+        seen=0, picked=0, skip=0, shard_skip=0, resumed=0, ok=0, fail=0, unsupported=0, bad_records=0
+    )
     stats["stale_tmp_removed"] = sweep_stale_tmp(out_root)
     if stats["stale_tmp_removed"]:
         print(
@@ -186,10 +200,11 @@ def run(args: argparse.Namespace) -> dict:
         )
     t0 = time.perf_counter()
     nw = max(1, int(args.num_workers))
-    tasks = _tasks(args, p, stats)
+    tasks = _tasks(args, p, stats, reader)
     with (
         open(fail_path, "a", encoding="utf-8") as ffail,
         open(unsup_path, "a", encoding="utf-8") as funsup,
+        logging_redirect_tqdm(),  # bad-record warnings print above the progress bar, not inside it
         tqdm(desc=f"stage1 {tag}", unit="video", file=sys.stderr, mininterval=1.0) as bar,
     ):
 
@@ -218,7 +233,10 @@ def run(args: argparse.Namespace) -> dict:
             with get_context("spawn").Pool(processes=nw, maxtasksperchild=mt) as pool:
                 for ret in pool.imap_unordered(process_sample, tasks, chunksize=1):
                     handle(ret)
+    stats["bad_records"] = reader.bad_records
     print(_line(stats, t0, tag, done=True), flush=True)
+    for line in reader.summary_lines():
+        print(f"[stage1] {line}", flush=True)
     print(f"[stage1] outputs: {out_root}  failures: {fail_path}  unsupported: {unsup_path}", flush=True)
     return stats
 
@@ -230,7 +248,8 @@ def _line(stats: dict, t0: float, tag: str, done: bool = False) -> str:
     return (
         f"{head} {tag} seen={stats['seen']} picked={stats['picked']} ok={stats['ok']} fail={stats['fail']} "
         f"unsupported={stats['unsupported']} resumed={stats['resumed']} skip={stats['skip']} "
-        f"shard_skip={stats['shard_skip']} elapsed={el:.1f}s avg={el / max(n, 1):.3f}s/video"
+        f"shard_skip={stats['shard_skip']} bad_records={stats['bad_records']} elapsed={el:.1f}s "
+        f"avg={el / max(n, 1):.3f}s/video"
     )
 
 

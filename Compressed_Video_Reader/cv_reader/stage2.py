@@ -6,6 +6,8 @@ the canvas exactly as Stage 1 did, packs the selected patches into N mosaic JPEG
 emits a JSONL record whose first ``<video>`` becomes N ``<image>`` tokens. Files are
 written atomically; a sample whose pack is complete (``pack.json`` written last) is
 reused. The JSONL keeps the input order and is itself replaced atomically at the end.
+The dataset is read by :class:`cv_reader.dataset.DatasetReader`, as in Stage 1 (same
+formats, same row index for the shard key, bad records logged, skipped and counted).
 """
 
 from __future__ import annotations
@@ -24,21 +26,23 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from .batch import (
     Stage1Index,
     atomic_save_npy,
     atomic_write_bytes,
     atomic_write_json,
-    iter_dataset,
     load_npy,
     one_line,
+    open_dataset,
     resolve_video,
     sample_stem,
     shard_key,
     shard_of,
     sweep_stale_tmp,
 )
+from .dataset import DatasetReader
 from .mosaic import LAYOUTS, pack_mosaics
 from .pipeline import load_canvases
 
@@ -48,7 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="stage2", description="Stage 2: pack codec patches into mosaics + JSONL"
     )
     ap.add_argument("--mode", default="pack", choices=["pack"])
-    ap.add_argument("--input_dataset", required=True, help="json/jsonl with id, video, conversations")
+    ap.add_argument(
+        "--input_dataset",
+        required=True,
+        help="dataset as for Stage 1 (.jsonl, .json array, brace list, .yaml mixture) with id, video, "
+        "conversations",
+    )
     ap.add_argument("--out_jsonl", required=True)
     ap.add_argument("--visidx_root", required=True, help="Stage-1 output directory")
     ap.add_argument("--out_image_root", required=True, help="where the mosaics go")
@@ -181,7 +190,7 @@ def _record(item: dict, pack: dict, n: int) -> str:
     return json.dumps(out, ensure_ascii=False)
 
 
-def _tasks(args: argparse.Namespace, stats: dict) -> Iterator[tuple]:
+def _tasks(args: argparse.Namespace, stats: dict, reader: DatasetReader) -> Iterator[tuple]:
     index = Stage1Index(args.visidx_root, args.T, args.square_size, args.patch, recursive=True)
     opts = dict(
         out_image_root=args.out_image_root,
@@ -199,16 +208,18 @@ def _tasks(args: argparse.Namespace, stats: dict) -> Iterator[tuple]:
         overwrite=args.overwrite,
         threads=args.threads,
     )
-    for row_idx, item in enumerate(iter_dataset(args.input_dataset)):
+    for record in reader:
         stats["seen"] += 1
+        stats["bad_records"] = reader.bad_records
+        item = record.data
         sid, video = item.get("id"), item.get("video")
         if sid is None or not video:
             stats["skip"] += 1
             continue
         try:
-            row = int(item.get("_row_idx", row_idx))
+            row = int(item.get("_row_idx", record.index))
         except (TypeError, ValueError):
-            row = row_idx
+            row = record.index
         if shard_of(shard_key(video, sid, row), args.num_shards) != args.shard_id:
             stats["shard_skip"] += 1
             continue
@@ -222,13 +233,14 @@ def run(args: argparse.Namespace) -> dict:
     args.num_shards = max(1, args.num_shards)
     if not 0 <= args.shard_id < args.num_shards:
         raise SystemExit(f"--shard_id {args.shard_id} must be in [0, {args.num_shards})")
+    reader = open_dataset(args.input_dataset, "stage2")
     out_jsonl = Path(args.out_jsonl)
     if args.num_shards > 1 or args.force_shard_out:
         out_jsonl = Path(f"{out_jsonl}.shard{args.shard_id:02d}of{args.num_shards:02d}.jsonl")
     fail_path = Path(args.fail_txt or f"{out_jsonl}.fail.txt")
     for d in (out_jsonl.parent, fail_path.parent, Path(args.out_image_root)):
         d.mkdir(parents=True, exist_ok=True)
-    stats = dict(seen=0, picked=0, skip=0, shard_skip=0, ok=0, fail=0)
+    stats = dict(seen=0, picked=0, skip=0, shard_skip=0, ok=0, fail=0, bad_records=0)
     stats["stale_tmp_removed"] = sweep_stale_tmp(args.out_image_root) + sweep_stale_tmp(
         out_jsonl.parent, recursive=False, prefix=out_jsonl.name
     )
@@ -244,6 +256,7 @@ def run(args: argparse.Namespace) -> dict:
         with (
             open(tmp_jsonl, "w", encoding="utf-8") as fw,
             open(fail_path, "a", encoding="utf-8") as ff,
+            logging_redirect_tqdm(),  # bad-record warnings print above the progress bar
             tqdm(desc="stage2 pack", unit="video", file=sys.stderr, mininterval=1.0) as bar,
         ):
 
@@ -262,7 +275,7 @@ def run(args: argparse.Namespace) -> dict:
                 if args.log_every > 0 and n and n % args.log_every == 0:
                     bar.write(_line(stats, t0))
 
-            tasks = _tasks(args, stats)
+            tasks = _tasks(args, stats, reader)
             if nw <= 1:
                 for task in tasks:
                     handle(pack_sample(task))
@@ -275,7 +288,10 @@ def run(args: argparse.Namespace) -> dict:
     finally:
         if tmp_jsonl.exists():
             tmp_jsonl.unlink()
+    stats["bad_records"] = reader.bad_records
     print(_line(stats, t0, done=True), flush=True)
+    for line in reader.summary_lines():
+        print(f"[stage2] {line}", flush=True)
     print(f"[stage2] wrote {out_jsonl}  failures: {fail_path}", flush=True)
     return stats
 
@@ -286,8 +302,8 @@ def _line(stats: dict, t0: float, done: bool = False) -> str:
     head = "[stage2] DONE" if done else "[stage2]"
     return (
         f"{head} seen={stats['seen']} picked={stats['picked']} ok={stats['ok']} fail={stats['fail']} "
-        f"skip={stats['skip']} shard_skip={stats['shard_skip']} elapsed={el:.1f}s "
-        f"avg={el / max(n, 1):.3f}s/video"
+        f"skip={stats['skip']} shard_skip={stats['shard_skip']} bad_records={stats['bad_records']} "
+        f"elapsed={el:.1f}s avg={el / max(n, 1):.3f}s/video"
     )
 
 

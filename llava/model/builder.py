@@ -19,40 +19,18 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 from transformers import AutoConfig, AutoTokenizer
 
-from .language_model import LlavaQwen3ForCausalLM, LlavaQwenForCausalLM
-from .multimodal_encoder import OneVisionEncoderImageProcessor, OneVisionEncoderModel
-
-LLAVA_MODEL_TYPES = {"llava_qwen": LlavaQwenForCausalLM, "llava_qwen3": LlavaQwen3ForCausalLM}
-PROJECTOR_FILES = ("mm_projector.safetensors", "mm_projector.bin")
-NON_LORA_FILES = ("non_lora_trainables.safetensors", "non_lora_trainables.bin")
-
-
-def load_weights_file(path: Path) -> dict[str, torch.Tensor]:
-    """A safetensors file or a ``torch.save``d state dict, loaded without unpickling code."""
-    if path.suffix == ".safetensors":
-        return load_file(str(path))
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state, dict):
-        raise ValueError(f"{path} does not hold a state dict")
-    return state
-
-
-def load_projector_weights(model_or_base, path: str | Path) -> None:
-    """Load a projector-only checkpoint (keys ``[model.]mm_projector.*``) into the model."""
-    path = Path(path)
-    if path.is_dir():
-        path = next((path / name for name in PROJECTOR_FILES if (path / name).exists()), path / PROJECTOR_FILES[1])
-    if not path.exists():
-        raise FileNotFoundError(f"projector weights not found: {path}")
-    state = load_weights_file(path)
-    weights = {key.split("mm_projector.", 1)[1]: value for key, value in state.items() if "mm_projector." in key}
-    if not weights:
-        raise ValueError(f"{path} has no mm_projector.* weights (keys: {sorted(state)[:5]} ...)")
-    base = model_or_base.get_model() if hasattr(model_or_base, "get_model") else model_or_base
-    base.mm_projector.load_state_dict(weights, strict=True)
+from .language_model import LLAVA_LMS, llava_lm_for_model_type
+from .multimodal_encoder import OneVisionEncoderImageProcessor
+from .weights import (
+    NON_LORA_FILES,
+    PROJECTOR_FILES,
+    find_file,
+    load_non_lora_trainables,
+    load_projector_weights,
+    load_tower_weights_from_source,
+)
 
 
 def _read_config(path: Path) -> dict:
@@ -68,13 +46,13 @@ def _read_config(path: Path) -> dict:
 
 
 def _llava_class(config: dict, path: Path):
-    model_type = config.get("model_type")
-    if model_type not in LLAVA_MODEL_TYPES:
+    lm = llava_lm_for_model_type(config.get("model_type"))
+    if lm is None:
         raise ValueError(
-            f"{path} is a {model_type!r} checkpoint; expected a LLaVA-OV checkpoint "
-            f"(model_type one of {sorted(LLAVA_MODEL_TYPES)})"
+            f"{path} is a {config.get('model_type')!r} checkpoint; expected a LLaVA-OV checkpoint "
+            f"(model_type one of {sorted(lm.model_type for lm in LLAVA_LMS.values())})"
         )
-    return LLAVA_MODEL_TYPES[model_type]
+    return lm.causal_lm_class
 
 
 def _load_tokenizer(*paths: Path):
@@ -111,16 +89,16 @@ def load_pretrained_model(
         load_kwargs["attn_implementation"] = attn_implementation
 
     is_lora = (path / "adapter_config.json").exists()
-    projector_file = next((path / f for f in PROJECTOR_FILES if (path / f).exists()), None)
+    projector_file = find_file(path, PROJECTOR_FILES)
     if is_lora or (projector_file is not None and not _has_full_weights(path)):
         if base is None:
             kind = "LoRA" if is_lora else "projector-only"
             raise ValueError(f"{path} is a {kind} checkpoint: pass model_base (the checkpoint it was trained on)")
-        base_is_llava = _read_config(base).get("model_type") in LLAVA_MODEL_TYPES
+        base_is_llava = llava_lm_for_model_type(_read_config(base).get("model_type")) is not None
         llava_config = AutoConfig.from_pretrained(str(path))
         model = model_class.from_pretrained(str(base), config=llava_config, **load_kwargs)
         if not base_is_llava:  # a plain LLM: the encoder weights come from mm_vision_tower
-            _load_tower_from_source(model)
+            load_tower_weights_from_source(model)
         if is_lora:
             model = _attach_lora(model, path, merge_lora)
         else:
@@ -132,9 +110,7 @@ def load_pretrained_model(
     model.eval()
 
     image_processor = _load_image_processor(path, base, model)
-    context_len = getattr(model.config, "tokenizer_model_max_length", None) or getattr(
-        model.config, "max_position_embeddings", 2048
-    )
+    context_len = model.config.tokenizer_model_max_length or model.config.max_position_embeddings
     return tokenizer, model, image_processor, context_len
 
 
@@ -145,33 +121,19 @@ def _has_full_weights(path: Path) -> bool:
 def _attach_lora(model, path: Path, merge: bool):
     from peft import PeftModel
 
-    non_lora = next((path / f for f in NON_LORA_FILES if (path / f).exists()), None)
+    non_lora = find_file(path, NON_LORA_FILES)
     if non_lora is not None:
-        state = load_weights_file(non_lora)
-        state = {key.removeprefix("base_model.model."): value for key, value in state.items()}
-        _, unexpected = model.load_state_dict(state, strict=False)
-        if unexpected:
-            raise ValueError(f"{non_lora} has keys the model does not know: {unexpected[:5]}")
+        load_non_lora_trainables(model, non_lora)
     model = PeftModel.from_pretrained(model, str(path))
     return model.merge_and_unload() if merge else model
 
 
-def _load_tower_from_source(model) -> None:
-    """Fill the (delay-loaded) tower with the weights of the encoder checkpoint it names."""
-    tower = model.get_vision_tower()
-    source = tower.vision_tower_name
-    try:
-        encoder = OneVisionEncoderModel.from_pretrained(source)
-    except OSError as error:
-        raise ValueError(f"cannot load the vision tower weights from mm_vision_tower={source!r}: {error}") from None
-    tower.vision_tower.load_state_dict(encoder.state_dict(), strict=True)
-
-
 def _load_image_processor(path: Path, base: Path | None, model) -> OneVisionEncoderImageProcessor:
+    """The checkpoint's processor, else the base's, else the tower's (its encoder's, or the default)."""
     for candidate in (path, base):
         if candidate is not None and (candidate / "preprocessor_config.json").exists():
             return OneVisionEncoderImageProcessor.from_pretrained(str(candidate))
     return model.get_vision_tower().image_processor
 
 
-__all__ = ["load_pretrained_model", "load_projector_weights", "load_weights_file"]
+__all__ = ["load_pretrained_model"]

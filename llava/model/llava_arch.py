@@ -9,12 +9,15 @@ order the placeholders appear across the batch) with a parallel list ``modalitie
 
 * ``"image"``  ``[C, H, W]`` at native resolution, or ``[1 + n, C, h, w]`` for ``anyres``
   (a base view, then the tiles);
-* ``"video"``  ``[T, C, H, W]`` uniformly sampled frames, spread over the encoder's
+* ``"video"``  ``[C, T, H, W]`` uniformly sampled frames, spread over the encoder's
   temporal RoPE grid, optionally 2D-pooled per frame (``mm_spatial_pool_stride``);
-* ``"codec"``  ``[N, C, S, S]`` codec mosaics whose ``patch_positions`` entry holds the
+* ``"codec"``  ``[C, N, S, S]`` codec mosaics whose ``patch_positions`` entry holds the
   ``[K, 3]`` ``positions_thw`` rows (``K = N * (S / P)^2``): one token per selected patch,
   placed on the RoPE grid by those positions.
 
+Video and codec entries keep the image processor's ``pixel_values_videos`` layout (one
+sample of it), which is also the encoder's. ``image_sizes`` entries are ``(width, height)``
+(the convention of ``llava.mm_utils``). ``llava.mm_inputs`` builds all of these from media.
 All visual inputs of a batch go through the encoder in **one** packed pass.
 """
 
@@ -30,8 +33,15 @@ from torch import nn
 from ..constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from ..mm_utils import get_anyres_image_grid_shape, parse_anyres_max, unpad_image
 from .multimodal_encoder.modeling_onevision_encoder import OneVisionEncoderPoolingHead
-from .multimodal_encoder.tower import OVEncoderVisionTower, VisualPiece, build_vision_tower, grid_positions
+from .multimodal_encoder.tower import (
+    OVEncoderVisionTower,
+    VisualPiece,
+    build_vision_tower,
+    grid_positions,
+    temporal_slots,
+)
 from .multimodal_projector import build_vision_projector
+from .weights import load_projector_weights
 
 MODALITIES = ("image", "video", "codec")
 
@@ -46,11 +56,13 @@ class LlavaMetaModel:
 
     def __init__(self, config):
         super().__init__(config)
-        if getattr(config, "mm_vision_tower", None) is not None:
+        if config.mm_vision_tower is not None:
             # The checkpoint carries the tower weights: build it from its config only.
             self.vision_tower = build_vision_tower(config, delay_load=True)
+            if config.vision_config is None:  # upstream layout: embed it, so saving makes a self-contained checkpoint
+                config.vision_config = self.vision_tower.config.to_dict()
             self.mm_projector = build_vision_projector(config)
-            if "unpad" in getattr(config, "mm_patch_merge_type", "flat"):
+            if "unpad" in config.mm_patch_merge_type:
                 self.image_newline = nn.Parameter(torch.zeros(config.hidden_size))
 
     def get_vision_tower(self) -> OVEncoderVisionTower | None:
@@ -68,24 +80,20 @@ class LlavaMetaModel:
         config.mm_vision_tower = vision_tower
         for key, value in options.items():
             setattr(config, key, value)
-        attn = options.get("vision_attn_implementation")
         self.vision_tower = OVEncoderVisionTower(
             vision_tower,
-            select_layer=getattr(config, "mm_vision_select_layer", -2),
-            select_feature=getattr(config, "mm_vision_select_feature", "patch"),
-            attn_implementation=attn,
+            select_layer=config.mm_vision_select_layer,
+            select_feature=config.mm_vision_select_feature,
+            attn_implementation=config.vision_attn_implementation,
         )
         config.vision_config = self.vision_tower.config.to_dict()
         config.mm_hidden_size = self.vision_tower.hidden_size
         config.use_mm_proj = True
-        config.mm_projector_type = getattr(config, "mm_projector_type", "linear")
         self.mm_projector = build_vision_projector(config).to(self.embed_tokens.weight.dtype)
-        if "unpad" in getattr(config, "mm_patch_merge_type", "flat") and not hasattr(self, "image_newline"):
+        if "unpad" in config.mm_patch_merge_type and not hasattr(self, "image_newline"):
             std = 1 / math.sqrt(config.hidden_size)
             self.image_newline = nn.Parameter(torch.randn(config.hidden_size, dtype=self.embed_tokens.weight.dtype) * std)
         if adapter is not None:
-            from .builder import load_projector_weights
-
             load_projector_weights(self, adapter)
 
 
@@ -122,18 +130,25 @@ class LlavaMetaForCausalLM(ABC):
             if entry.ndim == 4:  # anyres: base view + tiles, each encoded on its own
                 return [VisualPiece(view) for view in entry]
             raise ValueError(f"{where} must be [C, H, W] or [1 + tiles, C, H, W], got {tuple(entry.shape)}")
-        if entry.ndim != 4:
-            raise ValueError(f"{where} must be [frames, C, H, W], got {tuple(entry.shape)}")
-        frames, _, height, width = entry.shape
+        if modality not in MODALITIES:
+            raise ValueError(f"{where}: unknown modality {modality!r}; expected one of {MODALITIES}")
+        channels = tower.config.num_channels
+        if entry.ndim != 4 or entry.shape[0] != channels:
+            looks_tchw = entry.ndim == 4 and entry.shape[1] == channels
+            hint = " (it looks like [T, C, H, W]: pass entry.transpose(0, 1))" if looks_tchw else ""
+            raise ValueError(
+                f"{where} must be [C={channels}, frames, H, W] (the processor's pixel_values_videos layout), "
+                f"got {tuple(entry.shape)}{hint}"
+            )
+        frames, height, width = entry.shape[1:]
         grid_h, grid_w = height // patch, width // patch
         if modality == "video":
             grid_t = tower.config.rope_temporal_size or frames
             if frames > grid_t:
                 raise ValueError(f"{where} has {frames} frames; the encoder's temporal grid holds {grid_t}")
-            slots = torch.linspace(0, grid_t - 1, frames).long()
             grid = grid_positions(frames, grid_h, grid_w)
-            grid[:, 0] = slots[grid[:, 0]]
-            return [VisualPiece(entry.transpose(0, 1), patch_positions=grid.to(entry.device))]
+            grid[:, 0] = temporal_slots(frames, grid_t)[grid[:, 0]]
+            return [VisualPiece(entry, patch_positions=grid.to(entry.device))]
         if modality == "codec":
             if positions is None:
                 raise ValueError(f"{where} needs its positions_thw in patch_positions[{index}]")
@@ -144,8 +159,7 @@ class LlavaMetaForCausalLM(ABC):
                     f"{where}: positions_thw must be [{expected}, 3] for {frames} mosaics of "
                     f"{grid_h}x{grid_w} patches (padding policy 'zero'), got {tuple(positions.shape)}"
                 )
-            return [VisualPiece(entry.transpose(0, 1), patch_positions=positions.long())]
-        raise ValueError(f"{where}: unknown modality {modality!r}; expected one of {MODALITIES}")
+            return [VisualPiece(entry, patch_positions=positions.long())]
 
     # -- encode, project, arrange ----------------------------------------------------
 
@@ -190,8 +204,7 @@ class LlavaMetaForCausalLM(ABC):
 
     def _arrange(self, modality: str, parts, image_size, entry: torch.Tensor) -> torch.Tensor:
         config = self.config
-        merge_type = getattr(config, "mm_patch_merge_type", "flat")
-        newline = self._newline() if "unpad" in merge_type else None
+        newline = self._newline() if "unpad" in config.mm_patch_merge_type else None
         if modality == "video":
             features = self._pool_frames(*parts[0])
         elif modality == "codec":
@@ -201,19 +214,19 @@ class LlavaMetaForCausalLM(ABC):
         else:
             features = self._unpad_tiles(parts, image_size, tile_size=entry.shape[-1], newline=newline)
             return features
-        if newline is not None and (modality == "image" or getattr(config, "mm_newline_position", "one_token") == "one_token"):
+        if newline is not None and (modality == "image" or config.mm_newline_position == "one_token"):
             features = torch.cat([features, newline[None].to(features.dtype)])
         return features
 
     def _pool_frames(self, features: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Optional 2D pooling of each frame's feature grid (``mm_spatial_pool_stride``)."""
-        stride = getattr(self.config, "mm_spatial_pool_stride", None)
+        stride = self.config.mm_spatial_pool_stride
         if not stride or stride == 1:
             return features
         frames = positions[:, 0].unique().numel()
         grid_h, grid_w = int(positions[:, 1].max()) + 1, int(positions[:, 2].max()) + 1
         grid = features.view(frames, grid_h, grid_w, -1).permute(0, 3, 1, 2)
-        mode = getattr(self.config, "mm_spatial_pool_mode", "average")
+        mode = self.config.mm_spatial_pool_mode
         if mode == "average":
             grid = F.avg_pool2d(grid, stride, ceil_mode=True)
         elif mode == "max":
@@ -242,7 +255,7 @@ class LlavaMetaForCausalLM(ABC):
         grid = torch.stack(tiles).view(num_h, num_w, grid_h, grid_w, hidden)
         grid = grid.permute(4, 0, 2, 1, 3).reshape(hidden, num_h * grid_h, num_w * grid_w)
         grid = unpad_image(grid, image_size)
-        max_tiles = parse_anyres_max(getattr(self.config, "image_aspect_ratio", None))
+        max_tiles = parse_anyres_max(self.config.image_aspect_ratio)
         if max_tiles:
             limit = max_tiles * grid_h * grid_w
             rows, cols = grid.shape[1:]
@@ -313,7 +326,7 @@ class LlavaMetaForCausalLM(ABC):
                 f"(per sample: {counts})"
             )
 
-        max_length = getattr(self.config, "tokenizer_model_max_length", None)
+        max_length = self.config.tokenizer_model_max_length
         if max_length is not None:
             sequences = [s[:max_length] for s in sequences]
             sequence_labels = [s[:max_length] for s in sequence_labels]
@@ -329,7 +342,7 @@ class LlavaMetaForCausalLM(ABC):
         labels = torch.full((batch, longest), IGNORE_INDEX, dtype=torch.long, device=first.device)
         mask = torch.zeros(batch, longest, dtype=torch.bool, device=first.device)
         positions = torch.zeros(batch, longest, dtype=torch.long, device=first.device)
-        left = getattr(self.config, "tokenizer_padding_side", "right") == "left"
+        left = self.config.tokenizer_padding_side == "left"
         for i, (seq, lab) in enumerate(zip(sequences, sequence_labels)):
             n = seq.shape[0]
             span = slice(longest - n, longest) if left else slice(0, n)

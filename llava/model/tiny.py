@@ -21,7 +21,7 @@ import torch
 from transformers import GenerationConfig
 
 from ..tokenizer_utils import build_tiny_qwen_tokenizer
-from .language_model import LlavaQwen3Config, LlavaQwen3ForCausalLM, LlavaQwenConfig, LlavaQwenForCausalLM
+from .language_model import LLAVA_LMS, LlavaLM
 from .multimodal_encoder import OneVisionEncoderConfig, OneVisionEncoderImageProcessor
 
 TINY_ENCODER = dict(
@@ -32,14 +32,20 @@ TINY_LLM = dict(
     hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
     max_position_embeddings=4096, tie_word_embeddings=True, rms_norm_eps=1e-6,
 )
-LLMS = {"qwen2": (LlavaQwenConfig, LlavaQwenForCausalLM), "qwen3": (LlavaQwen3Config, LlavaQwen3ForCausalLM)}
+def _family(llm: str) -> LlavaLM:
+    if llm not in LLAVA_LMS:
+        raise ValueError(f"--llm must be one of {sorted(LLAVA_LMS)}, got {llm!r}")
+    return LLAVA_LMS[llm]
 
 
-def tiny_llava_config(tokenizer, llm: str = "qwen2", **multimodal) -> LlavaQwenConfig | LlavaQwen3Config:
+def tiny_tokenizer(llm: str = "qwen2"):
+    """The tiny tokenizer, its chat template the family's default conversation template."""
+    return build_tiny_qwen_tokenizer(template=_family(llm).conv_template)
+
+
+def tiny_llava_config(tokenizer, llm: str = "qwen2", **multimodal):
     """Config of a tiny LLaVA model; ``multimodal`` overrides the ``mm_*`` / image keys."""
-    if llm not in LLMS:
-        raise ValueError(f"--llm must be one of {sorted(LLMS)}, got {llm!r}")
-    config_class, _ = LLMS[llm]
+    config_class = _family(llm).config_class
     encoder = OneVisionEncoderConfig(**TINY_ENCODER)
     extra = {"head_dim": 16} if llm == "qwen3" else {}
     fields = dict(
@@ -70,10 +76,10 @@ def tiny_llava_config(tokenizer, llm: str = "qwen2", **multimodal) -> LlavaQwenC
 
 def build_tiny_model(llm: str = "qwen2", seed: int = 0, **multimodal):
     """``(tokenizer, model, image_processor)``, random-initialised with ``seed``."""
-    tokenizer = build_tiny_qwen_tokenizer()
+    tokenizer = tiny_tokenizer(llm)
     config = tiny_llava_config(tokenizer, llm, **multimodal)
     torch.manual_seed(seed)
-    model = LLMS[llm][1](config).eval()
+    model = _family(llm).causal_lm_class(config).eval()
     processor = OneVisionEncoderImageProcessor(
         patch_size=TINY_ENCODER["patch_size"], max_pixels=TINY_ENCODER["image_size"] ** 2
     )
@@ -107,7 +113,7 @@ def save_tiny_checkpoint(out: str | Path, llm: str = "qwen2", seed: int = 0, **m
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, help="checkpoint directory to create")
-    parser.add_argument("--llm", choices=sorted(LLMS), default="qwen2")
+    parser.add_argument("--llm", choices=sorted(LLAVA_LMS), default="qwen2")
     parser.add_argument("--projector", default="mlp2x_gelu", help="mm_projector_type (linear, mlp2x_gelu, spatial_merge)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)

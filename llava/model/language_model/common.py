@@ -1,10 +1,23 @@
-"""``forward`` / ``generate`` with visual inputs, shared by the LLaVA causal LMs."""
+"""LLaVA on any Hugging Face causal-LM family, from one definition.
+
+:func:`define_llava_lm` makes the three classes of one family — the config (the LM's config
+plus the ``mm_*`` keys of :class:`LlavaConfigMixin`), the base model (the LM's base model plus
+the vision tower and projector of :class:`LlavaMetaModel`) and the causal LM (``forward`` /
+``generate`` with visual inputs) — registers them with ``AutoConfig`` /
+``AutoModelForCausalLM`` and records the family in :data:`LLAVA_LMS`. Adding a family is one
+call (see ``llava_qwen.py``).
+"""
 
 from __future__ import annotations
 
-import torch
+from dataclasses import dataclass
 
-from ..llava_arch import init_multimodal_weights
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from ..configuration_llava import LlavaConfigMixin
+from ..llava_arch import LlavaMetaForCausalLM, LlavaMetaModel, init_multimodal_weights
 
 
 class MultimodalCausalLMMixin:
@@ -44,11 +57,12 @@ class MultimodalCausalLMMixin:
                     images, modalities, image_sizes, patch_positions,
                 )
             )
+        if past_key_values is not None:  # newer transformers call the cache differently: pass it only if set
+            kwargs["past_key_values"] = past_key_values
         return super().forward(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
             inputs_embeds=inputs_embeds,
             labels=labels,
             use_cache=use_cache,
@@ -81,3 +95,79 @@ class MultimodalCausalLMMixin:
         return super().generate(
             position_ids=position_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, **kwargs
         )
+
+
+@dataclass(frozen=True)
+class LlavaLM:
+    """One registered family: its name (``qwen2``), ``model_type``, classes and chat template."""
+
+    name: str
+    model_type: str
+    config_class: type
+    model_class: type
+    causal_lm_class: type
+    conv_template: str
+
+    @property
+    def classes(self) -> tuple[type, type, type]:
+        """``(config_class, model_class, causal_lm_class)``."""
+        return self.config_class, self.model_class, self.causal_lm_class
+
+
+#: Registered families by name (``qwen2``, ``qwen3``, ...).
+LLAVA_LMS: dict[str, LlavaLM] = {}
+
+
+def llava_lm_for_model_type(model_type: str | None) -> LlavaLM | None:
+    """The family whose LLaVA ``model_type`` is ``model_type`` (e.g. ``llava_qwen``), or None."""
+    return next((lm for lm in LLAVA_LMS.values() if lm.model_type == model_type), None)
+
+
+def define_llava_lm(
+    name: str,
+    model_type: str,
+    class_prefix: str,
+    config_class: type,
+    model_class: type,
+    causal_lm_class: type,
+    conv_template: str,
+    module: str,
+) -> LlavaLM:
+    """Make, register and return the LLaVA classes of one Hugging Face LM family.
+
+    ``config_class`` / ``model_class`` / ``causal_lm_class`` are the family's Hugging Face
+    classes (``Qwen2Config``, ``Qwen2Model``, ``Qwen2ForCausalLM``); the new classes are named
+    ``{class_prefix}Config``, ``{class_prefix}Model``, ``{class_prefix}ForCausalLM`` and live
+    in ``module`` (assign them there under those names so they pickle and import).
+    ``conv_template`` is the family's default conversation template.
+    """
+
+    class Config(LlavaConfigMixin, config_class):
+        pass
+
+    Config.model_type = model_type
+
+    class Model(LlavaMetaModel, model_class):
+        config_class = Config
+
+    class ForCausalLM(MultimodalCausalLMMixin, causal_lm_class, LlavaMetaForCausalLM):
+        config_class = Config
+
+        def __init__(self, config):
+            super(causal_lm_class, self).__init__(config)  # the PreTrainedModel: skip building a plain LM
+            self.model = Model(config)
+            self.vocab_size = config.vocab_size
+            self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+            self.post_init()
+
+        def get_model(self) -> LlavaMetaModel:
+            return self.model
+
+    for cls, suffix in ((Config, "Config"), (Model, "Model"), (ForCausalLM, "ForCausalLM")):
+        cls.__name__ = cls.__qualname__ = class_prefix + suffix
+        cls.__module__ = module
+    AutoConfig.register(model_type, Config, exist_ok=True)
+    AutoModelForCausalLM.register(Config, ForCausalLM, exist_ok=True)
+    lm = LlavaLM(name, model_type, Config, Model, ForCausalLM, conv_template)
+    LLAVA_LMS[name] = lm
+    return lm

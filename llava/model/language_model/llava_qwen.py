@@ -1,40 +1,26 @@
-"""LLaVA on Qwen2: ``LlavaQwenConfig`` (``model_type: llava_qwen``) and ``LlavaQwenForCausalLM``."""
+"""LLaVA on Qwen2 (``model_type: llava_qwen``) and Qwen3 (``llava_qwen3``)."""
 
 from __future__ import annotations
 
-from torch import nn
-from transformers import AutoConfig, AutoModelForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen2Model
+from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen2Model, Qwen3Config, Qwen3ForCausalLM, Qwen3Model
 
-from ..llava_arch import LlavaMetaForCausalLM, LlavaMetaModel
-from .common import MultimodalCausalLMMixin
+from .common import define_llava_lm
 
+_qwen2 = define_llava_lm(
+    "qwen2", "llava_qwen", "LlavaQwen", Qwen2Config, Qwen2Model, Qwen2ForCausalLM, "qwen_1_5", __name__
+)
+LlavaQwenConfig, LlavaQwenModel, LlavaQwenForCausalLM = _qwen2.classes
 
-class LlavaQwenConfig(Qwen2Config):
-    model_type = "llava_qwen"
+_qwen3 = define_llava_lm(
+    "qwen3", "llava_qwen3", "LlavaQwen3", Qwen3Config, Qwen3Model, Qwen3ForCausalLM, "qwen3", __name__
+)
+LlavaQwen3Config, LlavaQwen3Model, LlavaQwen3ForCausalLM = _qwen3.classes
 
-
-class LlavaQwenModel(LlavaMetaModel, Qwen2Model):
-    config_class = LlavaQwenConfig
-
-    def __init__(self, config: Qwen2Config):
-        super().__init__(config)
-
-
-class LlavaQwenForCausalLM(MultimodalCausalLMMixin, Qwen2ForCausalLM, LlavaMetaForCausalLM):
-    config_class = LlavaQwenConfig
-
-    def __init__(self, config: Qwen2Config):
-        super(Qwen2ForCausalLM, self).__init__(config)  # Qwen2PreTrainedModel: skip building a plain Qwen2Model
-        self.model = LlavaQwenModel(config)
-        self.vocab_size = config.vocab_size
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        self.post_init()
-
-    def get_model(self) -> LlavaQwenModel:
-        return self.model
-
-
-AutoConfig.register("llava_qwen", LlavaQwenConfig, exist_ok=True)
-AutoModelForCausalLM.register(LlavaQwenConfig, LlavaQwenForCausalLM, exist_ok=True)
-
-__all__ = ["LlavaQwenConfig", "LlavaQwenForCausalLM", "LlavaQwenModel"]
+__all__ = [
+    "LlavaQwen3Config",
+    "LlavaQwen3ForCausalLM",
+    "LlavaQwen3Model",
+    "LlavaQwenConfig",
+    "LlavaQwenForCausalLM",
+    "LlavaQwenModel",
+]

@@ -104,7 +104,8 @@ class OneVisionEncoderImageProcessor(BaseImageProcessor):
 
     ``__call__(images=..., videos=...)`` returns a ``BatchFeature`` with ``pixel_values``
     (``[B, C, H, W]`` when every image gets the same size, else a list of ``[C, H, W]``)
-    and ``image_sizes`` (original ``(height, width)``), and for videos
+    and ``image_sizes`` (each input's original ``(width, height)``: the size convention of
+    ``llava.mm_utils``, which the model reads, so this value can be forwarded as is), and for videos
     ``pixel_values_videos`` (``[B, C, T, H, W]``, or a list of ``[C, T, H, W]``); all the
     frames of one video share one size, chosen from the first frame.
     """
@@ -212,7 +213,9 @@ class OneVisionEncoderImageProcessor(BaseImageProcessor):
 
 
 def _original_size(image: Any) -> tuple[int, int]:
-    return tuple(to_rgb_array(image).shape[:2])
+    """``(width, height)``, as PIL's ``image.size`` and LLaVA-NeXT's callers give it."""
+    height, width = to_rgb_array(image).shape[:2]
+    return width, height
 
 
 def _is_video_batch(videos: Any) -> bool:

@@ -9,8 +9,11 @@ grid coordinates of every token (the projector and the video pooling need them).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+from huggingface_hub import constants as hub_constants
+from huggingface_hub import try_to_load_from_cache
 from torch import nn
 
 from .configuration_onevision_encoder import OneVisionEncoderConfig
@@ -36,12 +39,48 @@ def grid_positions(frames: int, grid_h: int, grid_w: int, device=None) -> torch.
     return torch.stack((t, h, w), dim=-1).reshape(-1, 3)
 
 
+def temporal_slots(frames: int, grid_t: int, device=None) -> torch.Tensor:
+    """RoPE time slot of each of ``frames`` uniformly sampled frames spread over a ``grid_t`` grid."""
+    return torch.linspace(0, grid_t - 1, frames, device=device).long()
+
+
+def local_encoder_source(name: str) -> str | None:
+    """Local directory of the encoder ``name``: the directory itself, or its Hugging Face cache snapshot.
+
+    Never touches the network; None when neither holds a ``config.json``.
+    """
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return str(path) if (path / "config.json").is_file() else None
+    try:
+        cached = try_to_load_from_cache(str(name), "config.json")
+    except ValueError:  # not a valid hub id either
+        return None
+    return str(Path(cached).parent) if isinstance(cached, str) else None
+
+
+def encoder_config_for(name: str) -> OneVisionEncoderConfig:
+    """Config of the encoder a LLaVA config names in ``mm_vision_tower`` (upstream checkpoints embed none)."""
+    source = local_encoder_source(name)
+    if source is None:
+        raise ValueError(
+            f"the checkpoint embeds no vision_config and names its vision encoder mm_vision_tower={name!r}, "
+            f"which is neither a local directory with a config.json nor in the Hugging Face cache "
+            f"({hub_constants.HF_HUB_CACHE}). Download it (`huggingface-cli download {name}`), or set "
+            "mm_vision_tower in the checkpoint's config.json to a local copy of the encoder"
+        )
+    return OneVisionEncoderConfig.from_pretrained(source)
+
+
 class OVEncoderVisionTower(nn.Module):
     """LLaVA vision tower around :class:`OneVisionEncoderModel`.
 
     ``delay_load=True`` builds the encoder from its config only (the LLaVA checkpoint
-    carries the tower weights under ``model.vision_tower.vision_tower.*``); otherwise the
-    weights are loaded from ``vision_tower_name`` (a directory or hub id).
+    carries the tower weights under ``model.vision_tower.vision_tower.*``): ``vision_config``
+    when the checkpoint embeds it, else the config of ``vision_tower_name`` (a local directory
+    or a hub id in the local cache). Otherwise the weights are loaded from ``vision_tower_name``.
+    The tower's parameters stay trainable: which parts train is the trainer's decision
+    (``mm_tunable_parts``).
     """
 
     def __init__(
@@ -62,16 +101,18 @@ class OVEncoderVisionTower(nn.Module):
         self.attn_implementation = attn_implementation
         if delay_load:
             if vision_config is None:
-                vision_config = OneVisionEncoderConfig.from_pretrained(vision_tower_name).to_dict()
-            config = OneVisionEncoderConfig(**{k: v for k, v in vision_config.items() if k != "model_type"})
+                config = encoder_config_for(vision_tower_name)
+            else:
+                config = OneVisionEncoderConfig(**{k: v for k, v in vision_config.items() if k != "model_type"})
             if attn_implementation is not None:
                 config._attn_implementation = attn_implementation
             self.vision_tower = OneVisionEncoderModel(config)
         else:
             kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
             self.vision_tower = OneVisionEncoderModel.from_pretrained(vision_tower_name, **kwargs)
-        self.vision_tower.requires_grad_(False)
-        self.image_processor = self._make_processor(None if delay_load else vision_tower_name)
+        self.image_processor = self._make_processor(
+            local_encoder_source(vision_tower_name) if delay_load else vision_tower_name
+        )
 
     def _make_processor(self, name: str | None) -> OneVisionEncoderImageProcessor:
         """The encoder directory's processor, else native resolution up to the pre-training area."""
@@ -132,14 +173,13 @@ def build_vision_tower(
     The tower's attention backend is ``attn_implementation``, else the config's
     ``vision_attn_implementation``, else the encoder's default (SDPA).
     """
-    name = getattr(config, "mm_vision_tower", None) or getattr(config, "vision_tower", None)
-    if name is None:
-        raise ValueError("config has no mm_vision_tower")
+    if config.mm_vision_tower is None:
+        raise ValueError("config has no mm_vision_tower: set it to the OV-Encoder checkpoint (dir or hub id)")
     return OVEncoderVisionTower(
-        name,
-        select_layer=getattr(config, "mm_vision_select_layer", -2),
-        select_feature=getattr(config, "mm_vision_select_feature", "patch"),
-        vision_config=getattr(config, "vision_config", None),
+        config.mm_vision_tower,
+        select_layer=config.mm_vision_select_layer,
+        select_feature=config.mm_vision_select_feature,
+        vision_config=config.vision_config,
         delay_load=delay_load,
-        attn_implementation=attn_implementation or getattr(config, "vision_attn_implementation", None),
+        attn_implementation=attn_implementation or config.vision_attn_implementation,
     )

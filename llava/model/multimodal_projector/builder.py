@@ -46,7 +46,7 @@ class SpatialMergeProjector(nn.Module):
 
 
 def build_vision_projector(config) -> nn.Module:
-    projector_type = getattr(config, "mm_projector_type", "linear")
+    projector_type = config.mm_projector_type
     vision_hidden, text_hidden = config.mm_hidden_size, config.hidden_size
     if projector_type == "linear":
         return nn.Linear(vision_hidden, text_hidden)
@@ -57,7 +57,7 @@ def build_vision_projector(config) -> nn.Module:
             layers += [nn.GELU(), nn.Linear(text_hidden, text_hidden)]
         return nn.Sequential(*layers)
     if projector_type == "spatial_merge":
-        return SpatialMergeProjector(vision_hidden, text_hidden, getattr(config, "mm_spatial_merge_size", 2))
+        return SpatialMergeProjector(vision_hidden, text_hidden, config.mm_spatial_merge_size)
     raise ValueError(
         f"unknown mm_projector_type {projector_type!r}: use 'linear', 'mlp{{N}}x_gelu' or 'spatial_merge'"
     )

@@ -1,0 +1,71 @@
+"""A multi-turn chat with a loaded LLaVA-OV model: what the chat CLI, the demo and the server share.
+
+The prompt is rendered by the conversation template and tokenised exactly as training
+tokenises it (``llava.preprocess.tokenize_prompt``); the visual inputs come from
+``llava.mm_inputs``. Answers can stream through any ``transformers`` streamer.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .constants import DEFAULT_IMAGE_TOKEN
+from .conversation import get_conv_template
+from .mm_inputs import VisualInputs
+from .mm_utils import KeywordsStoppingCriteria
+from .model.language_model import llava_lm_for_model_type
+from .preprocess import tokenize_prompt
+
+
+def default_conv_template(config) -> str:
+    """The conversation template of the checkpoint's language-model family (``qwen_1_5`` if unknown)."""
+    lm = llava_lm_for_model_type(getattr(config, "model_type", None))
+    return lm.conv_template if lm is not None else "qwen_1_5"
+
+
+class ChatSession:
+    """A conversation with ``model`` about fixed visual inputs (given with the first question)."""
+
+    def __init__(
+        self,
+        tokenizer,
+        model,
+        visual: VisualInputs | None = None,
+        conv_template: str | None = None,
+        temperature: float = 0.2,
+        max_new_tokens: int = 512,
+    ):
+        self.tokenizer, self.model = tokenizer, model
+        self.visual = (visual or VisualInputs()).to(model.device)
+        self.conv = get_conv_template(conv_template or default_conv_template(model.config))
+        self.temperature, self.max_new_tokens = temperature, max_new_tokens
+        self.turns = 0
+
+    def ask(self, question: str, streamer=None) -> str:
+        """Answer ``question``; ``streamer`` (e.g. ``TextStreamer``) receives the tokens as they come."""
+        if self.turns == 0 and len(self.visual):
+            question = "\n".join([DEFAULT_IMAGE_TOKEN] * len(self.visual)) + "\n" + question
+        self.conv.append_message(self.conv.roles[0], question)
+        self.conv.append_message(self.conv.roles[1], None)
+        input_ids = tokenize_prompt(self.conv, self.tokenizer)[None].to(self.model.device)
+        stop = self.conv.stop_str or self.tokenizer.eos_token
+        kwargs = dict(
+            max_new_tokens=self.max_new_tokens,
+            do_sample=self.temperature > 0,
+            streamer=streamer,
+            eos_token_id=self.tokenizer.convert_tokens_to_ids(stop),
+            pad_token_id=self.tokenizer.pad_token_id,
+            stopping_criteria=[KeywordsStoppingCriteria([stop], self.tokenizer, None)],
+            **self.visual.model_kwargs(),  # every turn re-sends the history, placeholders included
+        )
+        if self.temperature > 0:
+            kwargs["temperature"] = self.temperature
+        with torch.inference_mode():
+            output = self.model.generate(input_ids, **kwargs)
+        answer = self.tokenizer.decode(output[0], skip_special_tokens=True).strip()
+        self.conv.messages[-1][-1] = answer
+        self.turns += 1
+        return answer
+
+
+__all__ = ["ChatSession", "default_conv_template"]

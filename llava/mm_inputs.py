@@ -1,0 +1,271 @@
+"""Media -> model inputs: the one module that turns images, frames, videos and codec packs into
+exactly what ``model.generate()`` / ``model(...)`` take.
+
+Every entry point calls it — the chat CLI, the demo, the training dataset, the lmms-eval model
+and the server — so a given picture or video reaches the model the same way everywhere.
+
+=========================================  ========  ==================================================
+media                                      modality  one ``images`` entry
+=========================================  ========  ==================================================
+PIL image, image path, uint8 HxWx3 array   image     ``[C, H, W]`` native size, or ``[1 + tiles, C, t, t]``
+                                                     with ``image_aspect_ratio`` ``anyres`` (its pinpoints)
+list of frames (PIL / arrays; lmms-eval)   video     ``[C, T, H, W]``
+video path, video mode ``frames``          video     ``[C, T, H, W]``, ``frames_upbound`` uniform frames
+video path, video mode ``codec``           codec     ``[C, N, S, S]`` mosaics + ``[K, 3]`` ``(t, h, w)``
+                                                     positions, computed online by ``cv_reader``
+codec pack (mosaics + positions_thw.npy)   codec     the same, read from a Stage-2 pack
+``CodecPatches``                           codec     the same
+=========================================  ========  ==================================================
+
+Video and codec entries keep the image processor's ``pixel_values_videos`` layout end to end
+(it is also the encoder's). ``image_sizes`` are ``(width, height)``, the convention stated in
+``llava.mm_utils``. Codec inputs use the LLaVA codec configuration (``cv_reader.LLAVA_CODEC``)
+unless :class:`VideoOptions` says otherwise. Unusable media raise a
+:class:`~cv_reader.MediaError` subclass naming the file and the problem.
+
+    processor = VisualProcessor(image_processor, model.config, video_mode="codec")
+    visual = processor([pil_image, "clip.mp4"])               # one sample, two placeholders
+    batch = VisualInputs.concat([visual_a, visual_b])          # a batch: placeholders in order
+    model.generate(input_ids, **batch.to(model.device).model_kwargs(), max_new_tokens=64)
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from cv_reader import (
+    LLAVA_CODEC,
+    CodecInputError,
+    CodecPatches,
+    ImageReadError,
+    MediaError,
+    Stage1Params,
+    VideoReadError,
+)
+from PIL import Image, UnidentifiedImageError
+
+from .mm_utils import process_images
+from .video_io import VideoFrames, load_codec_inputs, load_video_frames
+
+VIDEO_MODES = ("codec", "frames")
+_IMAGE_SUFFIXES = frozenset(Image.registered_extensions())
+
+
+@dataclass
+class VisualInputs:
+    """Model-ready visual inputs: one entry per ``<image>`` placeholder, in placeholder order.
+
+    ``model_kwargs()`` gives the ``images`` / ``modalities`` / ``image_sizes`` /
+    ``patch_positions`` keyword arguments of ``generate()`` and ``forward()``.
+    """
+
+    images: list[torch.Tensor] = field(default_factory=list)
+    modalities: list[str] = field(default_factory=list)
+    image_sizes: list[tuple[int, int]] = field(default_factory=list)  # (width, height)
+    patch_positions: list[torch.Tensor | None] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __add__(self, other: VisualInputs) -> VisualInputs:
+        return VisualInputs.concat([self, other])
+
+    @classmethod
+    def concat(cls, parts: Iterable[VisualInputs]) -> VisualInputs:
+        """The inputs of several samples as one batch (the model takes one flat list)."""
+        out = cls()
+        for part in parts:
+            out.images += part.images
+            out.modalities += part.modalities
+            out.image_sizes += part.image_sizes
+            out.patch_positions += part.patch_positions
+        return out
+
+    def to(self, device: torch.device | str) -> VisualInputs:
+        """The same inputs on ``device`` (the tower casts pixels to its own dtype)."""
+        return replace(
+            self,
+            images=[t.to(device) for t in self.images],
+            patch_positions=[None if p is None else p.to(device) for p in self.patch_positions],
+        )
+
+    def model_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``generate()`` / ``forward()``; empty for a text-only sample."""
+        if not self.images:
+            return {}
+        return dict(
+            images=list(self.images),
+            modalities=list(self.modalities),
+            image_sizes=list(self.image_sizes),
+            patch_positions=list(self.patch_positions),
+        )
+
+
+@dataclass(frozen=True)
+class VideoOptions:
+    """How a video file becomes model input.
+
+    ``mode``: ``codec`` (codec patches with the ``codec`` configuration, computed online) or
+    ``frames`` (uniform frames, LLaVA-NeXT's ``frames_upbound`` / ``fps`` / ``force_sample``).
+    """
+
+    mode: str = "codec"
+    frames_upbound: int = 16
+    fps: float | None = None
+    force_sample: bool = False
+    codec: Stage1Params = LLAVA_CODEC
+
+    def __post_init__(self) -> None:
+        if self.mode not in VIDEO_MODES:
+            raise ValueError(f"video mode must be one of {VIDEO_MODES}, got {self.mode!r}")
+
+
+def open_image(path: str | os.PathLike) -> Image.Image:
+    """An image file as RGB, or :class:`ImageReadError` naming the file."""
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (OSError, UnidentifiedImageError) as error:
+        raise ImageReadError(path, f"cannot read image ({error})") from None
+
+
+def is_image_path(path: str | os.PathLike) -> bool:
+    """True when the file name has an image suffix PIL knows (otherwise it is read as a video)."""
+    return Path(path).suffix.lower() in _IMAGE_SUFFIXES
+
+
+class VisualProcessor:
+    """Turns media into :class:`VisualInputs` with a checkpoint's image settings.
+
+    ``image_processor`` and ``model_config`` come from ``load_pretrained_model``: the config's
+    ``image_aspect_ratio`` / ``image_grid_pinpoints`` decide native resolution vs ``anyres``.
+    ``video`` (or the same fields as keywords: ``video_mode``, ``frames_upbound``, ``fps``,
+    ``force_sample``, ``codec``) decides how video files are read.
+    """
+
+    def __init__(
+        self, image_processor, model_config, video: VideoOptions | None = None, **video_options: Any
+    ) -> None:
+        if video is not None and video_options:
+            raise ValueError("pass either video=VideoOptions(...) or video option keywords, not both")
+        if "video_mode" in video_options:
+            video_options["mode"] = video_options.pop("video_mode")
+        self.image_processor = image_processor
+        self.config = model_config
+        self.video_options = video or VideoOptions(**video_options)
+
+    # ------------------------------------------------------------------ dispatch
+    def __call__(self, visuals: Any) -> VisualInputs:
+        """Inputs for one visual or a list of them (one placeholder each), as lmms-eval hands them.
+
+        A PIL image / uint8 ``HxWx3`` array is an image; a path is an image when its suffix is
+        an image suffix, else a video; a list / tuple / ``[T, H, W, 3]`` array / ``VideoFrames``
+        inside the list is one video's frames; a ``CodecPatches`` or a dict with ``mosaics``
+        (or ``image``) and ``positions_thw`` is a codec input. ``None`` or ``[]`` gives no inputs.
+        """
+        if visuals is None:
+            return VisualInputs()
+        if not isinstance(visuals, (list, tuple)):
+            visuals = [visuals]
+        return VisualInputs.concat(self._one(visual, index) for index, visual in enumerate(visuals))
+
+    def _one(self, visual: Any, index: int) -> VisualInputs:
+        if isinstance(visual, Image.Image):
+            return self.image(visual)
+        if isinstance(visual, (str, os.PathLike)):
+            return self.image(visual) if is_image_path(visual) else self.video(visual)
+        if isinstance(visual, CodecPatches):
+            return self.codec(visual)
+        if isinstance(visual, dict) and "positions_thw" in visual:
+            return self.codec_pack(visual.get("mosaics", visual.get("image")), visual["positions_thw"])
+        if isinstance(visual, VideoFrames) or isinstance(visual, (list, tuple)):
+            return self.frames(visual)
+        if isinstance(visual, np.ndarray) and visual.ndim == 4:
+            return self.frames(visual)
+        if isinstance(visual, np.ndarray) and visual.ndim in (2, 3):
+            return self.image(visual)
+        raise ValueError(
+            f"visual {index}: unsupported {type(visual).__name__}; expected a PIL image, an image or "
+            "video path, a list of frames, CodecPatches, or a dict with mosaics + positions_thw"
+        )
+
+    # ------------------------------------------------------------------ kinds
+    def image(self, image: Image.Image | np.ndarray | str | os.PathLike) -> VisualInputs:
+        """One image with the checkpoint's image settings (native resolution or ``anyres`` tiles)."""
+        if isinstance(image, (str, os.PathLike)):
+            image = open_image(image)
+        elif isinstance(image, np.ndarray):
+            image = Image.fromarray(image).convert("RGB")
+        else:
+            image = image.convert("RGB")
+        pixels = process_images([image], self.image_processor, self.config)[0]
+        return VisualInputs([pixels], ["image"], [image.size], [None])
+
+    def frames(self, frames: Sequence[Any] | np.ndarray | VideoFrames) -> VisualInputs:
+        """One video given as its frames (PIL images or ``HxWx3`` arrays), all resized like the first."""
+        if isinstance(frames, VideoFrames):
+            frames = frames.frames
+        frames = list(frames)
+        if not frames:
+            raise ValueError("a video needs at least one frame, got none")
+        pixels = self.image_processor(videos=[frames], return_tensors="pt")["pixel_values_videos"][0]
+        first = frames[0]
+        size = first.size if isinstance(first, Image.Image) else (int(first.shape[1]), int(first.shape[0]))
+        return VisualInputs([pixels], ["video"], [size], [None])
+
+    def video(self, path: str | os.PathLike, mode: str | None = None) -> VisualInputs:
+        """One video file, as uniform ``frames`` or online ``codec`` patches (default: the options' mode)."""
+        options = self.video_options if mode is None else replace(self.video_options, mode=mode)
+        if options.mode == "frames":
+            clip = load_video_frames(path, options.frames_upbound, options.fps, options.force_sample)
+            return self.frames(clip)
+        self._check_codec_patch()
+        return self.codec(load_codec_inputs(path, params=options.codec))
+
+    def codec(self, codec: CodecPatches) -> VisualInputs:
+        """Codec mosaics + positions (computed or read) as one ``codec`` entry."""
+        self._check_codec_patch()
+        mosaics = list(codec.mosaics)
+        processed = self.image_processor(videos=[mosaics], do_resize=False, return_tensors="pt")
+        pixels = processed["pixel_values_videos"][0]
+        side = int(codec.mosaics.shape[1])
+        return VisualInputs([pixels], ["codec"], [(side, side)], [torch.as_tensor(codec.positions).long()])
+
+    def _check_codec_patch(self) -> None:
+        codec_patch, encoder_patch = self.video_options.codec.patch_size, self.image_processor.patch_size
+        if codec_patch != encoder_patch:
+            raise ValueError(
+                f"the codec configuration cuts {codec_patch}px patches but the encoder's are "
+                f"{encoder_patch}px: set the codec patch_size to {encoder_patch} (and a square_size that is "
+                "a multiple of it)"
+            )
+
+    def codec_pack(
+        self, mosaic_paths: Sequence[str | os.PathLike], positions_path: str | os.PathLike
+    ) -> VisualInputs:
+        """A precomputed Stage-2 pack, checked against the codec configuration."""
+        return self.codec(
+            load_codec_inputs(
+                mosaic_paths=mosaic_paths, positions_path=positions_path, params=self.video_options.codec
+            )
+        )
+
+
+__all__ = [
+    "VIDEO_MODES",
+    "CodecInputError",
+    "ImageReadError",
+    "MediaError",
+    "VideoReadError",
+    "VideoOptions",
+    "VisualInputs",
+    "VisualProcessor",
+    "is_image_path",
+    "open_image",
+]
