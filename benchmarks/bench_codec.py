@@ -62,6 +62,8 @@ def worker(kind: str, video: str, t: int, repeats: int) -> dict:
         def once() -> None:
             vr = decord.VideoReader(video)
             n = len(vr)
+            # cv_reader.sample_frame_ids_uniform's rule, written out: this process must not import
+            # cv_reader (its peak memory is the baseline's).
             ids = np.linspace(0, n - 1, t, dtype=int).tolist()
             vr.get_batch(ids).asnumpy()
     elif kind == "decode":

@@ -63,10 +63,12 @@ def reference_order_forward(model, video, indices):
 def make_inputs(case: str, device, dtype, frame: int):
     import torch
 
+    from llava.model.multimodal_encoder.tower import temporal_slots
+
     generator = torch.Generator().manual_seed(0)
     if case == "dense":
         video = torch.randn(1, 3, DENSE_FRAMES, frame, frame, generator=generator)
-        slots = torch.linspace(0, CODEC_FRAMES - 1, DENSE_FRAMES).long()
+        slots = temporal_slots(DENSE_FRAMES, CODEC_FRAMES)
         per_frame = (frame // PATCH) ** 2
         indices = (slots[:, None] * per_frame + torch.arange(per_frame)).reshape(1, -1)
     else:

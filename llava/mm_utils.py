@@ -32,7 +32,7 @@ _ANYRES_MAX = re.compile(r"^anyres_max_(\d+)$")
 
 
 # ============================================================== tokenisation
-def _bos_prefix(tokenizer) -> list[int]:
+def bos_prefix(tokenizer) -> list[int]:
     """``[bos_id]`` when the tokenizer adds a BOS on its own (Llama-style), else ``[]`` (Qwen)."""
     bos = getattr(tokenizer, "bos_token_id", None)
     if bos is None:
@@ -58,7 +58,7 @@ def tokenizer_image_token(
     """
     if not isinstance(prompt, str):
         raise ValueError(f"prompt must be a str, got {type(prompt).__name__}")
-    input_ids = _bos_prefix(tokenizer)
+    input_ids = bos_prefix(tokenizer)
     for index, chunk in enumerate(prompt.split(DEFAULT_IMAGE_TOKEN)):
         if index > 0:
             input_ids.append(image_token_index)
@@ -324,6 +324,7 @@ class KeywordsStoppingCriteria(StoppingCriteria):
 __all__ = [
     "KeywordsStoppingCriteria",
     "anyres_tile_size",
+    "bos_prefix",
     "divide_to_patches",
     "expand2square",
     "get_anyres_image_grid_shape",

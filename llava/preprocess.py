@@ -20,7 +20,7 @@ import torch
 
 from .constants import IGNORE_INDEX
 from .conversation import Conversation, Segment, get_conv_template
-from .mm_utils import _bos_prefix, tokenizer_image_token
+from .mm_utils import bos_prefix, tokenizer_image_token
 
 ROLE_ALIASES = {"human": 0, "user": 0, "gpt": 1, "assistant": 1}
 
@@ -63,7 +63,7 @@ def _tokenize_segments(segments: Sequence[Segment], tokenizer) -> tuple[list[int
     A BOS, for tokenizers that add one (Llama-style; Qwen has none), is put once at the start
     rather than before every segment, and is not supervised.
     """
-    bos = _bos_prefix(tokenizer)
+    bos = bos_prefix(tokenizer)
     input_ids, labels = list(bos), [IGNORE_INDEX] * len(bos)
     for text, supervised in segments:
         ids = tokenizer_image_token(text, tokenizer)[len(bos) :]

@@ -42,8 +42,9 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$digest" ]; then
   echo "$digest" > "$stamp"
 fi
 
-# A torchvision built for another torch breaks transformers' image utilities
-# (DESIGN.md §6); the project never needs it, so remove it when it does not import.
+# A torchvision built for another torch breaks transformers' image utilities (PyPI's
+# torchvision wheels do not load with the CPU torch build); the project never needs it,
+# so remove it when it does not import.
 if "$PY" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('torchvision') is None)"; then
   if ! "$PY" -c "import torchvision" >/dev/null 2>&1; then
     echo "[setup] removing a torchvision that does not load with this torch"

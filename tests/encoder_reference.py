@@ -1,4 +1,4 @@
-"""Test oracle: a literal, functional transcription of ``shared/ENCODER_REFERENCE.md``.
+"""Test oracle: a literal, functional transcription of the reference semantics in ``docs/encoder.md``.
 
 It deliberately follows the reference's own order of work (embed every frame with a
 Conv2d, build the full RoPE grid, then gather; eager attention) and shares no code with

@@ -14,7 +14,7 @@ from llava.model import OneVisionEncoderConfig, OneVisionEncoderImageProcessor, 
 
 
 def published_keys(num_layers: int, use_head: bool, rms_norm: bool) -> set[str]:
-    """State-dict keys of the published checkpoints (DESIGN.md §3), written out by hand."""
+    """State-dict keys of the published checkpoints (docs/encoder.md#checkpoint-layout), written out by hand."""
     norm = ["weight"] if rms_norm else ["weight", "bias"]
     keys = {"embeddings.patch_embedding.weight"}
     keys |= {f"layernorm_pre.{p}" for p in norm}

@@ -263,3 +263,43 @@ def test_the_model_names_the_video_layout(tiny):
     frames_first = torch.zeros(4, 3, PATCH, PATCH)  # [T, C, H, W], the old layout
     with pytest.raises(ValueError, match=r"must be \[C=3, frames, H, W\].*looks like \[T, C, H, W\]"):
         model.encode_visual_inputs([frames_first], ["video"])
+
+
+# ---------------------------------------------------------------- the LLaVA codec configuration
+def test_stage_packs_with_the_llava_preset_are_the_online_codec_inputs(tiny, tmp_path):
+    """Stage 1 + Stage 2 with --preset llava write the patches codec_patchify computes online with
+    the default (LLaVA) configuration; the input layer reads the pack with that same default."""
+    import json
+
+    from cv_reader import stage1, stage2
+
+    video = sample_video_path("carphone_pristine.mp4")
+    dataset = tmp_path / "videos.jsonl"
+    dataset.write_text(json.dumps({"id": "c", "video": str(video), "conversations": [
+        {"from": "human", "value": "<video>\nWhat happens?"}, {"from": "gpt", "value": "A call."}]}) + "\n")
+    assert stage1.main(["--dataset_path", str(dataset), "--out_root", str(tmp_path / "s1"), "--preset", "llava",
+                        "--num_workers", "1"]) == 0
+    meta = json.loads(next((tmp_path / "s1").glob("*.meta.json")).read_text())
+    assert (meta["padding_policy"], meta["keep_first_full_frame"], meta["K"]) == ("zero", True, 8 * 36 * 36)
+    assert stage2.main(["--input_dataset", str(dataset), "--out_jsonl", str(tmp_path / "packs.jsonl"),
+                        "--visidx_root", str(tmp_path / "s1"), "--out_image_root", str(tmp_path / "img"),
+                        "--preset", "llava"]) == 0
+    record = json.loads((tmp_path / "packs.jsonl").read_text())
+    online = cv_reader.codec_patchify(str(video))
+    np.testing.assert_array_equal(np.load(record["positions_thw"]), online.positions)
+
+    tokenizer, model, processor = tiny
+    packed = VisualProcessor(processor, model.config)([record])  # default codec configuration
+    assert torch.equal(packed.patch_positions[0], torch.as_tensor(online.positions).long())
+    assert packed.images[0].shape == (3, 8, 576, 576)  # JPEG mosaics: pixels close to the online ones
+    direct = VisualProcessor(processor, model.config).codec(online).images[0]
+    assert (packed.images[0] - direct).abs().mean() < 0.05
+
+    # The upstream preset (the default) stays the upstream CLI's; explicit flags beat the preset.
+    stage1.main(["--dataset_path", str(dataset), "--out_root", str(tmp_path / "up"), "--num_workers", "1",
+                 "--sequence_length", "8"])
+    assert json.loads(next((tmp_path / "up").glob("*.meta.json")).read_text())["padding_policy"] == "exclude"
+    stage1.main(["--dataset_path", str(dataset), "--out_root", str(tmp_path / "mix"), "--num_workers", "1",
+                 "--preset", "llava", "--sequence_length", "8", "--no-keep_first_full_frame"])
+    meta = json.loads(next((tmp_path / "mix").glob("*.meta.json")).read_text())
+    assert (meta["T"], meta["padding_policy"], meta["keep_first_full_frame"]) == (8, "zero", False)

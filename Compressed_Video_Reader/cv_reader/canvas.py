@@ -1,7 +1,7 @@
 """Square-canvas geometry: resize the longer side to the canvas, centre-pad, patch grid.
 
 Why: Stage 1 scores and Stage 2 packs patches on the same ``S`` x ``S`` canvas, so both
-use this one definition (upstream ``square576`` mapping, DESIGN §4). Patch scores are the
+use this one definition (upstream ``square576`` mapping, docs/formats.md#canvas). Patch scores are the
 integral of the energy over each patch of the area-resampled map, computed from the
 frame-resolution map without materialising the resized one.
 """

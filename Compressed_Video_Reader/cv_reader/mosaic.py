@@ -1,6 +1,6 @@
 """Pack selected patches into mosaic images plus their ``(t, h, w)`` positions (Stage 2).
 
-Layout ``time_spatial`` (default, DESIGN §4): patches sorted by ``(t, h, w)`` fill the
+Layout ``time_spatial`` (default, docs/formats.md#mosaics): patches sorted by ``(t, h, w)`` fill the
 mosaics' raster slots in order (the full ``grid x grid`` slots under padding ``zero``;
 only the content sub-grid at its canvas offset under ``exclude``). With ``first_full``
 mosaic 0 is canvas frame t=0 complete. Layout ``spatial`` puts each patch back at its

@@ -1,6 +1,6 @@
 """Per-frame saliency: normalised MV energy, residual energy and their fusion.
 
-Follows the upstream Stage-1 definitions (DESIGN §4): each energy is divided by its
+Follows the upstream Stage-1 definitions (docs/formats.md#stage-1-scoring, docs/codec.md): each energy is divided by its
 ``pct``-th percentile within the frame and clipped to [0, 1]; the MV map is upsampled
 from cells to pixels (nearest) and fused with the residual map. The per-pixel work runs
 in compiled kernels (one pass per frame, no full-size temporaries; see ``kernels.py``).

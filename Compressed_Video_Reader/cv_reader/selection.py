@@ -1,4 +1,4 @@
-"""Frame sampling and global top-K patch selection (upstream Stage-1 semantics, DESIGN §4).
+"""Frame sampling and global top-K patch selection (upstream Stage-1 semantics, docs/formats.md).
 
 Why a separate module: selection is pure array logic shared by the in-memory path and
 the Stage-1 CLI. Ties are broken stably (earlier frame, then raster order), so equal

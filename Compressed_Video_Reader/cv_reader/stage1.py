@@ -1,6 +1,6 @@
 """Stage 1 batch tool: per video, choose the codec patches and write their indices.
 
-Outputs per sample (upstream names, DESIGN §4), written atomically with ``meta.json`` last:
+Outputs per sample (upstream names, docs/formats.md#stage-1-outputs), written atomically with ``meta.json`` last:
 ``<prefix>_T{T}_square{S}_p{P}_K{K}.visidx_thw.npy`` (int32 [K, 3]), ``.frame_ids.npy``
 (int32 [T]) and ``.meta.json``. A sample whose three files exist is skipped (resume).
 Failures go to the per-shard failure log, unsupported codecs to their own log; the run
@@ -41,8 +41,12 @@ from .camera import MODES as MV_COMPENSATE_MODES
 from .dataset import DatasetReader
 from .decode import build_index
 from .errors import UnsupportedCodecError
-from .pipeline import Stage1Params, select_patches, stage1_meta
+from .pipeline import LLAVA_CODEC, Stage1Params, select_patches, stage1_meta
 from .saliency import FUSE_MODES
+
+#: Parameter sets ``--preset`` chooses from: the upstream CLI's defaults (the default) and the
+#: LLaVA codec configuration that the model's codec inputs use.
+PRESETS = {"upstream": Stage1Params(), "llava": LLAVA_CODEC}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,42 +79,55 @@ def build_parser() -> argparse.ArgumentParser:
         "--unsupported_txt", default="", help="unsupported-codec log (default next to the failure log)"
     )
     ap.add_argument("--overwrite", action="store_true", help="recompute samples whose outputs already exist")
-    d = Stage1Params()
-    ap.add_argument("--sequence_length", type=int, default=d.sequence_length)
-    ap.add_argument("--sample_start_offset", type=int, default=d.sample_start_offset)
-    ap.add_argument("--patch_size", type=int, default=d.patch_size)
-    ap.add_argument("--square_size", type=int, default=d.square_size)
-    ap.add_argument("--keep_frames_equiv", type=int, default=d.keep_frames_equiv)
-    ap.add_argument("--padding_policy", default=d.padding_policy, choices=["exclude", "zero"])
-    ap.add_argument("--keep_uniform_first", action="store_true")
-    ap.add_argument("--keep_first_full_frame", action="store_true")
-    ap.add_argument("--mv_unit_div", type=float, default=d.mv_unit_div)
-    ap.add_argument("--mv_pct", type=float, default=d.mv_pct)
-    ap.add_argument("--res_pct", type=float, default=d.res_pct)
-    ap.add_argument("--fuse_mode", default=d.fuse_mode, choices=list(FUSE_MODES))
-    ap.add_argument("--w_mv", type=float, default=d.w_mv)
-    ap.add_argument("--w_res", type=float, default=d.w_res)
-    ap.add_argument("--mv_compensate", default=d.mv_compensate, choices=list(MV_COMPENSATE_MODES))
-    ap.add_argument("--res_use_grad", action="store_true")
-    ap.add_argument("--block_size", type=int, default=d.block_size, help="block-matching block size (px)")
     ap.add_argument(
-        "--search_range", type=int, default=d.search_range, help="block-matching search range (px)"
+        "--preset",
+        choices=sorted(PRESETS),
+        default="upstream",
+        help="defaults of the selection parameters below: 'upstream' (the upstream Stage-1 CLI: padding "
+        "exclude, no full first frame) or 'llava' (the codec configuration of the model's inputs: padding "
+        "zero, frame t=0 complete; docs/formats.md#configurations). Flags given explicitly win.",
     )
-    ap.add_argument(
-        "--analysis_max_side",
-        type=int,
-        default=d.analysis_max_side,
-        help="analyse frames downscaled to this longer side (0 = coded size)",
-    )
+    up, llava = PRESETS["upstream"], PRESETS["llava"]
+
+    def param(name: str, kind=None, **kw) -> None:
+        a, b = getattr(up, name), getattr(llava, name)
+        shown = f"{a}" if a == b else f"upstream {a}, llava {b}"
+        if kind is bool:
+            kw["action"] = argparse.BooleanOptionalAction
+        else:
+            kw["type"] = kind or type(a)
+        kw["help"] = (kw.get("help", "") + f" (default: {shown})").strip()
+        ap.add_argument(f"--{name}", default=None, **kw)
+
+    param("sequence_length", int, help="frames sampled uniformly (T)")
+    param("sample_start_offset", int)
+    param("patch_size", int)
+    param("square_size", int, help="canvas side in pixels")
+    param("keep_frames_equiv", int, help="patch budget in frames (K = this x patches per frame)")
+    param("padding_policy", str, choices=["exclude", "zero"])
+    param("keep_uniform_first", bool)
+    param("keep_first_full_frame", bool)
+    param("mv_unit_div", float)
+    param("mv_pct", float)
+    param("res_pct", float)
+    param("fuse_mode", str, choices=list(FUSE_MODES))
+    param("w_mv", float)
+    param("w_res", float)
+    param("mv_compensate", str, choices=list(MV_COMPENSATE_MODES))
+    param("res_use_grad", bool)
+    param("block_size", int, help="block-matching block size (px)")
+    param("search_range", int, help="block-matching search range (px)")
+    param("analysis_max_side", int, help="analyse frames downscaled to this longer side (0 = coded size)")
     ap.add_argument("--threads", type=int, default=1, help="decoder threads per worker (0 = FFmpeg default)")
     return ap
 
 
 def params_from_args(args: argparse.Namespace) -> Stage1Params:
-    kw = {f.name: getattr(args, f.name) for f in fields(Stage1Params) if hasattr(args, f.name)}
-    if not kw.get("analysis_max_side"):
-        kw["analysis_max_side"] = None
-    return Stage1Params(**kw)
+    """The preset's parameters, with every flag given on the command line applied on top."""
+    given = {f.name: getattr(args, f.name) for f in fields(Stage1Params) if getattr(args, f.name, None) is not None}
+    if given.get("analysis_max_side") == 0:
+        given["analysis_max_side"] = None
+    return PRESETS[getattr(args, "preset", "upstream")].replace(**given)
 
 
 def process_sample(task: tuple) -> tuple:

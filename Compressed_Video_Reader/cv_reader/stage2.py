@@ -44,7 +44,19 @@ from .batch import (
 )
 from .dataset import DatasetReader
 from .mosaic import LAYOUTS, pack_mosaics
-from .pipeline import load_canvases
+from .pipeline import LLAVA_CODEC, load_canvases
+
+_SHARED = dict(
+    num_images=LLAVA_CODEC.keep_frames_equiv,
+    square_size=LLAVA_CODEC.square_size,
+    T=LLAVA_CODEC.sequence_length,
+    patch=LLAVA_CODEC.patch_size,
+)
+#: Flag defaults ``--preset`` chooses from; ``llava`` packs what the model's codec inputs are.
+PRESETS = {
+    "upstream": dict(_SHARED, first_full=False, write_positions=False),
+    "llava": dict(_SHARED, first_full=bool(LLAVA_CODEC.keep_first_full_frame), write_positions=True),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,14 +74,31 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--visidx_root", required=True, help="Stage-1 output directory")
     ap.add_argument("--out_image_root", required=True, help="where the mosaics go")
     ap.add_argument("--video_folder", default="", help="prefix for relative video paths")
-    ap.add_argument("--num_images", type=int, default=8)
-    ap.add_argument("--square_size", type=int, default=576)
-    ap.add_argument("--T", type=int, default=64)
-    ap.add_argument("--patch", type=int, default=16)
-    ap.add_argument("--layout", default="time_spatial", choices=list(LAYOUTS))
-    ap.add_argument("--first_full", action="store_true", help="mosaic 0 is frame t=0 complete")
     ap.add_argument(
-        "--write_positions", action="store_true", help="write positions_thw.npy, link it in the JSONL"
+        "--preset",
+        choices=sorted(PRESETS),
+        default="upstream",
+        help="defaults of --num_images/--square_size/--T/--patch/--first_full/--write_positions: "
+        "'upstream' (no full first frame, no positions file) or 'llava' (the packs the model trains on: "
+        "frame t=0 complete in mosaic 0, positions_thw.npy written; docs/formats.md#configurations). "
+        "Flags given explicitly win.",
+    )
+    ap.add_argument("--num_images", type=int, default=None, help="mosaics per video (default 8)")
+    ap.add_argument("--square_size", type=int, default=None, help="canvas side of the Stage-1 run (default 576)")
+    ap.add_argument("--T", type=int, default=None, help="frames of the Stage-1 run (default 64)")
+    ap.add_argument("--patch", type=int, default=None, help="patch size of the Stage-1 run (default 16)")
+    ap.add_argument("--layout", default="time_spatial", choices=list(LAYOUTS))
+    ap.add_argument(
+        "--first_full",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="mosaic 0 is frame t=0 complete (default: upstream no, llava yes)",
+    )
+    ap.add_argument(
+        "--write_positions",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="write positions_thw.npy, link it in the JSONL (default: upstream no, llava yes)",
     )
     ap.add_argument("--skip_missing", action="store_true", help="skip samples without Stage-1 outputs")
     ap.add_argument("--jpeg_quality", type=int, default=95)
@@ -86,6 +115,14 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--overwrite", action="store_true", help="re-pack samples whose pack already exists")
     ap.add_argument("--threads", type=int, default=1, help="decoder threads per worker (0 = FFmpeg default)")
     return ap
+
+
+def apply_preset(args: argparse.Namespace) -> argparse.Namespace:
+    """Fill the flags left unset (None) from ``--preset``."""
+    for name, value in PRESETS[getattr(args, "preset", "upstream")].items():
+        if getattr(args, name, None) is None:
+            setattr(args, name, value)
+    return args
 
 
 def rewrite_conversations(convs: list, num_images: int) -> list:
@@ -230,6 +267,7 @@ def _tasks(args: argparse.Namespace, stats: dict, reader: DatasetReader) -> Iter
 
 
 def run(args: argparse.Namespace) -> dict:
+    args = apply_preset(args)
     args.num_shards = max(1, args.num_shards)
     if not 0 <= args.shard_id < args.num_shards:
         raise SystemExit(f"--shard_id {args.shard_id} must be in [0, {args.num_shards})")

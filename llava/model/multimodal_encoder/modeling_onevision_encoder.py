@@ -6,7 +6,7 @@ dense frames or as a sparse set of patches (codec-style selection) placed on a
 ``rope_temporal_size x Hp x Wp`` grid.
 
 The numbers match the published reference implementation (see
-``shared/ENCODER_REFERENCE.md``); three things differ by design:
+``docs/encoder.md``); three things differ by design:
 
 * only the patches that are kept are embedded (pixels are gathered, then projected),
   where the reference embeds every frame and gathers afterwards;
