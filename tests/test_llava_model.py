@@ -140,8 +140,8 @@ def test_labels_cover_exactly_the_replies(tiny, template):
         elif current:
             spans.append(tokenizer.decode(current))
             current = []
-    replies = [s.split("</think>\n\n")[-1] for s in spans]
-    assert replies == ["A red ball.<|im_end|>", "To the left.<|im_end|>"]
+    # (qwen3: the empty thought block is context, the same text the generation prompt gives)
+    assert spans == ["A red ball.<|im_end|>", "To the left.<|im_end|>"]
     system = conv.system
     if system:
         assert system not in "".join(spans)

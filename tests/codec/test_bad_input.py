@@ -183,3 +183,7 @@ def test_rotation_metadata_is_applied(tmp_path):
     frame0 = np.rot90(decode_all_rgb(p)[0], 1)  # display orientation (counter-clockwise)
     geo = cv.CanvasGeometry(192, 144, 192, 16)
     assert np.array_equal(res.mosaics[0], geo.place(np.ascontiguousarray(frame0)))
+    # Uniform frames (the model's "frames" video mode) come upright too, like the canvas.
+    upright = cv.read_frames(p, [0, 5])
+    assert upright.shape == (2, 192, 144, 3)
+    assert np.array_equal(upright[0], frame0) and np.array_equal(upright[1], np.rot90(decode_all_rgb(p)[5], 1))
