@@ -73,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     media.add_argument("--video", default=None, help="a video file")
     parser.add_argument("--video-mode", choices=VIDEO_MODES, default="codec",
                         help="codec: codec-style patch mosaics (cv_reader); frames: uniformly sampled frames")
-    parser.add_argument("--frames", type=int, default=16, help="frames sampled in --video-mode frames")
+    parser.add_argument("--frames", type=int, default=VideoOptions.frames_upbound,
+                        help="frames sampled in --video-mode frames")
     parser.add_argument("--codec-frames", type=int, default=LLAVA_CODEC.sequence_length,
                         help="frames the codec reader samples (T)")
     parser.add_argument("--codec-canvas", type=int, default=LLAVA_CODEC.square_size,
