@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import torch
 
-from .constants import DEFAULT_IMAGE_TOKEN
 from .conversation import get_conv_template
 from .mm_inputs import VisualInputs
 from .mm_utils import KeywordsStoppingCriteria
@@ -44,7 +43,7 @@ class ChatSession:
     def ask(self, question: str, streamer=None) -> str:
         """Answer ``question``; ``streamer`` (e.g. ``TextStreamer``) receives the tokens as they come."""
         if self.turns == 0 and len(self.visual):
-            question = "\n".join([DEFAULT_IMAGE_TOKEN] * len(self.visual)) + "\n" + question
+            question = self.visual.placeholder_text() + "\n" + question
         self.conv.append_message(self.conv.roles[0], question)
         self.conv.append_message(self.conv.roles[1], None)
         input_ids = tokenize_prompt(self.conv, self.tokenizer)[None].to(self.model.device)

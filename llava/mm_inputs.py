@@ -15,7 +15,12 @@ video path, video mode ``codec``           codec     ``[C, N, S, S]`` mosaics + 
                                                      positions, computed online by ``cv_reader``
 codec pack (mosaics + positions_thw.npy)   codec     the same, read from a Stage-2 pack
 ``CodecPatches``                           codec     the same
+N images as one clip (``clip()``)          codec     ``[C, N, H, W]`` at uniform ``t`` (upstream's 8-image records)
 =========================================  ========  ==================================================
+
+Every entry takes one ``<image>`` placeholder, except ``codec`` entries, which take one per
+mosaic (``N``), as Stage-2 records and the upstream code lay them out:
+``VisualInputs.placeholder_text()`` is the placeholder text a prompt needs.
 
 Video and codec entries keep the image processor's ``pixel_values_videos`` layout end to end
 (it is also the encoder's). ``image_sizes`` are ``(width, height)``, the convention stated in
@@ -50,7 +55,10 @@ from cv_reader import (
 )
 from PIL import Image, UnidentifiedImageError
 
+from .constants import DEFAULT_IMAGE_TOKEN
 from .mm_utils import process_images
+from .model.llava_arch import placeholder_count
+from .model.multimodal_encoder.tower import grid_positions, temporal_slots
 from .video_io import VideoFrames, load_codec_inputs, load_video_frames
 
 VIDEO_MODES = ("codec", "frames")
@@ -72,6 +80,19 @@ class VisualInputs:
 
     def __len__(self) -> int:
         return len(self.images)
+
+    @property
+    def placeholder_counts(self) -> list[int]:
+        """``<image>`` placeholders each entry takes (a codec input: one per mosaic)."""
+        return [placeholder_count(entry, modality) for entry, modality in zip(self.images, self.modalities)]
+
+    @property
+    def num_placeholders(self) -> int:
+        return sum(self.placeholder_counts)
+
+    def placeholder_text(self, separator: str = "\n") -> str:
+        """The ``<image>`` placeholders these inputs need in a prompt, e.g. ``"<image>\\n<image>"``."""
+        return separator.join([DEFAULT_IMAGE_TOKEN] * self.num_placeholders)
 
     def __add__(self, other: VisualInputs) -> VisualInputs:
         return VisualInputs.concat([self, other])
@@ -218,6 +239,25 @@ class VisualProcessor:
         first = frames[0]
         size = first.size if isinstance(first, Image.Image) else (int(first.shape[1]), int(first.shape[0]))
         return VisualInputs([pixels], ["video"], [size], [None])
+
+    def clip(self, frames: Sequence[Any]) -> VisualInputs:
+        """``N`` images that stand for one video across ``N`` placeholders, encoded together.
+
+        This is how upstream reads a record with several images and no ``positions_thw`` (its
+        8-frame video records): frame ``i`` at time slot ``linspace(0, T - 1, N)[i]`` of the
+        codec configuration's ``T`` (8 frames of T 64: ``t = 0, 9, ..., 63``), every patch of it.
+        """
+        frames = [open_image(f) if isinstance(f, (str, os.PathLike)) else f for f in frames]
+        if not frames:
+            raise ValueError("a clip needs at least one frame, got none")
+        pixels = self.image_processor(videos=[frames], return_tensors="pt")["pixel_values_videos"][0]
+        count, height, width = pixels.shape[1:]
+        patch = self.image_processor.patch_size
+        positions = grid_positions(count, height // patch, width // patch)
+        positions[:, 0] = temporal_slots(count, self.video_options.codec.sequence_length)[positions[:, 0]]
+        first = frames[0]
+        size = first.size if isinstance(first, Image.Image) else (int(first.shape[1]), int(first.shape[0]))
+        return VisualInputs([pixels], ["codec"], [size], [positions])
 
     def video(self, path: str | os.PathLike, mode: str | None = None) -> VisualInputs:
         """One video file, as uniform ``frames`` or online ``codec`` patches (default: the options' mode)."""

@@ -84,7 +84,7 @@ def run(model, ids_list, kinds_per_sample, labels_list=None, pad_id=0):
         ("<image>\nwhat is this?", [("image", 0)]),
         ("<image> and <image>: compare", [("image", 0), ("image", 1)]),
         ("<image>\nwhat happens in the video?", [("video", 0)]),
-        ("<image>\nwhere does it move?", [("codec", 0)]),
+        ("<image>\n<image>\nwhere does it move?", [("codec", 0)]),  # one placeholder per mosaic
     ],
 )
 def test_loss_on_every_sample_kind(tiny, text, kinds):
@@ -100,7 +100,7 @@ def test_loss_on_every_sample_kind(tiny, text, kinds):
 
 def test_loss_on_a_mixed_batch(tiny):
     tokenizer, model = tiny
-    texts = ["just text", "<image>\nimage", "<image>\nvideo", "<image>\ncodec", "<image><image> two"]
+    texts = ["just text", "<image>\nimage", "<image>\nvideo", "<image>\n<image>\ncodec", "<image><image><image> two"]
     kinds = [[], [("image", 0)], [("video", 1)], [("codec", 2)], [("image", 3), ("codec", 4)]]
     out = run(model, [prompt_ids(tokenizer, t) for t in texts], kinds)
     assert torch.isfinite(out.loss) and out.logits.shape[0] == 5
@@ -167,17 +167,25 @@ def test_bad_conversation_is_named(tiny):
 
 @pytest.mark.parametrize("kind", ["image", "video", "codec"])
 def test_spliced_token_count_equals_encoder_output(tiny, kind):
+    """Each placeholder gets its tokens: the whole input, or (codec) one mosaic's patches each."""
+    from llava.model.llava_arch import placeholder_count
+
     tokenizer, model = tiny
-    ids = prompt_ids(tokenizer, "look <image> here")
     entry, modality, positions, expected = visual(kind)
+    count = placeholder_count(entry, modality)
+    ids = prompt_ids(tokenizer, "look " + " and ".join(["<image>"] * count) + " here")
     _, _, _, _, embeds, labels = model.prepare_inputs_labels_for_multimodal(
         ids[None], None, None, None, ids[None].clamp(min=0), [entry], [modality], None, [positions]
     )
-    assert embeds.shape[1] == len(ids) - 1 + expected
+    assert embeds.shape[1] == len(ids) - count + expected
     assert (labels == IGNORE_INDEX).sum() == expected
     features = model.encode_visual_inputs([entry], [modality], None, [positions])[0]
-    slot = int((ids == IMAGE_TOKEN_INDEX).nonzero())
-    torch.testing.assert_close(embeds[0, slot : slot + expected], features)
+    per_placeholder = expected // count
+    slots = (ids == IMAGE_TOKEN_INDEX).nonzero().flatten().tolist()
+    for j, slot in enumerate(slots):  # placeholder j sits after j earlier placeholders' tokens
+        start = slot + j * (per_placeholder - 1)
+        torch.testing.assert_close(embeds[0, start : start + per_placeholder],
+                                   features[j * per_placeholder : (j + 1) * per_placeholder])
 
 
 def test_spatial_merge_projector_and_video_pooling_shrink_tokens():
@@ -210,7 +218,8 @@ def test_anyres_spatial_unpad_adds_row_newlines():
 
 def test_batched_equals_each_sample_alone(tiny):
     tokenizer, model = tiny
-    texts = ["only words here, a longer one", "<image>\nimage", "<image>\ncodec one", "<image> video", "<image>\nc2"]
+    texts = ["only words here, a longer one", "<image>\nimage", "<image>\n<image>\ncodec one", "<image> video",
+             "<image><image>\nc2"]
     kinds = [[], [("image", 0)], [("codec", 1)], [("video", 2)], [("codec", 3)]]
     ids = [prompt_ids(tokenizer, t) for t in texts]
     with torch.no_grad():
@@ -236,7 +245,8 @@ def test_truncation_to_tokenizer_model_max_length(tiny):
     "texts, kinds, message",
     [
         (["<image> one", "<image> two"], [[("image", 0)], []], "sample 1 has 1 <image> placeholders"),
-        (["no placeholder"], [[("image", 0)]], r"1 visual inputs but 0 <image> placeholders \(per sample: \[0\]\)"),
+        (["no placeholder"], [[("image", 0)]], r"take 1 <image> placeholders .* but the text has 0 \(per sample: \[0\]\)"),
+        (["<image> one mosaic only"], [[("codec", 0)]], r"take 2 <image> placeholders \(a codec input one per mosaic\)"),
     ],
 )
 def test_placeholder_count_mismatch_names_the_sample(tiny, texts, kinds, message):
@@ -258,7 +268,7 @@ def test_codec_positions_must_match_mosaics(tiny):
 
 
 def logits_for(model, tokenizer):
-    ids = prompt_ids(tokenizer, "<image>\ndescribe <image>")
+    ids = prompt_ids(tokenizer, "<image>\ndescribe <image><image>")
     entry_a, mod_a, _, _ = visual("image", 5)
     entry_b, mod_b, pos_b, _ = visual("codec", 6)
     with torch.no_grad():
@@ -521,3 +531,117 @@ def test_a_language_model_family_is_one_definition(tmp_path):
         torch.testing.assert_close(logits_for(loaded, tokenizer), logits_for(model, tokenizer), rtol=0, atol=0)
     finally:
         LLAVA_LMS.pop("llama_test")
+
+
+# --- packing, supervised-only loss, truncation ------------------------------------------
+
+
+def batch_of(tokenizer, texts, kinds, pad_id):
+    """Right-padded ids / mask / labels (text labels = ids) and the flat visual lists."""
+    ids_list = [prompt_ids(tokenizer, t) for t in texts]
+    longest = max(len(ids) for ids in ids_list)
+    batch = torch.full((len(ids_list), longest), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(batch)
+    labels = torch.full_like(batch, IGNORE_INDEX)
+    for i, ids in enumerate(ids_list):
+        batch[i, : len(ids)], mask[i, : len(ids)] = ids, 1
+        labels[i, : len(ids)] = ids.clamp(min=0)
+    images, modalities, positions = [], [], []
+    for sample in kinds:
+        for kind, seed in sample:
+            entry, modality, pos, _ = visual(kind, seed)
+            images.append(entry)
+            modalities.append(modality)
+            positions.append(pos)
+    return dict(input_ids=batch, attention_mask=mask, labels=labels, images=images or None,
+                modalities=modalities, patch_positions=positions)
+
+
+PACK_TEXTS = ["a text-only sample that is a little longer than the rest", "<image>\nimage",
+              "words first, then no picture", "<image>\n<image>\ncodec", "<image> video here"]
+PACK_KINDS = [[], [("image", 0)], [], [("codec", 1)], [("video", 2)]]
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_packed_loss_equals_unpacked_loss(tiny, attention):
+    tokenizer, model = tiny
+    model.set_attn_implementation(attention)
+    try:
+        inputs = batch_of(tokenizer, PACK_TEXTS, PACK_KINDS, tokenizer.pad_token_id)
+        model.train()
+        with torch.no_grad():
+            unpacked = model(**inputs).loss
+            packed = model(**inputs, pack_sequences=True).loss
+            model.config.tokenizer_model_max_length = 40  # several rows
+            rows = model(**inputs, pack_sequences=True).loss
+    finally:
+        model.config.tokenizer_model_max_length = 2048
+        model.eval()
+        model.set_attn_implementation("sdpa")
+    torch.testing.assert_close(packed, unpacked, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(rows, unpacked, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_packed_samples_do_not_see_each_other(tiny, attention):
+    """Changing one sample's tokens leaves the others' logits as they are; each equals the sample alone."""
+    tokenizer, model = tiny
+    model.set_attn_implementation(attention)
+    try:
+        with torch.no_grad():
+            inputs = batch_of(tokenizer, PACK_TEXTS, PACK_KINDS, tokenizer.pad_token_id)
+            first = model(**{k: v for k, v in inputs.items() if k != "labels"}, pack_sequences=True).logits
+            changed_texts = [PACK_TEXTS[0].replace("longer", "shorter"), *PACK_TEXTS[1:]]
+            changed = batch_of(tokenizer, changed_texts, PACK_KINDS, tokenizer.pad_token_id)
+            second = model(**{k: v for k, v in changed.items() if k != "labels"}, pack_sequences=True).logits
+            alone = run(model, [prompt_ids(tokenizer, PACK_TEXTS[-1])], [PACK_KINDS[-1]]).logits[0]
+    finally:
+        model.set_attn_implementation("sdpa")
+    assert first.shape[0] == 1  # one row: the whole batch fits in 2048 tokens
+    n0 = len(prompt_ids(tokenizer, PACK_TEXTS[0]))
+    n0_changed = len(prompt_ids(tokenizer, changed_texts[0]))
+    rest = first.shape[1] - n0
+    torch.testing.assert_close(first[0, n0:], second[0, n0_changed : n0_changed + rest], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(first[0, -alone.shape[0]:], alone, atol=1e-5, rtol=1e-5)
+
+
+def test_training_runs_the_lm_head_only_on_supervised_positions(tiny):
+    """Same loss as the full computation, and no full-vocabulary logits for unlabelled positions."""
+    tokenizer, model = tiny
+    inputs = batch_of(tokenizer, PACK_TEXTS, PACK_KINDS, tokenizer.pad_token_id)
+    inputs["labels"][:, :6] = IGNORE_INDEX  # an unsupervised prompt
+    rows = []
+    hook = model.lm_head.register_forward_hook(lambda module, args, out: rows.append(args[0].shape))
+    try:
+        with torch.no_grad():
+            full = model(**inputs)
+            model.train()
+            supervised = model(**inputs)
+            counted = model(**inputs, num_items_in_batch=torch.tensor(7))
+    finally:
+        model.eval()
+        hook.remove()
+    torch.testing.assert_close(supervised.loss, full.loss, atol=1e-5, rtol=1e-5)
+    assert supervised.logits is None and full.logits.shape[:2] == inputs["input_ids"].shape[:1] + (rows[0][1],)
+    targets = (inputs["labels"][:, 1:] != IGNORE_INDEX).sum().item()
+    assert rows[1] == (targets, model.config.hidden_size)  # only the labelled positions met the LM head
+    torch.testing.assert_close(counted.loss, supervised.loss * targets / 7, atol=1e-5, rtol=1e-5)
+
+
+def test_truncation_never_cuts_visual_tokens(tiny):
+    tokenizer, model = tiny
+    ids = prompt_ids(tokenizer, "hi <image><image> and then a long tail of text words")
+    entry, modality, positions, tokens = visual("codec")
+    visual_end = 3 + tokens  # "hi " is not 3 tokens in general: measured below
+    prefix = len(prompt_ids(tokenizer, "hi "))
+    visual_end = prefix + tokens
+    for limit, expected in ((visual_end - 3, visual_end), (visual_end + 2, visual_end + 2)):
+        model.config.tokenizer_model_max_length = limit
+        try:
+            _, _, _, _, embeds, labels = model.prepare_inputs_labels_for_multimodal(
+                ids[None], None, None, None, ids[None], [entry], [modality], None, [positions]
+            )
+        finally:
+            model.config.tokenizer_model_max_length = 2048
+        assert embeds.shape[1] == expected
+        assert (labels[0, prefix:visual_end] == IGNORE_INDEX).all()

@@ -142,7 +142,8 @@ def test_every_kind_equals_the_hand_built_inputs_through_generate(tiny, media, t
         assert got.patch_positions == [None]
     else:
         assert torch.equal(got.patch_positions[0], positions)
-    ids = [prompt(tokenizer, 1)]
+    ids = [prompt(tokenizer, got.num_placeholders)]
+    assert got.num_placeholders == (CODEC.keep_frames_equiv if modality == "codec" else 1)
     by_hand = dict(images=[pixels], modalities=[modality], image_sizes=[size], patch_positions=[positions])
     expected = generate(model, tokenizer, ids, by_hand)
     assert generate(model, tokenizer, ids, got.model_kwargs()) == expected
@@ -170,7 +171,7 @@ def test_a_batch_of_every_kind_equals_each_sample_alone(tiny, media, tmp_path):
         layer_inputs("codec_pack", visual, media, tmp_path),
         visual(str(media["video"])),  # online codec
     ]
-    ids = [prompt(tokenizer, len(sample)) for sample in samples]
+    ids = [prompt(tokenizer, sample.num_placeholders) for sample in samples]
     alone = [generate(model, tokenizer, [i], sample.model_kwargs())[0] for i, sample in zip(ids, samples)]
     together = generate(model, tokenizer, ids, VisualInputs.concat(samples).model_kwargs())
     assert together == alone
@@ -303,3 +304,19 @@ def test_stage_packs_with_the_llava_preset_are_the_online_codec_inputs(tiny, tmp
                  "--preset", "llava", "--sequence_length", "8", "--no-keep_first_full_frame"])
     meta = json.loads(next((tmp_path / "mix").glob("*.meta.json")).read_text())
     assert (meta["T"], meta["padding_policy"], meta["keep_first_full_frame"]) == (8, "zero", False)
+
+
+def test_images_as_one_clip_take_one_placeholder_each(tiny):
+    """Upstream's records with 8 images and no positions_thw: one clip at t = 0, 9, ..., 63."""
+    tokenizer, model, processor = tiny
+    frames = [Image.new("RGB", (32, 16), (30 * i, 0, 0)) for i in range(8)]
+    got = VisualProcessor(processor, model.config).clip(frames)
+    assert got.modalities == ["codec"] and got.images[0].shape == (3, 8, 16, 32)
+    assert got.placeholder_counts == [8] and got.placeholder_text().count("<image>") == 8
+    positions = got.patch_positions[0]
+    assert positions.shape == (8 * 1 * 2, 3)
+    assert positions[::2, 0].tolist() == [0, 9, 18, 27, 36, 45, 54, 63]
+    assert positions[:2, 1:].tolist() == [[0, 0], [0, 1]]
+    ids = prompt(tokenizer, got.num_placeholders)
+    out = generate(model, tokenizer, [ids], got.model_kwargs())
+    assert len(out[0]) == 5

@@ -13,7 +13,12 @@ order the placeholders appear across the batch) with a parallel list ``modalitie
   temporal RoPE grid, optionally 2D-pooled per frame (``mm_spatial_pool_stride``);
 * ``"codec"``  ``[C, N, S, S]`` codec mosaics whose ``patch_positions`` entry holds the
   ``[K, 3]`` ``positions_thw`` rows (``K = N * (S / P)^2``): one token per selected patch,
-  placed on the RoPE grid by those positions.
+  placed on the RoPE grid by those positions. The N mosaics are encoded together (one
+  attention span) and take **N placeholders**, one mosaic's tokens each, as Stage 2 writes
+  codec records (``N`` ``<image>`` lines) and as the upstream code trains; ``N`` frames of any
+  size with explicit positions (upstream's 8-image records) work the same way.
+
+``placeholder_count`` says how many placeholders an entry takes (1 for images and videos).
 
 Video and codec entries keep the image processor's ``pixel_values_videos`` layout (one
 sample of it), which is also the encoder's. ``image_sizes`` entries are ``(width, height)``
@@ -29,6 +34,7 @@ from abc import ABC, abstractmethod
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers.utils import logging
 
 from ..constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from ..mm_utils import get_anyres_image_grid_shape, parse_anyres_max, unpad_image
@@ -44,6 +50,12 @@ from .multimodal_projector import build_vision_projector
 from .weights import load_projector_weights
 
 MODALITIES = ("image", "video", "codec")
+logger = logging.get_logger(__name__)
+
+
+def placeholder_count(entry: torch.Tensor, modality: str) -> int:
+    """How many ``<image>`` placeholders a visual input takes: one per mosaic for ``codec``, else 1."""
+    return int(entry.shape[1]) if modality == "codec" and entry.ndim == 4 else 1
 
 try:
     from transformers import initialization as hf_init
@@ -202,9 +214,37 @@ class LlavaMetaForCausalLM(ABC):
     def _newline(self) -> torch.Tensor | None:
         return getattr(self.get_model(), "image_newline", None)
 
-    def _arrange(self, modality: str, parts, image_size, entry: torch.Tensor) -> torch.Tensor:
+    def placeholder_features(self, images, modalities=None, image_sizes=None, patch_positions=None):
+        """The features of every ``<image>`` placeholder of the batch, in order (one packed pass).
+
+        Like :meth:`encode_visual_inputs`, with each ``codec`` input's features split into one
+        chunk per mosaic (its ``N`` placeholders): the tokens of mosaic ``j`` are rows
+        ``j * G .. (j + 1) * G - 1`` (``G`` patches per mosaic); a token-merging projector's
+        output is split into ``N`` near-equal runs, and a trailing newline token stays with
+        the last chunk.
+        """
+        features = self.encode_visual_inputs(images, modalities, image_sizes, patch_positions)
+        modalities = list(modalities) if modalities is not None else ["image"] * len(features)
+        chunks = []
+        for entry, modality, feats in zip(images, modalities, features):
+            count = placeholder_count(entry, modality)
+            if count == 1:
+                chunks.append(feats)
+                continue
+            tokens = feats.shape[0] - (1 if self._adds_newline(modality) else 0)
+            parts = list(torch.tensor_split(feats[:tokens], count))
+            parts[-1] = torch.cat([parts[-1], feats[tokens:]])
+            chunks += parts
+        return chunks
+
+    def _adds_newline(self, modality: str) -> bool:
         config = self.config
-        newline = self._newline() if "unpad" in config.mm_patch_merge_type else None
+        if "unpad" not in config.mm_patch_merge_type or self._newline() is None:
+            return False
+        return modality == "image" or config.mm_newline_position == "one_token"
+
+    def _arrange(self, modality: str, parts, image_size, entry: torch.Tensor) -> torch.Tensor:
+        newline = self._newline() if "unpad" in self.config.mm_patch_merge_type else None
         if modality == "video":
             features = self._pool_frames(*parts[0])
         elif modality == "codec":
@@ -214,7 +254,7 @@ class LlavaMetaForCausalLM(ABC):
         else:
             features = self._unpad_tiles(parts, image_size, tile_size=entry.shape[-1], newline=newline)
             return features
-        if newline is not None and (modality == "image" or config.mm_newline_position == "one_token"):
+        if self._adds_newline(modality):
             features = torch.cat([features, newline[None].to(features.dtype)])
         return features
 
@@ -279,18 +319,21 @@ class LlavaMetaForCausalLM(ABC):
         modalities=None,
         image_sizes=None,
         patch_positions=None,
+        pack_sequences: bool = False,
     ):
         """Replace every ``<image>`` placeholder (``IMAGE_TOKEN_INDEX``) by its visual tokens.
 
         Returns ``(None, position_ids, attention_mask, past_key_values, inputs_embeds, labels)``
-        with visual positions labelled ``IGNORE_INDEX``, the batch re-padded on
-        ``config.tokenizer_padding_side`` (default right) and every sample truncated to
-        ``config.tokenizer_model_max_length``.
+        with visual positions labelled ``IGNORE_INDEX``. Each sample is truncated to
+        ``config.tokenizer_model_max_length``, but never inside visual tokens (only text after
+        the last visual token is cut). The batch is re-padded on ``config.tokenizer_padding_side``
+        (default right), or, with ``pack_sequences``, packed: see :meth:`_pack_rows`.
         """
-        if self.get_vision_tower() is None or images is None or input_ids.shape[1] == 1:
+        has_visual = self.get_vision_tower() is not None and images is not None and len(images) > 0
+        if not pack_sequences and (not has_visual or input_ids.shape[1] == 1):
             return input_ids, position_ids, attention_mask, past_key_values, None, labels
 
-        visual = self.encode_visual_inputs(images, modalities, image_sizes, patch_positions)
+        visual = self.placeholder_features(images, modalities, image_sizes, patch_positions) if has_visual else []
         embed_tokens = self.get_model().embed_tokens
         keep = attention_mask.bool() if attention_mask is not None else torch.ones_like(input_ids, dtype=torch.bool)
         given_labels = labels
@@ -305,33 +348,105 @@ class LlavaMetaForCausalLM(ABC):
             if next_visual + len(slots) > len(visual):
                 raise ValueError(
                     f"sample {i} has {len(slots)} <image> placeholders but only {len(visual) - next_visual} of the "
-                    f"batch's {len(visual)} visual inputs are left"
+                    f"batch's {len(visual)} visual placeholder inputs are left (a codec input takes one placeholder "
+                    "per mosaic)"
                 )
             text = embed_tokens(ids.clamp(min=0))
-            chunks, chunk_labels, start = [], [], 0
+            chunks, chunk_labels, start, visual_end = [], [], 0, 0
             for slot in slots:
                 feats = visual[next_visual].to(text.dtype)
                 next_visual += 1
                 chunks += [text[start:slot], feats]
                 chunk_labels += [lab[start:slot], lab.new_full((feats.shape[0],), IGNORE_INDEX)]
                 start = slot + 1
+                visual_end = sum(c.shape[0] for c in chunks)
             chunks.append(text[start:])
             chunk_labels.append(lab[start:])
-            sequences.append(torch.cat(chunks))
-            sequence_labels.append(torch.cat(chunk_labels))
+            keep_length = self._truncated_length(sum(c.shape[0] for c in chunks), visual_end, i)
+            sequences.append(torch.cat(chunks)[:keep_length])
+            sequence_labels.append(torch.cat(chunk_labels)[:keep_length])
         if next_visual != len(visual):
             counts = [(input_ids[i][keep[i]] == IMAGE_TOKEN_INDEX).sum().item() for i in range(input_ids.shape[0])]
             raise ValueError(
-                f"the batch has {len(visual)} visual inputs but {next_visual} <image> placeholders "
-                f"(per sample: {counts})"
+                f"the batch's visual inputs take {len(visual)} <image> placeholders (a codec input one per mosaic) "
+                f"but the text has {next_visual} (per sample: {counts})"
             )
-
-        max_length = self.config.tokenizer_model_max_length
-        if max_length is not None:
-            sequences = [s[:max_length] for s in sequences]
-            sequence_labels = [s[:max_length] for s in sequence_labels]
+        if pack_sequences:
+            return (None,) + self._pack_rows(sequences, sequence_labels, given_labels is not None)
         return (None,) + self._pad_batch(sequences, sequence_labels, position_ids, attention_mask, past_key_values,
                                          given_labels is not None)
+
+    def _truncated_length(self, length: int, visual_end: int, sample: int) -> int:
+        """``tokenizer_model_max_length``, or more when a sample's visual tokens alone reach past it."""
+        max_length = self.config.tokenizer_model_max_length
+        if max_length is None or length <= max_length:
+            return length
+        if visual_end > max_length:
+            logger.warning(
+                "sample %d: its visual tokens end at %d, past tokenizer_model_max_length=%d; the text after them "
+                "is dropped but the visual tokens are kept whole",
+                sample, visual_end, max_length,
+            )
+        return max(max_length, visual_end)
+
+    def _pack_rows(self, sequences, sequence_labels, with_labels):
+        """Pack the samples into as few rows as fit ``tokenizer_model_max_length`` (first fit, in order).
+
+        Each sample keeps its own positions (``position_ids`` restart at 0) and attends only to
+        itself: with ``flash_attention_2`` all samples share one row and the kernel reads the
+        sample boundaries from the restarting ``position_ids``; with other backends each row gets
+        a 4-D block-diagonal causal mask ``[rows, 1, L, L]`` (boolean for SDPA, 0 / -inf for
+        eager; padding attends to itself so no row is empty). A sample's first label is ignored,
+        so no sample is trained to predict the next one's first token.
+        Returns ``(position_ids, attention_mask, None, inputs_embeds, labels)``.
+        """
+        implementation = self.config._attn_implementation
+        capacity = self.config.tokenizer_model_max_length
+        rows: list[list[int]] = []
+        room: list[int] = []
+        for index, seq in enumerate(sequences):
+            n = seq.shape[0]
+            fits = next(
+                (r for r, free in enumerate(room) if implementation == "flash_attention_2" or capacity is None
+                 or n <= free), None,
+            )
+            if fits is None:
+                rows.append([index])
+                room.append((capacity or n) - n)
+            else:
+                rows[fits].append(index)
+                room[fits] -= n
+        first = sequences[0]
+        device = first.device
+        lengths = [sum(sequences[i].shape[0] for i in row) for row in rows]
+        longest = max(lengths)
+        embeds = first.new_zeros(len(rows), longest, first.shape[-1])
+        labels = torch.full((len(rows), longest), IGNORE_INDEX, dtype=torch.long, device=device)
+        positions = torch.zeros(len(rows), longest, dtype=torch.long, device=device)
+        segment = torch.full((len(rows), longest), -1, dtype=torch.long, device=device)  # -1 = padding
+        for r, row in enumerate(rows):
+            start = 0
+            for index in row:
+                n = sequences[index].shape[0]
+                embeds[r, start : start + n] = sequences[index]
+                labels[r, start : start + n] = sequence_labels[index]
+                labels[r, start] = IGNORE_INDEX
+                positions[r, start : start + n] = torch.arange(n, device=device)
+                segment[r, start : start + n] = index
+                start += n
+        if implementation == "flash_attention_2":
+            mask = None
+        else:
+            same = segment[:, :, None] == segment[:, None, :]
+            causal = torch.ones(longest, longest, dtype=torch.bool, device=device).tril()
+            allowed = same & causal & (segment[:, :, None] >= 0)
+            allowed |= torch.eye(longest, dtype=torch.bool, device=device) & (segment < 0)[:, :, None]
+            mask = allowed[:, None]
+            if implementation != "sdpa":  # eager and others take an additive float mask
+                mask = torch.zeros(mask.shape, dtype=first.dtype, device=device).masked_fill(
+                    ~mask, torch.finfo(first.dtype).min
+                )
+        return positions, mask, None, embeds, labels if with_labels else None
 
     def _pad_batch(self, sequences, sequence_labels, position_ids, attention_mask, past_key_values, with_labels):
         lengths = [s.shape[0] for s in sequences]

@@ -13,8 +13,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from ...constants import IGNORE_INDEX
 
 from ..configuration_llava import LlavaConfigMixin
 from ..llava_arch import LlavaMetaForCausalLM, LlavaMetaModel, init_multimodal_weights
@@ -48,17 +52,29 @@ class MultimodalCausalLMMixin:
         modalities=None,
         patch_positions=None,
         logits_to_keep: int | torch.Tensor = 0,
+        pack_sequences: bool = False,
         **kwargs,
     ):
-        if inputs_embeds is None and images is not None:
+        """Causal-LM forward with visual inputs spliced in at the ``<image>`` placeholders.
+
+        ``pack_sequences=True`` packs the samples of the batch into rows of at most
+        ``tokenizer_model_max_length`` tokens, each sample attending only to itself (training).
+        In training mode with ``labels`` the LM head runs only on the positions that carry a
+        label and ``logits`` is None: a codec video's 10,368 visual tokens and the prompt never
+        get full-vocabulary logits. The loss is the same as the full computation (the mean over
+        supervised tokens, or their sum / ``num_items_in_batch`` when the Trainer passes it).
+        """
+        if inputs_embeds is None and (images is not None or pack_sequences):
             (input_ids, position_ids, attention_mask, past_key_values, inputs_embeds, labels) = (
                 self.prepare_inputs_labels_for_multimodal(
                     input_ids, position_ids, attention_mask, past_key_values, labels,
-                    images, modalities, image_sizes, patch_positions,
+                    images, modalities, image_sizes, patch_positions, pack_sequences=pack_sequences,
                 )
             )
         if past_key_values is not None:  # newer transformers call the cache differently: pass it only if set
             kwargs["past_key_values"] = past_key_values
+        if labels is not None and self.training:
+            return self._supervised_forward(input_ids, attention_mask, position_ids, inputs_embeds, labels, kwargs)
         return super().forward(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -68,6 +84,26 @@ class MultimodalCausalLMMixin:
             use_cache=use_cache,
             logits_to_keep=logits_to_keep,
             **kwargs,
+        )
+
+    def _supervised_forward(self, input_ids, attention_mask, position_ids, inputs_embeds, labels, kwargs):
+        """Hidden states for every position, the LM head and cross-entropy only where a label is."""
+        num_items_in_batch = kwargs.pop("num_items_in_batch", None)
+        outputs = self.get_model()(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+            inputs_embeds=inputs_embeds, use_cache=False, **kwargs,
+        )
+        hidden = outputs.last_hidden_state[:, :-1]
+        targets = labels[:, 1:].to(hidden.device)
+        supervised = targets != IGNORE_INDEX
+        logits = self.lm_head(hidden[supervised]).float()
+        loss = F.cross_entropy(logits, targets[supervised], reduction="sum")
+        if num_items_in_batch is not None:
+            loss = loss / torch.as_tensor(num_items_in_batch, device=loss.device)
+        elif supervised.any():
+            loss = loss / supervised.sum()
+        return CausalLMOutputWithPast(
+            loss=loss, logits=None, hidden_states=outputs.hidden_states, attentions=outputs.attentions
         )
 
     @torch.no_grad()
