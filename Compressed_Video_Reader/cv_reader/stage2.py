@@ -1,12 +1,22 @@
-"""Stage 2 batch tool (``--mode pack``): mosaics, positions and the training JSONL.
+"""Stage 2 batch tool: ``--mode pack`` (mosaics, positions, JSONL) and ``--mode rewrite``.
 
-Per sample it reads the Stage-1 outputs, decodes only the T sampled frames, maps them to
-the canvas exactly as Stage 1 did, packs the selected patches into N mosaic JPEGs
-(``sample_<id>__<stem>__<hash>/<stem>_{i:03d}.jpg``) and ``positions_thw.npy``, and
-emits a JSONL record whose first ``<video>`` becomes N ``<image>`` tokens. Files are
-written atomically; a sample whose pack is complete (``pack.json`` written last) is
-reused. The JSONL keeps the input order and is itself replaced atomically at the end.
-The dataset is read by :class:`cv_reader.dataset.DatasetReader`, as in Stage 1 (same
+``--mode pack``: per sample it reads the Stage-1 outputs, decodes only the T sampled
+frames, maps them to the canvas exactly as Stage 1 did, packs the selected patches into N
+mosaic JPEGs (``sample_<id>__<stem>__<hash>/<stem>_{i:03d}.jpg``) and
+``positions_thw.npy``, and emits a JSONL record whose first ``<video>`` becomes N
+``<image>`` tokens. Files are written atomically; a sample whose pack is complete
+(``pack.json`` written last) is reused.
+
+``--mode rewrite``: turns an annotation file into one whose video records point at packs
+that ``--mode pack`` already wrote, without decoding anything. Why a second mode: pack
+mode emits only the videos it packed, while a training mix needs whole annotation files,
+whose image and text records sit beside the videos; rewrite keeps every record (the
+non-video ones unchanged), and needs only the packs, not the videos or Stage-1 outputs.
+It finds packs with the code pack mode uses to reuse them and emits the records pack
+mode emits (:func:`_record`), so both modes give the same line for the same video.
+
+Both modes keep the input order and replace the output JSONL atomically at the end. The
+dataset is read by :class:`cv_reader.dataset.DatasetReader`, as in Stage 1 (same
 formats, same row index for the shard key, bad records logged, skipped and counted).
 """
 
@@ -20,6 +30,7 @@ import sys
 import time
 import traceback
 from collections.abc import Iterator
+from contextlib import ExitStack
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -59,20 +70,55 @@ PRESETS = {
 }
 
 
+EPILOG = """\
+--mode rewrite (no decoding): each record with a 'video' is replaced by the record
+--mode pack emits for it, read from its complete pack under --out_image_root
+(sample_<id>__<stem>__<hash>/pack.json and the files it lists); records without a
+'video' (images, text only) are copied unchanged, all in input order. Used flags:
+--input_dataset, --out_jsonl, --out_image_root, --num_images (only checked against the
+packs), --skip_missing_packs, --fail_txt, --num_shards/--shard_id, --force_shard_out,
+--max_samples, --log_every; the others are pack-mode flags and are ignored.
+
+exit status:
+  --mode pack     0 when the run completes, even if samples failed (see the failure log);
+                  1 when it cannot start (the message says why), 2 for a bad command line.
+  --mode rewrite  0 when every record was rewritten, copied or (--skip_missing_packs)
+                  skipped; 1 when at least one record failed (the JSONL is still written
+                  without it; the failure log names each one) or the run cannot start;
+                  2 for a bad command line. A video without a complete pack fails unless
+                  --skip_missing_packs; a pack without positions_thw.npy, or with another
+                  mosaic count than --num_images, always fails. Bad dataset lines are
+                  skipped and counted (bad_records=) and do not change the status.
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
-        prog="stage2", description="Stage 2: pack codec patches into mosaics + JSONL"
+        prog="stage2",
+        description="Stage 2: pack codec patches into mosaics + JSONL (--mode pack), or point an "
+        "annotation file's video records at existing packs (--mode rewrite)",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    ap.add_argument("--mode", default="pack", choices=["pack"])
+    ap.add_argument(
+        "--mode",
+        default="pack",
+        choices=["pack", "rewrite"],
+        help="pack: decode and write packs + JSONL; rewrite: JSONL from existing packs, no decoding",
+    )
     ap.add_argument(
         "--input_dataset",
         required=True,
         help="dataset as for Stage 1 (.jsonl, .json array, brace list, .yaml mixture) with id, video, "
-        "conversations",
+        "conversations (rewrite: any records; those without video are copied)",
     )
     ap.add_argument("--out_jsonl", required=True)
-    ap.add_argument("--visidx_root", required=True, help="Stage-1 output directory")
-    ap.add_argument("--out_image_root", required=True, help="where the mosaics go")
+    ap.add_argument("--visidx_root", default=None, help="Stage-1 output directory (pack mode, required)")
+    ap.add_argument(
+        "--out_image_root",
+        required=True,
+        help="where the packs go (pack) or are (rewrite: the --out_image_root pack mode was given)",
+    )
     ap.add_argument("--video_folder", default="", help="prefix for relative video paths")
     ap.add_argument(
         "--preset",
@@ -83,8 +129,15 @@ def build_parser() -> argparse.ArgumentParser:
         "frame t=0 complete in mosaic 0, positions_thw.npy written; docs/formats.md#configurations). "
         "Flags given explicitly win.",
     )
-    ap.add_argument("--num_images", type=int, default=None, help="mosaics per video (default 8)")
-    ap.add_argument("--square_size", type=int, default=None, help="canvas side of the Stage-1 run (default 576)")
+    ap.add_argument(
+        "--num_images",
+        type=int,
+        default=None,
+        help="mosaics per video (pack: default 8; rewrite: if given, a pack with another count fails)",
+    )
+    ap.add_argument(
+        "--square_size", type=int, default=None, help="canvas side of the Stage-1 run (default 576)"
+    )
     ap.add_argument("--T", type=int, default=None, help="frames of the Stage-1 run (default 64)")
     ap.add_argument("--patch", type=int, default=None, help="patch size of the Stage-1 run (default 16)")
     ap.add_argument("--layout", default="time_spatial", choices=list(LAYOUTS))
@@ -100,13 +153,25 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="write positions_thw.npy, link it in the JSONL (default: upstream no, llava yes)",
     )
-    ap.add_argument("--skip_missing", action="store_true", help="skip samples without Stage-1 outputs")
+    ap.add_argument("--skip_missing", action="store_true", help="pack: skip samples without Stage-1 outputs")
+    ap.add_argument(
+        "--skip_missing_packs",
+        action="store_true",
+        help="rewrite: leave video records without a complete pack out of the JSONL, counted skip= "
+        "(default: they fail, are logged and make the exit status 1)",
+    )
     ap.add_argument("--jpeg_quality", type=int, default=95)
     ap.add_argument("--num_workers", type=int, default=1)
     ap.add_argument("--maxtasks_per_child", type=int, default=2000)
-    ap.add_argument("--max_samples", type=int, default=0)
+    ap.add_argument("--max_samples", type=int, default=0, help="stop after this many records of the shard")
     ap.add_argument("--log_every", type=int, default=200)
-    ap.add_argument("--num_shards", type=int, default=1)
+    ap.add_argument(
+        "--num_shards",
+        type=int,
+        default=1,
+        help="shard by the Stage-1 key (video|id|row); rewrite also shards the records it copies, so "
+        "the shard outputs together hold every record once",
+    )
     ap.add_argument("--shard_id", type=int, default=0)
     ap.add_argument(
         "--force_shard_out", action="store_true", help="always write <out_jsonl>.shardXXofYY.jsonl"
@@ -126,7 +191,12 @@ def apply_preset(args: argparse.Namespace) -> argparse.Namespace:
 
 
 def rewrite_conversations(convs: list, num_images: int) -> list:
-    """Replace the first ``<video>`` of the first human turn by ``num_images`` ``<image>`` lines."""
+    """The video's placeholder in the first human turn becomes ``num_images`` ``<image>`` lines.
+
+    The placeholder is the first ``<video>``, or else a lone ``<image>`` (LLaVA-Video-style
+    annotations write the video as one ``<image>``); a turn with neither gets the lines in front.
+    A turn with several ``<image>`` and no ``<video>`` is left as it is (already one per mosaic).
+    """
     if not isinstance(convs, list):
         return convs
     tokens = "\n".join(["<image>"] * int(num_images))
@@ -142,6 +212,8 @@ def rewrite_conversations(convs: list, num_images: int) -> list:
             v = turn["value"]
             if "<video>" in v:
                 turn["value"] = v.replace("<video>", tokens, 1)
+            elif v.count("<image>") == 1:
+                turn["value"] = v.replace("<image>", tokens, 1)
             elif "<image>" not in v:
                 turn["value"] = tokens + "\n" + v
             done = True
@@ -155,20 +227,51 @@ def _jpeg(img: np.ndarray, quality: int) -> bytes:
     return buf.getvalue()
 
 
+def pack_dir(out_image_root: str | os.PathLike, sample_id, video: str) -> Path:
+    """The directory ``--mode pack`` writes a record's pack to (``sample_<id>__<stem>__<hash>``)."""
+    return Path(out_image_root) / sample_stem(str(sample_id), str(video))
+
+
+def complete_pack(sample_dir: Path) -> tuple[dict | None, str]:
+    """``(pack.json contents, "")`` if the pack in ``sample_dir`` is complete, else ``(None, why)``.
+
+    Why one function: pack mode decides with it whether a pack can be reused and rewrite
+    mode whether a record can point at it, so both agree on what a finished pack is:
+    ``pack.json`` (written last) exists, lists at least one mosaic, and every file it
+    lists exists. Listed paths are used as written (``--out_image_root`` joined with the
+    file names when the pack was made), exactly as they go into the JSONL.
+    """
+    marker = sample_dir / "pack.json"
+    if not marker.is_file():
+        return None, f"{marker} not found"
+    try:
+        pack = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return None, f"{marker} is unreadable ({type(exc).__name__}: {exc})"
+    images = pack.get("image") if isinstance(pack, dict) else None
+    if not isinstance(images, list) or not images or not all(isinstance(p, str) for p in images):
+        return None, f"{marker} has no list of mosaic paths under 'image'"
+    missing = [p for p in images if not os.path.isfile(p)]
+    if missing:
+        return None, f"{len(missing)} of {len(images)} mosaics in {marker} are missing, e.g. {missing[0]}"
+    positions = pack.get("positions_thw")
+    if positions is not None and not (isinstance(positions, str) and os.path.isfile(positions)):
+        return None, f"the positions file {marker} lists is missing: {positions}"
+    return pack, ""
+
+
 def pack_sample(task: tuple) -> tuple:
     """Worker: pack one sample. Returns (status, payload) with status ok | skip | fail."""
     item, opts, meta_hit = task
     sid, video = str(item.get("id")), str(item.get("video"))
     try:
         vp = Path(video)
-        sample_dir = Path(opts["out_image_root"]) / sample_stem(sid, video)
+        sample_dir = pack_dir(opts["out_image_root"], sid, video)
         n = int(opts["num_images"])
         marker = sample_dir / "pack.json"
-        if marker.is_file() and not opts["overwrite"]:
-            rec = json.loads(marker.read_text(encoding="utf-8"))
-            if all(os.path.isfile(p) for p in rec.get("image", [])) and (
-                not opts["write_positions"] or os.path.isfile(rec.get("positions_thw", ""))
-            ):
+        if not opts["overwrite"]:
+            rec, _ = complete_pack(sample_dir)
+            if rec is not None and (not opts["write_positions"] or "positions_thw" in rec):
                 return ("ok", _record(item, rec, n))
         meta_path = Path(meta_hit) if meta_hit else None
         if meta_path is None:
@@ -218,6 +321,7 @@ def pack_sample(task: tuple) -> tuple:
 
 
 def _record(item: dict, pack: dict, n: int) -> str:
+    """The JSONL line of a packed video record (both modes): ``video`` replaced by the pack."""
     out = {k: v for k, v in item.items() if k not in ("video", "_row_idx", "image", "positions_thw")}
     out["id"] = item.get("id")
     out["conversations"] = rewrite_conversations(item.get("conversations", []), n)
@@ -225,6 +329,57 @@ def _record(item: dict, pack: dict, n: int) -> str:
     if "positions_thw" in pack:
         out["positions_thw"] = pack["positions_thw"]
     return json.dumps(out, ensure_ascii=False)
+
+
+def rewrite_record(item: dict, where: str, opts: dict) -> tuple:
+    """``--mode rewrite`` of one record with a ``video``: ``(status, payload)`` like :func:`pack_sample`.
+
+    ``ok``: the line pack mode emits for this record. ``skip`` (only with
+    ``skip_missing_packs``) and ``fail``: the failure-log line ``id<TAB>video<TAB>reason``,
+    the reason ending with the record's ``file:line``. A missing or incomplete pack is
+    skippable; a pack without positions or with another mosaic count than
+    ``num_images`` always fails, because re-packing, not leaving the video out, is the fix.
+    """
+    sid, video = item.get("id"), str(item.get("video"))
+
+    def failed(reason: str, status: str = "fail") -> tuple:
+        return (status, f"{sid}\t{video}\t{one_line(reason)} ({where})")
+
+    def missing(reason: str) -> tuple:
+        if opts["skip_missing_packs"]:
+            return failed(reason, "skip")
+        return failed(f"{reason}; run --mode pack for it, or pass --skip_missing_packs to leave it out")
+
+    try:
+        if sid is None:
+            return missing("no pack: the record has a video but no id (--mode pack skips such records)")
+        sample_dir = pack_dir(opts["out_image_root"], sid, video)
+        pack, problem = complete_pack(sample_dir)
+        if pack is None:
+            return missing(f"no complete pack: {problem}")
+        n = len(pack["image"])
+        if "positions_thw" not in pack:
+            return failed(
+                f"the pack {sample_dir} has no positions_thw.npy (it was packed without --write_positions); "
+                "re-pack with --mode pack --write_positions (or --preset llava), which redoes such packs"
+            )
+        if opts["num_images"] is not None and n != opts["num_images"]:
+            return failed(
+                f"the pack {sample_dir} has {n} mosaics, not --num_images {opts['num_images']}; re-pack with "
+                f"--num_images {opts['num_images']} --overwrite (after Stage 1 with --keep_frames_equiv "
+                f"{opts['num_images']}) or leave out --num_images"
+            )
+        return ("ok", _record(item, pack, n))
+    except Exception as exc:  # noqa: BLE001 - a batch tool logs and goes on
+        return failed(f"{type(exc).__name__}: {exc}") + (traceback.format_exc(limit=3),)
+
+
+def _row(item: dict, record) -> int:
+    """Row index of the shard key: the record's ``_row_idx`` if it has a usable one, else its index."""
+    try:
+        return int(item.get("_row_idx", record.index))
+    except (TypeError, ValueError):
+        return record.index
 
 
 def _tasks(args: argparse.Namespace, stats: dict, reader: DatasetReader) -> Iterator[tuple]:
@@ -253,11 +408,7 @@ def _tasks(args: argparse.Namespace, stats: dict, reader: DatasetReader) -> Iter
         if sid is None or not video:
             stats["skip"] += 1
             continue
-        try:
-            row = int(item.get("_row_idx", record.index))
-        except (TypeError, ValueError):
-            row = record.index
-        if shard_of(shard_key(video, sid, row), args.num_shards) != args.shard_id:
+        if shard_of(shard_key(video, sid, _row(item, record)), args.num_shards) != args.shard_id:
             stats["shard_skip"] += 1
             continue
         if args.max_samples > 0 and stats["picked"] >= args.max_samples:
@@ -266,8 +417,61 @@ def _tasks(args: argparse.Namespace, stats: dict, reader: DatasetReader) -> Iter
         yield (item, opts, index.find(sid, video))
 
 
+def _rewrite_results(args: argparse.Namespace, stats: dict, reader: DatasetReader) -> Iterator[tuple]:
+    """``--mode rewrite``: one ``(status, payload)`` per record of this shard, in input order.
+
+    Records without a ``video`` come back as ``("pass", their JSON line)``. Every record
+    is sharded (video records by pack mode's key, the others by the same key with an
+    empty video), so the outputs of all shards hold each record exactly once.
+    """
+    opts = dict(
+        out_image_root=args.out_image_root,
+        num_images=args.num_images,
+        skip_missing_packs=args.skip_missing_packs,
+    )
+    for record in reader:
+        stats["seen"] += 1
+        stats["bad_records"] = reader.bad_records
+        item = record.data
+        sid, video = item.get("id"), item.get("video")
+        if shard_of(shard_key(video or "", sid, _row(item, record)), args.num_shards) != args.shard_id:
+            stats["shard_skip"] += 1
+            continue
+        if args.max_samples > 0 and stats["picked"] >= args.max_samples:
+            return
+        stats["picked"] += 1
+        if video:
+            yield rewrite_record(item, record.where, opts)
+        else:
+            yield ("pass", json.dumps(item, ensure_ascii=False))
+
+
+def _check_mode_args(args: argparse.Namespace) -> None:
+    """Stop before any work when a flag cannot work with ``--mode`` (message names the flag)."""
+    if args.mode == "rewrite":
+        if not os.path.isdir(args.out_image_root):
+            raise SystemExit(
+                f"[stage2] --out_image_root {args.out_image_root} is not a directory: --mode rewrite reads "
+                "the packs that --mode pack wrote there"
+            )
+        return
+    if not args.visidx_root:
+        raise SystemExit("[stage2] --mode pack needs --visidx_root (the Stage-1 output directory)")
+    if args.skip_missing_packs:
+        raise SystemExit(
+            "[stage2] --skip_missing_packs is a --mode rewrite flag; pack mode skips samples without "
+            "Stage-1 outputs with --skip_missing"
+        )
+
+
 def run(args: argparse.Namespace) -> dict:
-    args = apply_preset(args)
+    """Run one mode over one shard; returns the counters of the closing summary line."""
+    args.mode = getattr(args, "mode", "pack")
+    args.skip_missing_packs = getattr(args, "skip_missing_packs", False)
+    rewrite = args.mode == "rewrite"
+    if not rewrite:
+        args = apply_preset(args)
+    _check_mode_args(args)
     args.num_shards = max(1, args.num_shards)
     if not 0 <= args.shard_id < args.num_shards:
         raise SystemExit(f"--shard_id {args.shard_id} must be in [0, {args.num_shards})")
@@ -276,12 +480,14 @@ def run(args: argparse.Namespace) -> dict:
     if args.num_shards > 1 or args.force_shard_out:
         out_jsonl = Path(f"{out_jsonl}.shard{args.shard_id:02d}of{args.num_shards:02d}.jsonl")
     fail_path = Path(args.fail_txt or f"{out_jsonl}.fail.txt")
-    for d in (out_jsonl.parent, fail_path.parent, Path(args.out_image_root)):
+    for d in (out_jsonl.parent, fail_path.parent) + (() if rewrite else (Path(args.out_image_root),)):
         d.mkdir(parents=True, exist_ok=True)
     stats = dict(seen=0, picked=0, skip=0, shard_skip=0, ok=0, fail=0, bad_records=0)
-    stats["stale_tmp_removed"] = sweep_stale_tmp(args.out_image_root) + sweep_stale_tmp(
-        out_jsonl.parent, recursive=False, prefix=out_jsonl.name
-    )
+    if rewrite:
+        stats["passthrough"] = 0
+    stats["stale_tmp_removed"] = sweep_stale_tmp(out_jsonl.parent, recursive=False, prefix=out_jsonl.name)
+    if not rewrite:  # rewrite writes no pack files
+        stats["stale_tmp_removed"] += sweep_stale_tmp(args.out_image_root)
     if stats["stale_tmp_removed"]:
         print(
             f"[stage2] removed {stats['stale_tmp_removed']} temp file(s) left by an interrupted run",
@@ -291,16 +497,22 @@ def run(args: argparse.Namespace) -> dict:
     tmp_jsonl = Path(f"{out_jsonl}.tmp{os.getpid()}")
     nw = max(1, int(args.num_workers))
     try:
-        with (
-            open(tmp_jsonl, "w", encoding="utf-8") as fw,
-            open(fail_path, "a", encoding="utf-8") as ff,
-            logging_redirect_tqdm(),  # bad-record warnings print above the progress bar
-            tqdm(desc="stage2 pack", unit="video", file=sys.stderr, mininterval=1.0) as bar,
-        ):
+        with ExitStack() as stack:
+            fw = stack.enter_context(open(tmp_jsonl, "w", encoding="utf-8"))
+            ff = stack.enter_context(open(fail_path, "a", encoding="utf-8"))
+            stack.enter_context(logging_redirect_tqdm())  # bad-record warnings print above the progress bar
+            bar = stack.enter_context(
+                tqdm(
+                    desc=f"stage2 {args.mode}",
+                    unit="record" if rewrite else "video",
+                    file=sys.stderr,
+                    mininterval=1.0,
+                )
+            )
 
             def handle(ret: tuple) -> None:
-                if ret[0] == "ok":
-                    stats["ok"] += 1
+                if ret[0] in ("ok", "pass"):
+                    stats["ok" if ret[0] == "ok" else "passthrough"] += 1
                     fw.write(ret[1] + "\n")
                 elif ret[0] == "skip":
                     stats["skip"] += 1
@@ -309,19 +521,20 @@ def run(args: argparse.Namespace) -> dict:
                     ff.write(ret[1] + "\n")
                     ff.flush()
                 bar.update(1)
-                n = stats["ok"] + stats["fail"]
+                n = stats["ok"] + stats["fail"] + stats.get("passthrough", 0)
                 if args.log_every > 0 and n and n % args.log_every == 0:
                     bar.write(_line(stats, t0))
 
-            tasks = _tasks(args, stats, reader)
-            if nw <= 1:
-                for task in tasks:
-                    handle(pack_sample(task))
+            if rewrite:
+                results = _rewrite_results(args, stats, reader)
+            elif nw <= 1:
+                results = map(pack_sample, _tasks(args, stats, reader))
             else:
                 mt = args.maxtasks_per_child if args.maxtasks_per_child > 0 else None
-                with get_context("spawn").Pool(processes=nw, maxtasksperchild=mt) as pool:
-                    for ret in pool.imap(pack_sample, tasks, chunksize=1):  # ordered: stable JSONL
-                        handle(ret)
+                pool = stack.enter_context(get_context("spawn").Pool(processes=nw, maxtasksperchild=mt))
+                results = pool.imap(pack_sample, _tasks(args, stats, reader), chunksize=1)  # ordered
+            for ret in results:
+                handle(ret)
         os.replace(tmp_jsonl, out_jsonl)
     finally:
         if tmp_jsonl.exists():
@@ -331,23 +544,38 @@ def run(args: argparse.Namespace) -> dict:
     for line in reader.summary_lines():
         print(f"[stage2] {line}", flush=True)
     print(f"[stage2] wrote {out_jsonl}  failures: {fail_path}", flush=True)
+    if rewrite and stats["fail"]:
+        print(f"[stage2] {stats['fail']} record(s) failed, listed in {fail_path}: exit status 1", flush=True)
     return stats
+
+
+def exit_status(args: argparse.Namespace, stats: dict) -> int:
+    """0, or 1 for a rewrite run in which a record failed (``--help`` documents both modes).
+
+    Why only rewrite: a pack run's failures are videos that cannot be decoded, which a
+    large batch always has, and its callers rely on status 0. A rewrite failure means the
+    annotation file and the packs disagree (a pack missing, made with other flags), which
+    a pipeline must notice before it trains on the output.
+    """
+    return 1 if getattr(args, "mode", "pack") == "rewrite" and stats["fail"] else 0
 
 
 def _line(stats: dict, t0: float, done: bool = False) -> str:
     el = time.perf_counter() - t0
-    n = stats["ok"] + stats["fail"] + stats["skip"]
+    n = stats["ok"] + stats["fail"] + stats["skip"] + stats.get("passthrough", 0)
     head = "[stage2] DONE" if done else "[stage2]"
+    passthrough = f"passthrough={stats['passthrough']} " if "passthrough" in stats else ""
     return (
         f"{head} seen={stats['seen']} picked={stats['picked']} ok={stats['ok']} fail={stats['fail']} "
-        f"skip={stats['skip']} shard_skip={stats['shard_skip']} bad_records={stats['bad_records']} "
-        f"elapsed={el:.1f}s avg={el / max(n, 1):.3f}s/video"
+        f"skip={stats['skip']} {passthrough}shard_skip={stats['shard_skip']} "
+        f"bad_records={stats['bad_records']} elapsed={el:.1f}s "
+        f"avg={el / max(n, 1):.3f}s/{'record' if passthrough else 'video'}"
     )
 
 
 def main(argv: list[str] | None = None) -> int:
-    run(build_parser().parse_args(argv))
-    return 0
+    args = build_parser().parse_args(argv)
+    return exit_status(args, run(args))
 
 
 if __name__ == "__main__":

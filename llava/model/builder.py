@@ -109,7 +109,7 @@ def load_pretrained_model(
         tokenizer = _load_tokenizer(path)
     model.eval()
 
-    image_processor = _load_image_processor(path, base, model)
+    image_processor = load_image_processor(path, base, model)
     context_len = model.config.tokenizer_model_max_length or model.config.max_position_embeddings
     return tokenizer, model, image_processor, context_len
 
@@ -128,12 +128,12 @@ def _attach_lora(model, path: Path, merge: bool):
     return model.merge_and_unload() if merge else model
 
 
-def _load_image_processor(path: Path, base: Path | None, model) -> OneVisionEncoderImageProcessor:
+def load_image_processor(path: str | Path, base: str | Path | None, model) -> OneVisionEncoderImageProcessor:
     """The checkpoint's processor, else the base's, else the tower's (its encoder's, or the default)."""
     for candidate in (path, base):
-        if candidate is not None and (candidate / "preprocessor_config.json").exists():
+        if candidate is not None and (Path(candidate) / "preprocessor_config.json").exists():
             return OneVisionEncoderImageProcessor.from_pretrained(str(candidate))
     return model.get_vision_tower().image_processor
 
 
-__all__ = ["load_pretrained_model"]
+__all__ = ["load_image_processor", "load_pretrained_model"]

@@ -332,11 +332,26 @@ class LlavaMetaForCausalLM(ABC):
         has_visual = self.get_vision_tower() is not None and images is not None and len(images) > 0
         if not pack_sequences and (not has_visual or input_ids.shape[1] == 1):
             return input_ids, position_ids, attention_mask, past_key_values, None, labels
+        sequences, sequence_labels = self.splice_visual_tokens(
+            input_ids, attention_mask, labels, images, modalities, image_sizes, patch_positions
+        )
+        if pack_sequences:
+            return (None,) + self._pack_rows(sequences, sequence_labels, labels is not None)
+        return (None,) + self._pad_batch(sequences, sequence_labels, position_ids, attention_mask, past_key_values,
+                                         labels is not None)
 
+    def splice_visual_tokens(self, input_ids, attention_mask, labels, images, modalities=None, image_sizes=None,
+                             patch_positions=None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Per sample: the embeddings with visual tokens in place of the placeholders, and the labels.
+
+        Text tokens keep their labels (``IGNORE_INDEX`` when ``labels`` is None), visual tokens get
+        ``IGNORE_INDEX``; padding (``attention_mask`` 0) is dropped; each sample is truncated as
+        :meth:`prepare_inputs_labels_for_multimodal` says.
+        """
+        has_visual = self.get_vision_tower() is not None and images is not None and len(images) > 0
         visual = self.placeholder_features(images, modalities, image_sizes, patch_positions) if has_visual else []
         embed_tokens = self.get_model().embed_tokens
         keep = attention_mask.bool() if attention_mask is not None else torch.ones_like(input_ids, dtype=torch.bool)
-        given_labels = labels
         if labels is None:
             labels = torch.full_like(input_ids, IGNORE_INDEX)
 
@@ -371,10 +386,7 @@ class LlavaMetaForCausalLM(ABC):
                 f"the batch's visual inputs take {len(visual)} <image> placeholders (a codec input one per mosaic) "
                 f"but the text has {next_visual} (per sample: {counts})"
             )
-        if pack_sequences:
-            return (None,) + self._pack_rows(sequences, sequence_labels, given_labels is not None)
-        return (None,) + self._pad_batch(sequences, sequence_labels, position_ids, attention_mask, past_key_values,
-                                         given_labels is not None)
+        return sequences, sequence_labels
 
     def _truncated_length(self, length: int, visual_end: int, sample: int) -> int:
         """``tokenizer_model_max_length``, or more when a sample's visual tokens alone reach past it."""

@@ -1,6 +1,6 @@
 """Tiny random-initialised LLaVA-OV checkpoints for smoke tests, demos and users' CI.
 
-    python -m llava.model.tiny --out DIR [--llm qwen2|qwen3] [--projector mlp2x_gelu]
+    python -m llava.model.tiny --out DIR [--llm qwen2|qwen3] [--projector mlp2x_gelu] [--parts]
 
 Writes a complete checkpoint directory (a few MB): ``config.json`` (``llava_qwen`` or
 ``llava_qwen3`` with the OV-Encoder's ``vision_config`` embedded), ``model.safetensors``
@@ -86,21 +86,15 @@ def build_tiny_model(llm: str = "qwen2", seed: int = 0, **multimodal):
     return tokenizer, model, processor
 
 
-def save_tiny_checkpoint(out: str | Path, llm: str = "qwen2", seed: int = 0, **multimodal) -> Path:
-    """Write a loadable tiny checkpoint to ``out`` atomically (temp dir, then rename)."""
+def _write_atomically(out: str | Path, write) -> Path:
+    """Run ``write(staging_dir)``, then rename the staging directory to ``out`` (refuses a non-empty ``out``)."""
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} exists and is not empty")
-    tokenizer, model, processor = build_tiny_model(llm, seed, **multimodal)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-        processor.save_pretrained(staging)
-        GenerationConfig(
-            eos_token_id=model.config.eos_token_id, pad_token_id=model.config.pad_token_id, max_new_tokens=64
-        ).save_pretrained(staging)
+        write(staging)
         if out.exists():
             out.rmdir()
         os.replace(staging, out)
@@ -110,14 +104,74 @@ def save_tiny_checkpoint(out: str | Path, llm: str = "qwen2", seed: int = 0, **m
     return out
 
 
+def _save_generation_config(config, directory: Path) -> None:
+    GenerationConfig(eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id, max_new_tokens=64).save_pretrained(
+        directory
+    )
+
+
+def save_tiny_checkpoint(out: str | Path, llm: str = "qwen2", seed: int = 0, **multimodal) -> Path:
+    """Write a loadable tiny LLaVA-OV checkpoint to ``out`` atomically (temp dir, then rename)."""
+    tokenizer, model, processor = build_tiny_model(llm, seed, **multimodal)
+
+    def write(staging: Path) -> None:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        processor.save_pretrained(staging)
+        _save_generation_config(model.config, staging)
+
+    return _write_atomically(out, write)
+
+
+def save_tiny_parts(out: str | Path, llm: str = "qwen2", seed: int = 0) -> tuple[Path, Path]:
+    """A training start: ``out/llm`` (a plain tiny language model + tokenizer) and ``out/encoder`` (an OV-Encoder).
+
+    ``python -m llava.train.train --model_name_or_path out/llm --vision_tower out/encoder`` builds
+    LLaVA on them exactly as on real checkpoints.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from .multimodal_encoder import OneVisionEncoderModel
+
+    tokenizer = tiny_tokenizer(llm)
+    family = _family(llm)
+    extra = {"head_dim": 16} if llm == "qwen3" else {}
+    config = AutoConfig.for_model(
+        family.llm_model_type, **TINY_LLM, **extra, vocab_size=len(tokenizer), bos_token_id=None,
+        eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"), pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    language_model = AutoModelForCausalLM.from_config(config)
+    encoder = OneVisionEncoderModel(OneVisionEncoderConfig(**TINY_ENCODER))
+    processor = OneVisionEncoderImageProcessor(
+        patch_size=TINY_ENCODER["patch_size"], max_pixels=TINY_ENCODER["image_size"] ** 2
+    )
+
+    def write(staging: Path) -> None:
+        language_model.save_pretrained(staging / "llm")
+        tokenizer.save_pretrained(staging / "llm")
+        _save_generation_config(config, staging / "llm")
+        encoder.save_pretrained(staging / "encoder")
+        processor.save_pretrained(staging / "encoder")
+
+    out = _write_atomically(out, write)
+    return out / "llm", out / "encoder"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, help="checkpoint directory to create")
     parser.add_argument("--llm", choices=sorted(LLAVA_LMS), default="qwen2")
     parser.add_argument("--projector", default="mlp2x_gelu", help="mm_projector_type (linear, mlp2x_gelu, spatial_merge)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--parts", action="store_true",
+                        help="write OUT/llm (a plain language model) and OUT/encoder instead: a training start")
     args = parser.parse_args(argv)
     try:
+        if args.parts:
+            llm_dir, encoder_dir = save_tiny_parts(args.out, args.llm, args.seed)
+            print(f"wrote a tiny {args.llm} language model to {llm_dir} and a tiny OV-Encoder to {encoder_dir}")
+            return
         path = save_tiny_checkpoint(args.out, args.llm, args.seed, mm_projector_type=args.projector)
     except (FileExistsError, ValueError) as error:
         parser.error(str(error))

@@ -1,4 +1,4 @@
-from .common import LLAVA_LMS, LlavaLM, define_llava_lm, llava_lm_for_model_type
+from .common import LLAVA_LMS, LlavaLM, define_llava_lm, llava_lm_for_llm, llava_lm_for_model_type
 from .llava_qwen import (
     LlavaQwen3Config,
     LlavaQwen3ForCausalLM,
@@ -18,5 +18,6 @@ __all__ = [
     "LlavaQwenForCausalLM",
     "LlavaQwenModel",
     "define_llava_lm",
+    "llava_lm_for_llm",
     "llava_lm_for_model_type",
 ]

@@ -24,6 +24,13 @@ from ..configuration_llava import LlavaConfigMixin
 from ..llava_arch import LlavaMetaForCausalLM, LlavaMetaModel, init_multimodal_weights
 
 
+@dataclass
+class LlavaCausalLMOutput(CausalLMOutputWithPast):
+    """The training output: the loss, no logits, and ``num_tokens`` (tokens the LM processed, padding excluded)."""
+
+    num_tokens: torch.Tensor | None = None
+
+
 class MultimodalCausalLMMixin:
     """Put before the Hugging Face ``*ForCausalLM`` class in the bases.
 
@@ -64,6 +71,18 @@ class MultimodalCausalLMMixin:
         get full-vocabulary logits. The loss is the same as the full computation (the mean over
         supervised tokens, or their sum / ``num_items_in_batch`` when the Trainer passes it).
         """
+        if labels is not None and self.training and inputs_embeds is None:
+            sequences, sequence_labels = self.splice_visual_tokens(
+                input_ids, attention_mask, labels, images, modalities, image_sizes, patch_positions
+            )
+            if pack_sequences:
+                position_ids, attention_mask, _, inputs_embeds, labels = self._pack_rows(sequences, sequence_labels, True)
+            else:
+                position_ids, attention_mask, _, inputs_embeds, labels = self._pad_batch(
+                    sequences, sequence_labels, position_ids, attention_mask, None, True
+                )
+            num_tokens = sum(s.shape[0] for s in sequences)
+            return self._supervised_forward(attention_mask, position_ids, inputs_embeds, labels, num_tokens, kwargs)
         if inputs_embeds is None and (images is not None or pack_sequences):
             (input_ids, position_ids, attention_mask, past_key_values, inputs_embeds, labels) = (
                 self.prepare_inputs_labels_for_multimodal(
@@ -73,8 +92,6 @@ class MultimodalCausalLMMixin:
             )
         if past_key_values is not None:  # newer transformers call the cache differently: pass it only if set
             kwargs["past_key_values"] = past_key_values
-        if labels is not None and self.training:
-            return self._supervised_forward(input_ids, attention_mask, position_ids, inputs_embeds, labels, kwargs)
         return super().forward(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -86,12 +103,13 @@ class MultimodalCausalLMMixin:
             **kwargs,
         )
 
-    def _supervised_forward(self, input_ids, attention_mask, position_ids, inputs_embeds, labels, kwargs):
+    def _supervised_forward(self, attention_mask, position_ids, inputs_embeds, labels, num_tokens, kwargs):
         """Hidden states for every position, the LM head and cross-entropy only where a label is."""
         num_items_in_batch = kwargs.pop("num_items_in_batch", None)
+        kwargs.pop("past_key_values", None)
         outputs = self.get_model()(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-            inputs_embeds=inputs_embeds, use_cache=False, **kwargs,
+            attention_mask=attention_mask, position_ids=position_ids, inputs_embeds=inputs_embeds, use_cache=False,
+            **kwargs,
         )
         hidden = outputs.last_hidden_state[:, :-1]
         targets = labels[:, 1:].to(hidden.device)
@@ -102,8 +120,9 @@ class MultimodalCausalLMMixin:
             loss = loss / torch.as_tensor(num_items_in_batch, device=loss.device)
         elif supervised.any():
             loss = loss / supervised.sum()
-        return CausalLMOutputWithPast(
-            loss=loss, logits=None, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        return LlavaCausalLMOutput(
+            loss=loss, logits=None, hidden_states=outputs.hidden_states, attentions=outputs.attentions,
+            num_tokens=torch.tensor(num_tokens),
         )
 
     @torch.no_grad()
@@ -143,6 +162,7 @@ class LlavaLM:
     model_class: type
     causal_lm_class: type
     conv_template: str
+    llm_model_type: str  # the Hugging Face LM's model_type (qwen2): a plain checkpoint of it can be built on
 
     @property
     def classes(self) -> tuple[type, type, type]:
@@ -157,6 +177,11 @@ LLAVA_LMS: dict[str, LlavaLM] = {}
 def llava_lm_for_model_type(model_type: str | None) -> LlavaLM | None:
     """The family whose LLaVA ``model_type`` is ``model_type`` (e.g. ``llava_qwen``), or None."""
     return next((lm for lm in LLAVA_LMS.values() if lm.model_type == model_type), None)
+
+
+def llava_lm_for_llm(model_type: str | None) -> LlavaLM | None:
+    """The family built on the plain language model ``model_type`` (e.g. ``qwen2``), or None."""
+    return next((lm for lm in LLAVA_LMS.values() if lm.llm_model_type == model_type), None)
 
 
 def define_llava_lm(
@@ -204,6 +229,6 @@ def define_llava_lm(
         cls.__module__ = module
     AutoConfig.register(model_type, Config, exist_ok=True)
     AutoModelForCausalLM.register(Config, ForCausalLM, exist_ok=True)
-    lm = LlavaLM(name, model_type, Config, Model, ForCausalLM, conv_template)
+    lm = LlavaLM(name, model_type, Config, Model, ForCausalLM, conv_template, config_class.model_type)
     LLAVA_LMS[name] = lm
     return lm

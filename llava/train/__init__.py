@@ -1,0 +1,1 @@
+"""Stage-2 SFT and projector pre-training (``python -m llava.train.train``)."""

@@ -1,0 +1,151 @@
+"""Stage-2 SFT (and projector pre-training) of LLaVA-OV: OV-Encoder + projector + a Qwen LLM.
+
+    python -m llava.train.train --model_name_or_path LLM --vision_tower ENCODER --data_path data.yaml \\
+        --output_dir OUT [--deepspeed scripts/zero3.json] [every upstream / TrainingArguments flag]
+
+or ``torchrun`` / ``deepspeed llava/train/train.py ...`` for several processes. This file only
+orchestrates; the parts live beside it: ``arguments`` (flags), ``model_setup`` (model, tokenizer,
+what trains, LoRA), ``data`` (records -> samples, collation), ``sampler`` (modality grouping),
+``trainer`` (optimizer groups, bad records, saving). A run resumes from the newest
+``OUTPUT/checkpoint-*`` with the same data order, and ends with a summary of what it did.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import transformers
+from transformers import HfArgumentParser, set_seed
+
+import llava  # noqa: F401  (registers the LLaVA and OV-Encoder classes)
+from llava.model.builder import load_image_processor
+from llava.train.arguments import DataArguments, ModelArguments, TrainingArguments, check_arguments
+from llava.train.data import make_data_module
+from llava.train.model_setup import apply_lora, build_model, build_tokenizer, projector_only, select_trainable
+from llava.train.trainer import LLaVATrainer, TooManyBadRecords
+
+logger = logging.getLogger("llava.train")
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, TrainingArguments]:
+    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
+    model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    check_arguments(model_args, data_args, training_args)
+    return model_args, data_args, training_args
+
+
+class SetupError(Exception):
+    """The run cannot start: a flag, a path or the dataset is wrong (the message says which)."""
+
+
+def setup(argv: list[str] | None = None) -> tuple[LLaVATrainer, dict]:
+    """Everything up to the first step: arguments, model, tokenizer, data, trainer."""
+    try:
+        model_args, data_args, training_args = parse_args(argv)
+    except ValueError as error:
+        raise SetupError(str(error)) from error
+    logging.basicConfig(format="[%(name)s] %(message)s", level=logging.INFO if training_args.should_log else logging.WARNING)
+    set_seed(training_args.seed)
+    try:
+        tokenizer = build_tokenizer(model_args, training_args)
+        model = build_model(model_args, data_args, training_args)
+    except (ValueError, OSError) as error:
+        raise SetupError(f"cannot build the model: {error}") from error
+    trainable = select_trainable(model, model_args, training_args)
+    if training_args.gradient_checkpointing:
+        model.enable_input_require_grads()  # frozen embeddings still pass gradients to checkpointed layers
+    if training_args.lora_enable:
+        model = apply_lora(model, model_args, training_args)
+    llava_model = model.base_model.model if training_args.lora_enable else model
+    image_processor = load_image_processor(model_args.model_name_or_path, None, llava_model)
+    try:
+        data = make_data_module(
+            tokenizer, llava_model, image_processor, data_args, model_args.version, training_args.packing,
+            seed=training_args.data_seed if training_args.data_seed is not None else training_args.seed,
+        )
+    except (ValueError, OSError) as error:
+        raise SetupError(f"cannot read the training data: {error}") from error
+    dataset = data["train_dataset"]
+    only_projector = projector_only(model_args, training_args)
+    trainer = LLaVATrainer(
+        model=model, args=training_args, processing_class=tokenizer, image_processor=image_processor,
+        projector_only=only_projector, bad_record_limit=data_args.bad_record_limit,
+        malformed=dataset.malformed_count, **data,
+    )
+    if training_args.should_log:
+        logger.info(
+            "%d records (%d malformed lines skipped); trainable parameters: %s",
+            len(dataset), dataset.malformed_count, ", ".join(f"{k} {v:,}" for k, v in trainable.items()),
+        )
+    return trainer, dict(kind="projector" if only_projector else ("lora" if training_args.lora_enable else "full"))
+
+
+def train(argv: list[str] | None = None) -> dict:
+    """Run one training job; returns its summary (also printed)."""
+    trainer, info = setup(argv)
+    args = trainer.args
+    output_dir = Path(args.output_dir)
+    resume = args.resume_from_checkpoint or (True if list(output_dir.glob("checkpoint-*")) else None)
+    result = trainer.train(resume_from_checkpoint=resume)
+    trainer.save_state()
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    (model.base_model.model if hasattr(model, "peft_config") else model).config.use_cache = True
+    trainer.save_model(str(output_dir))
+    summary = _summary(trainer, result, info["kind"])
+    if args.should_log:
+        print(_summary_text(summary), flush=True)
+    return summary
+
+
+def _summary(trainer: LLaVATrainer, result, kind: str) -> dict:
+    args = trainer.args
+    totals = torch.tensor([trainer.samples_seen, trainer.tokens_seen], dtype=torch.long)
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        totals = totals.to(args.device) if dist.get_backend() == "nccl" else totals
+        dist.all_reduce(totals)
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    runtime = result.metrics.get("train_runtime") or float("nan")
+    return dict(
+        steps=trainer.state.global_step, samples=int(totals[0]), tokens=int(totals[1]),
+        tokens_per_second=int(totals[1]) / runtime, bad_records=trainer.records_bad,
+        records_read=trainer.records_read, malformed_lines=trainer.train_dataset.malformed_count,
+        first_loss=losses[0] if losses else None, last_loss=losses[-1] if losses else None,
+        output_dir=str(args.output_dir), kind=kind,
+    )
+
+
+def _summary_text(s: dict) -> str:
+    loss = f", loss {s['first_loss']:.3f} -> {s['last_loss']:.3f}" if s["first_loss"] is not None else ""
+    load = {
+        "full": f"python -m llava.serve.cli --model-path {s['output_dir']}",
+        "lora": f"python -m llava.serve.cli --model-path {s['output_dir']} --model-base BASE",
+        "projector": f"load_pretrained_model('{s['output_dir']}', model_base=LLM)  (mm_projector.bin)",
+    }[s["kind"]]
+    return (
+        f"[train] done: {s['steps']} steps, {s['samples']} samples, {s['tokens']:,} LM tokens "
+        f"({s['tokens_per_second']:.0f} tokens/s){loss}\n"
+        f"[train] bad records: {s['bad_records']} of {s['records_read']} read "
+        f"({s['malformed_lines']} malformed dataset lines)\n"
+        f"[train] saved the {s['kind']} checkpoint in {s['output_dir']}; load it with: {load}"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        train(argv)
+    except SetupError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except TooManyBadRecords as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 3
+    return 0
+
+
+if __name__ == "__main__":
+    transformers.logging.set_verbosity_warning()
+    sys.exit(main())

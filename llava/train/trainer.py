@@ -1,0 +1,210 @@
+"""The Hugging Face Trainer, taught what a LLaVA run needs.
+
+* **Parameter groups**: the vision tower and the projector can have their own learning rates
+  (``--mm_vision_tower_lr``, ``--mm_projector_lr``); biases and norm weights get no weight decay.
+* **Sampler**: ``--group_by_modality_length`` uses :class:`~llava.train.sampler.ModalityGroupedSampler`.
+* **Bad records**: each batch reports the records the dataset skipped; they are logged once,
+  counted on every rank (all-reduced, so every rank stops together) and the run stops with
+  :class:`TooManyBadRecords` once at least ``min(50, dataset size)`` records were read and the
+  bad share exceeds ``--bad_record_limit``.
+* **Saving** (also under ZeRO-3, parameters gathered first): the full model, or only
+  ``mm_projector.bin`` when only the projector trains, or the LoRA adapter plus
+  ``non_lora_trainables.bin``; the config, tokenizer and image processor go with every kind, so
+  ``load_pretrained_model`` and the chat CLI load any checkpoint of the run.
+* **Counters** for the closing summary: samples, LM tokens (text + visual, padding excluded).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from transformers import Trainer
+
+from ..model.weights import (
+    NON_LORA_FILES,
+    PROJECTOR_FILES,
+    find_file,
+    load_non_lora_trainables,
+    load_projector_weights,
+    load_weights_file,
+)
+from .sampler import ModalityGroupedSampler
+
+logger = logging.getLogger("llava.train")
+
+#: Below this many records read, the bad share is not judged yet (unless the dataset is smaller).
+BAD_RECORD_WARMUP = 50
+
+
+class TooManyBadRecords(RuntimeError):
+    """More than ``--bad_record_limit`` of the records read so far could not be used."""
+
+
+def _gathered(params):
+    """Context in which ZeRO-3-partitioned ``params`` hold their full values (no-op otherwise)."""
+    params = [p for p in params if hasattr(p, "ds_id")]
+    if not params:
+        return nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
+
+
+def gathered_state(named_params) -> dict[str, torch.Tensor]:
+    """CPU copies of ``(name, parameter)`` pairs, gathered from all ranks under ZeRO-3."""
+    named_params = list(named_params)
+    with _gathered(p for _, p in named_params):
+        return {name: param.detach().cpu().clone() for name, param in named_params}
+
+
+def decay_parameter_names(model: torch.nn.Module) -> set[str]:
+    """Parameters that get weight decay: all but biases and the weights of normalisation layers (any kind)."""
+    names = set()
+    for module_name, module in model.named_modules():
+        is_norm = "Norm" in type(module).__name__
+        for name, _ in module.named_parameters(recurse=False):
+            if not is_norm and not name.endswith("bias"):
+                names.add(f"{module_name}.{name}" if module_name else name)
+    return names
+
+
+class LLaVATrainer(Trainer):
+    def __init__(self, *args, image_processor=None, projector_only: bool = False, bad_record_limit: float = 0.1,
+                 malformed: int = 0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.image_processor = image_processor
+        self.projector_only = projector_only
+        self.bad_record_limit = bad_record_limit
+        self.bad_seen: set[tuple[str, str]] = set()
+        # records read / bad so far, this rank and all ranks (malformed lines count as bad records read)
+        self.records_read, self.records_bad = malformed, malformed
+        self.samples_seen = 0
+        self.tokens_seen = 0
+
+    # ------------------------------------------------------------------ sampler and optimizer
+    def _get_train_sampler(self, train_dataset=None):
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if not self.args.group_by_modality_length or not hasattr(dataset, "modality_and_length"):
+            return super()._get_train_sampler(train_dataset)
+        pairs = [dataset.modality_and_length(i) for i in range(len(dataset))]
+        return ModalityGroupedSampler(
+            [m for m, _ in pairs], [n for _, n in pairs], self.args.per_device_train_batch_size,
+            world_size=self.args.world_size, seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed,
+        )
+
+    def create_optimizer(self, model=None):
+        """AdamW (or ``--optim``) over parameter groups: tower / projector / rest x decay / no decay."""
+        if self.optimizer is not None:
+            return self.optimizer
+        model = model if model is not None else self.model
+        decay = decay_parameter_names(model)
+        special = {"vision_tower": self.args.mm_vision_tower_lr, "mm_projector": self.args.mm_projector_lr}
+        groups: dict[tuple[str, bool], list] = {}
+        for name, param in model.named_parameters():
+            if not param.requires_grad:
+                continue
+            part = next((key for key, lr in special.items() if lr is not None and key in name), "rest")
+            groups.setdefault((part, name in decay), []).append(param)
+        param_groups = []
+        for (part, decays), params in groups.items():
+            group = {"params": params, "weight_decay": self.args.weight_decay if decays else 0.0}
+            if part != "rest":
+                group["lr"] = special[part]
+            param_groups.append(group)
+        optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
+        self.optimizer = optimizer_cls(param_groups, **optimizer_kwargs)
+        return self.optimizer
+
+    # ------------------------------------------------------------------ a training step
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        bad = inputs.pop("bad_records", [])
+        if model.training:
+            self._count_records(bad, read=inputs["input_ids"].shape[0] + len(bad))
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        if model.training:
+            self.samples_seen += inputs["input_ids"].shape[0]
+            if getattr(outputs, "num_tokens", None) is not None:
+                self.tokens_seen += int(outputs.num_tokens)
+        return (loss, outputs) if return_outputs else loss
+
+    def _count_records(self, bad, read: int) -> None:
+        for record in bad:
+            key = (record.id, record.where)
+            if key not in self.bad_seen:
+                self.bad_seen.add(key)
+                logger.warning("bad record skipped: %s", record)
+        counts = torch.tensor([read, len(bad)], dtype=torch.long)
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            device = self.args.device if dist.get_backend() == "nccl" else "cpu"
+            counts = counts.to(device)
+            dist.all_reduce(counts)
+        self.records_read += int(counts[0])
+        self.records_bad += int(counts[1])
+        warmup = min(BAD_RECORD_WARMUP, len(self.train_dataset) if self.train_dataset is not None else 0)
+        if self.records_read >= warmup and self.records_bad > self.bad_record_limit * self.records_read:
+            raise TooManyBadRecords(
+                f"{self.records_bad} of the {self.records_read} records read so far are unusable "
+                f"({self.records_bad / self.records_read:.0%} > --bad_record_limit {self.bad_record_limit:.0%}); "
+                "see the 'bad record skipped' log lines for which and why"
+            )
+
+    # ------------------------------------------------------------------ saving and resuming
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        output_dir = output_dir or self.args.output_dir
+        model = self.accelerator.unwrap_model(self.model)
+        if self.projector_only:
+            self._save_projector(model, output_dir)
+        else:
+            super().save_model(output_dir, _internal_call=_internal_call)
+            if _is_peft(model):
+                self._save_non_lora(model, output_dir)
+        if self.args.should_save:
+            llava = model.base_model.model if _is_peft(model) else model
+            llava.config.save_pretrained(output_dir)
+            if self.processing_class is not None:
+                self.processing_class.save_pretrained(output_dir)
+            if self.image_processor is not None:
+                self.image_processor.save_pretrained(output_dir)
+
+    def _save_projector(self, model, output_dir: str) -> None:
+        keys = ("mm_projector", "image_newline")
+        state = gathered_state((name, p) for name, p in model.named_parameters() if any(k in name for k in keys))
+        if self.args.should_save:
+            os.makedirs(output_dir, exist_ok=True)
+            torch.save(state, os.path.join(output_dir, PROJECTOR_FILES[1]))
+
+    def _save_non_lora(self, model, output_dir: str) -> None:
+        named = [(name, p) for name, p in model.named_parameters() if p.requires_grad and "lora_" not in name]
+        state = gathered_state(named)
+        if self.args.should_save:
+            torch.save(state, os.path.join(output_dir, NON_LORA_FILES[1]))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        """Also resume the checkpoints only this trainer writes (projector-only, LoRA's full-trained parts)."""
+        model = model if model is not None else self.model
+        unwrapped = self.accelerator.unwrap_model(model)
+        checkpoint = Path(resume_from_checkpoint)
+        projector = find_file(checkpoint, PROJECTOR_FILES)
+        if self.projector_only and projector is not None:
+            state = load_weights_file(projector)
+            load_projector_weights(unwrapped, projector)
+            for name, param in unwrapped.named_parameters():
+                if "image_newline" in name and name in state:
+                    param.data.copy_(state[name])
+            return
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        non_lora = find_file(checkpoint, NON_LORA_FILES)
+        if non_lora is not None and _is_peft(unwrapped):
+            load_non_lora_trainables(unwrapped.base_model.model, non_lora)
+
+
+def _is_peft(model) -> bool:
+    return hasattr(model, "peft_config")
+
+
+__all__ = ["BAD_RECORD_WARMUP", "LLaVATrainer", "TooManyBadRecords", "gathered_state"]

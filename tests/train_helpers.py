@@ -1,0 +1,92 @@
+"""Shared by the training tests: a tiny training start and a small dataset of every record kind, real files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import av
+import numpy as np
+from PIL import Image
+
+from llava.model.tiny import save_tiny_parts
+from llava.video_io import LLAVA_CODEC
+
+CODEC = LLAVA_CODEC.replace(sequence_length=8, square_size=64, keep_frames_equiv=2)
+CODEC_FLAGS = ["--codec_frames", "8", "--codec_canvas", "64", "--codec_images", "2"]
+
+
+def write_video(path: Path, frames: int = 16, width: int = 64, height: int = 48, codec: str = "libx264", seed: int = 0):
+    """A clip with a bright square moving right over a noisy background."""
+    rng = np.random.default_rng(seed)
+    background = rng.integers(20, 90, (height, width, 3), dtype=np.uint8)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=12)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"x265-params": "log-level=none"} if codec == "libx265" else {}
+        for i in range(frames):
+            pixels = background.copy()
+            x = (3 * i) % (width - 12)
+            pixels[16:28, x : x + 12] = 240
+            for packet in stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def conversation(question: str, answer: str) -> list[dict]:
+    return [{"from": "human", "value": question}, {"from": "gpt", "value": answer}]
+
+
+def write_records(root: Path) -> dict:
+    """Media and one record of every kind under ``root``; returns the records by kind."""
+    import cv_reader
+
+    rng = np.random.default_rng(1)
+    root.mkdir(parents=True, exist_ok=True)
+    for i, (w, h) in enumerate([(80, 48), (48, 64), (64, 64)]):
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(root / f"image{i}.png")
+    for i in range(8):
+        Image.fromarray(np.full((32, 32, 3), 30 * i, np.uint8)).save(root / f"frame{i}.png")
+    write_video(root / "clip.mp4")
+    codec = cv_reader.codec_patchify(str(root / "clip.mp4"), CODEC)
+    mosaics = []
+    for i, mosaic in enumerate(codec.mosaics):  # lossless, so online and offline inputs are equal
+        Image.fromarray(mosaic).save(root / f"mosaic{i}.png")
+        mosaics.append(f"mosaic{i}.png")
+    np.save(root / "positions_thw.npy", codec.positions)
+    records = {
+        "text": {"id": "text", "conversations": conversation("What is two plus two?", "Four.")},
+        "image": {"id": "image", "image": "image0.png", "conversations": conversation("<image>\nWhat is it?", "Noise.")},
+        "images": {"id": "images", "image": ["image0.png", "image1.png"],
+                   "conversations": conversation("<image>\n<image>\nSame?", "No.")},
+        "codec": {"id": "codec", "image": mosaics, "positions_thw": str(root / "positions_thw.npy"),
+                  "conversations": conversation("<image>\n<image>\nWhich way?", "Right.")},
+        "clip": {"id": "clip", "image": [f"frame{i}.png" for i in range(8)],
+                 "conversations": conversation("\n".join(["<image>"] * 8) + "\nBrighter?", "Yes.")},
+        "video": {"id": "video", "video": "clip.mp4", "conversations": conversation("<image>\nWhich way?", "Right.")},
+    }
+    return records
+
+
+def write_jsonl(path: Path, records) -> str:
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in records))
+    return str(path)
+
+
+def tiny_start(root: Path) -> tuple[str, str]:
+    llm, encoder = save_tiny_parts(root / "base")
+    return str(llm), str(encoder)
+
+
+def train_args(llm: str, encoder: str, data: str, folder: str, out: str, *extra: str) -> list[str]:
+    """The flags of a small CPU run (extra flags win: they come last)."""
+    return [
+        "--model_name_or_path", llm, "--vision_tower", encoder, "--data_path", data, "--image_folder", folder,
+        "--video_folder", folder, "--output_dir", out, "--mm_projector_type", "mlp2x_gelu",
+        "--per_device_train_batch_size", "2", "--learning_rate", "1e-3", "--logging_steps", "1",
+        "--report_to", "none", "--save_strategy", "no", "--dataloader_num_workers", "0",
+        "--mm_tunable_parts", "mm_vision_tower,mm_mlp_adapter,mm_language_model", "--seed", "0",
+        "--disable_tqdm", "True", *CODEC_FLAGS, *extra,
+    ]
