@@ -8,7 +8,7 @@ import shlex
 
 import pytest
 import torch
-from train_helpers import CODEC, conversation, tiny_start, train_args, write_jsonl, write_records
+from train_helpers import conversation, probe_inputs, tiny_start, train_args, write_jsonl, write_records
 
 from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from llava.model.builder import load_pretrained_model
@@ -245,15 +245,8 @@ def test_configuration_errors_exit_before_training(start, tmp_path, capsys):
 
 # ---------------------------------------------------------------- saving kinds, logits equal the trained model
 def _logits(model, tokenizer, records):
-    from llava.mm_inputs import VisualProcessor
-    from llava.model.builder import load_image_processor
-
-    root, by_kind = records
-    processor = load_image_processor(str(root), None, model)
-    visual = VisualProcessor(processor, model.config)(str(root / "image1.png"))
-    ids = torch.tensor([[*tokenizer("look ").input_ids, IMAGE_TOKEN_INDEX, *tokenizer(" at it").input_ids]])
     with torch.no_grad():
-        return model.eval()(input_ids=ids, **visual.model_kwargs()).logits
+        return model.eval()(**probe_inputs(records[0], model, tokenizer)).logits
 
 
 @pytest.mark.parametrize("kind", ["full", "lora", "projector"])

@@ -90,3 +90,17 @@ def train_args(llm: str, encoder: str, data: str, folder: str, out: str, *extra:
         "--mm_tunable_parts", "mm_vision_tower,mm_mlp_adapter,mm_language_model", "--seed", "0",
         "--disable_tqdm", "True", *CODEC_FLAGS, *extra,
     ]
+
+
+def probe_inputs(records_root: Path, model, tokenizer) -> dict:
+    """A fixed image prompt: the inputs whose logits checkpoints are compared on."""
+    import torch
+
+    from llava.constants import IMAGE_TOKEN_INDEX
+    from llava.mm_inputs import VisualProcessor
+    from llava.model.builder import load_image_processor
+
+    processor = load_image_processor(str(records_root), None, model)
+    visual = VisualProcessor(processor, model.config)(str(Path(records_root) / "image1.png"))
+    ids = torch.tensor([[*tokenizer("look ").input_ids, IMAGE_TOKEN_INDEX, *tokenizer(" at it").input_ids]])
+    return dict(input_ids=ids, **visual.model_kwargs())

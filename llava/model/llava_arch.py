@@ -193,23 +193,32 @@ class LlavaMetaForCausalLM(ABC):
             entry_pieces = self._pieces_of(i, entry, modality, positions)
             pieces += entry_pieces
             owner += [i] * len(entry_pieces)
-        features = tower(pieces)
+        features = tower.split(tower(pieces), pieces)
 
+        positions = [tower.token_positions(piece).to(feats.device) for piece, feats in zip(pieces, features)]
         projected = [[] for _ in range(count)]
-        for piece, feats, i in zip(pieces, features, owner):
-            positions = tower.token_positions(piece).to(feats.device)
-            projected[i].append(self._project(feats, positions))
+        for part, i in zip(self._project(features, positions), owner):
+            projected[i].append(part)
         return [
             self._arrange(modality, parts, image_sizes[i] if image_sizes is not None else None, images[i])
             for i, (modality, parts) in enumerate(zip(modalities, projected))
         ]
 
-    def _project(self, features: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _project(self, features: list[torch.Tensor], positions: list[torch.Tensor]):
+        """``(features, positions)`` of every piece after the projector, run once for the whole batch.
+
+        One call, not one per piece: under ZeRO-3 each call gathers the projector's weights, and
+        ranks whose batches hold different numbers of pieces must still make the same calls.
+        """
         projector = self.get_model().mm_projector
-        features = features.to(next(projector.parameters()).dtype)
-        if getattr(projector, "merges_tokens", False):
-            return projector(features, positions)
-        return projector(features), positions
+        sizes = [f.shape[0] for f in features]
+        flat = torch.cat(features).to(next(projector.parameters()).dtype)
+        if not getattr(projector, "merges_tokens", False):
+            return list(zip(torch.split(projector(flat), sizes), positions))
+        segments = torch.repeat_interleave(torch.arange(len(sizes), device=flat.device), torch.tensor(sizes, device=flat.device))
+        merged, merged_positions, merged_segments = projector(flat, torch.cat(positions), segments)
+        counts = torch.bincount(merged_segments, minlength=len(sizes)).tolist()
+        return list(zip(torch.split(merged, counts), torch.split(merged_positions, counts)))
 
     def _newline(self) -> torch.Tensor | None:
         return getattr(self.get_model(), "image_newline", None)
@@ -348,9 +357,18 @@ class LlavaMetaForCausalLM(ABC):
         ``IGNORE_INDEX``; padding (``attention_mask`` 0) is dropped; each sample is truncated as
         :meth:`prepare_inputs_labels_for_multimodal` says.
         """
-        has_visual = self.get_vision_tower() is not None and images is not None and len(images) > 0
+        tower = self.get_vision_tower()
+        has_visual = tower is not None and images is not None and len(images) > 0
+        embedded = self.get_model().embed_tokens(input_ids.clamp(min=0))  # one call for the batch (ZeRO-3)
+        anchor = None
+        if tower is not None and self.training and not has_visual:
+            # Every rank must run the same modules, forward and backward (ZeRO-3 gathers each
+            # module's weights collectively; DDP wants a gradient for every trainable weight): a
+            # text-only batch runs the tower and projector on one blank patch and adds zero.
+            patch = tower.config.patch_size
+            blank = torch.zeros(tower.config.num_channels, patch, patch, dtype=tower.dtype, device=tower.device)
+            anchor = self.placeholder_features([blank], ["image"])[0].sum() * 0.0
         visual = self.placeholder_features(images, modalities, image_sizes, patch_positions) if has_visual else []
-        embed_tokens = self.get_model().embed_tokens
         keep = attention_mask.bool() if attention_mask is not None else torch.ones_like(input_ids, dtype=torch.bool)
         if labels is None:
             labels = torch.full_like(input_ids, IGNORE_INDEX)
@@ -366,7 +384,9 @@ class LlavaMetaForCausalLM(ABC):
                     f"batch's {len(visual)} visual placeholder inputs are left (a codec input takes one placeholder "
                     "per mosaic)"
                 )
-            text = embed_tokens(ids.clamp(min=0))
+            text = embedded[i][keep[i]]
+            if anchor is not None:
+                text = text + anchor.to(text.dtype)
             chunks, chunk_labels, start, visual_end = [], [], 0, 0
             for slot in slots:
                 feats = visual[next_visual].to(text.dtype)

@@ -163,11 +163,11 @@ def select_trainable(model, model_args: ModelArguments, training_args: TrainingA
         base.mm_projector.requires_grad_(True)
         if getattr(base, "image_newline", None) is not None:
             base.image_newline.requires_grad_(True)
-    counts = {
-        "vision_tower": sum(p.numel() for p in base.vision_tower.parameters() if p.requires_grad),
-        "mm_projector": sum(p.numel() for p in base.mm_projector.parameters() if p.requires_grad),
-    }
-    counts["language_model"] = sum(p.numel() for p in model.parameters() if p.requires_grad) - sum(counts.values())
+    def trainable(module) -> int:  # ZeRO-3 parameters keep their full size in ds_numel
+        return sum(getattr(p, "ds_numel", p.numel()) for p in module.parameters() if p.requires_grad)
+
+    counts = {"vision_tower": trainable(base.vision_tower), "mm_projector": trainable(base.mm_projector)}
+    counts["language_model"] = trainable(model) - sum(counts.values())
     return counts
 
 

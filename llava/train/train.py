@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 import transformers
 from transformers import HfArgumentParser, set_seed
+from transformers.integrations import is_deepspeed_zero3_enabled
 
 import llava  # noqa: F401  (registers the LLaVA and OV-Encoder classes)
 from llava.model.builder import load_image_processor
@@ -50,11 +51,23 @@ def setup(argv: list[str] | None = None) -> tuple[LLaVATrainer, dict]:
         raise SetupError(str(error)) from error
     logging.basicConfig(format="[%(name)s] %(message)s", level=logging.INFO if training_args.should_log else logging.WARNING)
     set_seed(training_args.seed)
+    if training_args.deepspeed and training_args.world_size > 1:
+        # ZeRO-3 partitions the weights while from_pretrained builds the model, so DeepSpeed's
+        # communication must already know all ranks (torch.distributed is set up by the arguments).
+        import deepspeed
+
+        deepspeed.init_distributed(dist_backend=training_args.ddp_backend)
     try:
         tokenizer = build_tokenizer(model_args, training_args)
         model = build_model(model_args, data_args, training_args)
     except (ValueError, OSError) as error:
         raise SetupError(f"cannot build the model: {error}") from error
+    newline = getattr(model.get_model(), "image_newline", None)
+    if newline is not None and is_deepspeed_zero3_enabled():
+        import deepspeed
+
+        # used by the causal LM's forward, not by the module that owns it: ZeRO-3 must gather it there
+        deepspeed.zero.register_external_parameter(model, newline)
     trainable = select_trainable(model, model_args, training_args)
     if training_args.gradient_checkpointing:
         model.enable_input_require_grads()  # frozen embeddings still pass gradients to checkpointed layers
@@ -81,12 +94,16 @@ def setup(argv: list[str] | None = None) -> tuple[LLaVATrainer, dict]:
             "%d records (%d malformed lines skipped); trainable parameters: %s",
             len(dataset), dataset.malformed_count, ", ".join(f"{k} {v:,}" for k, v in trainable.items()),
         )
-    return trainer, dict(kind="projector" if only_projector else ("lora" if training_args.lora_enable else "full"))
+    return trainer, "projector" if only_projector else ("lora" if training_args.lora_enable else "full")
 
 
 def train(argv: list[str] | None = None) -> dict:
     """Run one training job; returns its summary (also printed)."""
-    trainer, info = setup(argv)
+    return run(*setup(argv))
+
+
+def run(trainer: LLaVATrainer, kind: str) -> dict:
+    """Train (resuming from the newest checkpoint if there is one), save, summarise."""
     args = trainer.args
     output_dir = Path(args.output_dir)
     resume = args.resume_from_checkpoint or (True if list(output_dir.glob("checkpoint-*")) else None)
@@ -95,7 +112,7 @@ def train(argv: list[str] | None = None) -> dict:
     model = trainer.accelerator.unwrap_model(trainer.model)
     (model.base_model.model if hasattr(model, "peft_config") else model).config.use_cache = True
     trainer.save_model(str(output_dir))
-    summary = _summary(trainer, result, info["kind"])
+    summary = _summary(trainer, result, kind)
     if args.should_log:
         print(_summary_text(summary), flush=True)
     return summary

@@ -324,20 +324,32 @@ def make_norm(config: OneVisionEncoderConfig) -> nn.Module:
     return nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
 
+class OneVisionEncoderPatchEmbedding(nn.Conv2d):
+    """The published checkpoints' bias-free ``Conv2d(C, D, kernel=stride=P)``, applied to flattened patches.
+
+    ``forward`` takes ``[..., C*P*P]`` patches (channel, row, column order) and returns ``[..., D]``:
+    the Conv2d's result on those patches, computed as one matmul (several times faster on CPU
+    than a convolution over P x P tiles). Being the module that owns the weight and uses it in
+    its own forward keeps it correct under ZeRO-3, which gathers a module's weights at its forward.
+    """
+
+    def forward(self, patches: torch.Tensor) -> torch.Tensor:
+        return F.linear(patches.to(self.weight.dtype), self.weight.reshape(self.out_channels, -1))
+
+
 class OneVisionEncoderEmbeddings(nn.Module):
     """Bias-free patch projection applied to gathered patches only."""
 
     def __init__(self, config: OneVisionEncoderConfig):
         super().__init__()
         self.patch_size = config.patch_size
-        self.patch_embedding = nn.Conv2d(
+        self.patch_embedding = OneVisionEncoderPatchEmbedding(
             config.num_channels, config.hidden_size, kernel_size=config.patch_size, stride=config.patch_size, bias=False
         )
 
     def forward(self, patches: torch.Tensor) -> torch.Tensor:
         """``[..., C*P*P]`` flattened patches -> ``[..., D]``; equals the Conv2d on those patches."""
-        weight = self.patch_embedding.weight
-        return F.linear(patches.to(weight.dtype), weight.reshape(weight.shape[0], -1))
+        return self.patch_embedding(patches)
 
 
 class OneVisionEncoderAttention(nn.Module):

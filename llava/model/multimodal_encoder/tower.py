@@ -134,11 +134,13 @@ class OVEncoderVisionTower(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.vision_tower.embeddings.patch_embedding.weight.dtype
+        return next(self.vision_tower.parameters()).dtype
 
     @property
     def device(self) -> torch.device:
-        return self.vision_tower.embeddings.patch_embedding.weight.device
+        # read through parameters(), not an attribute: under ZeRO-3 reading ``module.weight``
+        # outside that module's forward registers it with the running module, on this rank only
+        return next(self.vision_tower.parameters()).device
 
     def token_positions(self, piece: VisualPiece) -> torch.Tensor:
         """``(t, h, w)`` of the tokens the encoder returns for ``piece``; ``t`` is the frame, or
@@ -153,16 +155,24 @@ class OVEncoderVisionTower(nn.Module):
             return grid[piece.visible_indices.to(grid.device)]
         return grid
 
-    def forward(self, pieces: list[VisualPiece]) -> list[torch.Tensor]:
-        """Encode all pieces in one packed pass; returns per-piece ``[K_i, D]`` features."""
+    def forward(self, pieces: list[VisualPiece]) -> torch.Tensor:
+        """Encode all pieces in one packed pass; returns their ``[sum K_i, D]`` features, piece after piece.
+
+        One tensor, not a list: under ZeRO-3 each output tensor of a module triggers its own
+        gather in the backward pass, so the number of outputs must not depend on the batch.
+        ``split`` cuts the result into per-piece features.
+        """
         output = self.vision_tower(
             [p.pixels.to(device=self.device, dtype=self.dtype) for p in pieces],
             visible_indices=[p.visible_indices for p in pieces],
             patch_positions=[p.patch_positions for p in pieces],
             output_hidden_states=True,
         )
-        selected = output.hidden_states[self.select_layer]
-        return output.split(selected)
+        return output.hidden_states[self.select_layer]
+
+    def split(self, features: torch.Tensor, pieces: list[VisualPiece]) -> list[torch.Tensor]:
+        """The packed ``forward`` result as per-piece ``[K_i, D]`` features."""
+        return list(torch.split(features, [self.token_positions(p).shape[0] for p in pieces]))
 
 
 def build_vision_tower(

@@ -33,16 +33,24 @@ class SpatialMergeProjector(nn.Module):
         self.ln_q = nn.LayerNorm(vision_hidden, eps=eps)
         self.mlp = nn.Sequential(nn.Linear(merged, merged), nn.GELU(), nn.Linear(merged, text_hidden))
 
-    def forward(self, features: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``[K, D]`` features at ``[K, 3]`` positions -> ``[G, H]`` merged, ``[G, 3]`` group positions."""
+    def forward(
+        self, features: torch.Tensor, positions: torch.Tensor, segments: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``[K, D]`` features at ``[K, 3]`` positions -> ``[G, H]`` merged, ``[G, 3]`` group positions, ``[G]`` segments.
+
+        ``segments`` (default all 0) says which sample each token belongs to: tokens of different
+        samples never merge, and the groups come out sample by sample, each sorted by ``(t, h, w)``.
+        """
         m = self.merge_size
         positions = positions.to(features.device, torch.long)
-        group_coords = torch.stack((positions[:, 0], positions[:, 1] // m, positions[:, 2] // m), dim=-1)
-        groups, group_of_token = torch.unique(group_coords, dim=0, return_inverse=True)  # sorted (t, h, w)
+        if segments is None:
+            segments = torch.zeros(positions.shape[0], dtype=torch.long, device=features.device)
+        keys = torch.stack((segments.to(positions.device), positions[:, 0], positions[:, 1] // m, positions[:, 2] // m), -1)
+        groups, group_of_token = torch.unique(keys, dim=0, return_inverse=True)  # sorted (segment, t, h, w)
         slot = (positions[:, 1] % m) * m + positions[:, 2] % m
         merged = features.new_zeros(groups.shape[0], m * m, features.shape[-1])
         merged[group_of_token, slot] = self.ln_q(features)
-        return self.mlp(merged.flatten(1)), groups
+        return self.mlp(merged.flatten(1)), groups[:, 1:], groups[:, 0]
 
 
 def build_vision_projector(config) -> nn.Module:
