@@ -14,7 +14,6 @@ def test_demo_runs_on_sample_video(capsys):
     assert "from 8 frames" in out and "4 mosaics of 224x224" in out
     assert "all three, one packed pass" in out
     assert "packed vs per-sample max |difference|" in out
-    assert "user: What happens in this video?" in out and "assistant: " in out
     assert "demo finished" in out
 
 

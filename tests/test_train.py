@@ -97,7 +97,17 @@ def test_the_upstream_scripts_flags_parse(flags):
         assert namespace.lora_enable is True and namespace.packing is True and namespace.bad_record_limit == 0.05
 
 
-def test_flags_build_the_arguments_and_refuse_unsupported_options(tmp_path):
+@pytest.fixture
+def no_deepspeed_config_left_behind():
+    """TrainingArguments(deepspeed=...) registers a process-wide DeepSpeed config; later models built in
+    this process would take it for ZeRO-3. Drop it after the test, whatever happened."""
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+    yield
+    unset_hf_deepspeed_config()
+
+
+def test_flags_build_the_arguments_and_refuse_unsupported_options(tmp_path, no_deepspeed_config_left_behind):
     cpu = UPSTREAM_SFT.replace("--tf32 True", "--tf32 False") + " --use_cpu True"
     model_args, data_args, training_args = train_module.parse_args(shlex.split(cpu))
     assert model_args.mm_tunable_parts == "mm_vision_tower,mm_mlp_adapter,mm_language_model"
@@ -301,6 +311,24 @@ def test_vision_tower_and_projector_learning_rates_and_no_decay_groups(start, re
     assert any("layer_norm1" in n for n in no_decay) and any("input_layernorm" in n for n in no_decay)
     covered = sum(len(g["params"]) for g in optimizer.param_groups)
     assert covered == sum(1 for p in trainer.model.parameters() if p.requires_grad)
+
+
+def test_every_trainable_parameter_gets_a_gradient(start, records, tmp_path):
+    """What DDP without find_unused_parameters needs: the tower's layers after the selected one,
+    its post-norm and head never reach the loss, so they are frozen; everything else trains."""
+    root, by_kind = records
+    path = write_jsonl(tmp_path / "d.jsonl", [by_kind["image"], by_kind["codec"]])
+    trainer, _ = train_module.setup(train_args(*start, path, str(root), str(tmp_path / "o"), "--max_steps", "1"))
+    model = trainer.model
+    batch = next(iter(trainer.get_train_dataloader()))
+    model(**batch).loss.backward()
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    assert [n for n, p in trainable.items() if p.grad is None] == []
+    frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
+    tower = model.get_model().vision_tower.vision_tower
+    last = len(tower.encoder.layers) - 1
+    assert frozen and all(f"encoder.layers.{last}." in n or "layernorm_post" in n or ".head." in n for n in frozen)
+    assert any("vision_tower" in n and "encoder.layers.0." in n for n in trainable)
 
 
 # ---------------------------------------------------------------- resume: same losses as uninterrupted

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import deepspeed  # noqa: F401  (the dev and train extras install it; a missing one fails here)
 import pytest
 import torch
 from train_helpers import probe_inputs, tiny_start, train_args, write_jsonl, write_records
@@ -17,7 +18,6 @@ from train_helpers import probe_inputs, tiny_start, train_args, write_jsonl, wri
 from llava.model.builder import load_pretrained_model
 
 REPO = Path(__file__).resolve().parents[1]
-pytest.importorskip("deepspeed", reason="the train extra installs DeepSpeed")
 
 
 def _free_port() -> int:

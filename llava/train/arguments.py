@@ -76,7 +76,10 @@ class DataArguments:
     early_mix_text: bool = field(default=False, metadata={"help": "group text-only samples with multimodal ones"})
     image_folder: str | None = field(default=None, metadata={"help": "root of relative image and mosaic paths"})
     image_aspect_ratio: str = field(default="native", metadata={"help": "native, pad, anyres or anyres_max_N"})
-    image_grid_pinpoints: str | None = field(default=None, metadata={"help": "anyres resolutions, e.g. \"[(574, 1120), ...]\""})
+    image_grid_pinpoints: str | None = field(default=None, metadata={"help": "anyres resolutions, e.g. \"[(576, 1152), ...]\""})
+    image_tile_size: int | None = field(
+        default=None, metadata={"help": "anyres tile side (pinpoints must be multiples of it; default 448)"}
+    )
     image_crop_resolution: int | None = None
     image_split_resolution: int | None = None
     video_folder: str | None = field(default=None, metadata={"help": "root of relative video paths"})

@@ -38,7 +38,7 @@ from torch.utils.data import Dataset
 from ..constants import DEFAULT_IMAGE_TOKEN, IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from ..conversation import SeparatorStyle, get_conv_template
 from ..mm_inputs import MediaError, VideoOptions, VisualInputs, VisualProcessor
-from ..preprocess import tokenize_conversation
+from ..preprocess import tokenize_conversation, tokenize_prompt
 from ..video_io import LLAVA_CODEC
 from .arguments import DataArguments
 
@@ -139,9 +139,12 @@ class SupervisedDataset(Dataset):
         )
 
     # ------------------------------------------------------------------ one record
-    def build(self, i: int) -> Sample:
-        """The sample of record ``i``; raises one of ``RECORD_ERRORS`` when the record is unusable."""
-        record, where = self.records[i], f"{self.where[i]} (id {self.records[i].get('id', f'#{i}')})"
+    def where_of(self, i: int) -> str:
+        return f"{self.where[i]} (id {self.records[i].get('id', f'#{i}')})"
+
+    def conversation_and_media(self, i: int) -> tuple[list, VisualInputs]:
+        """Record ``i``'s turns, with its video placeholder expanded as its input needs, and its inputs."""
+        record, where = self.records[i], self.where_of(i)
         conversations = record.get("conversations")
         if not isinstance(conversations, list) or not conversations:
             raise ValueError(f"{where}: 'conversations' must be a non-empty list of turns")
@@ -150,6 +153,28 @@ class SupervisedDataset(Dataset):
             conversations = expand_video_placeholder(conversations, visual.num_placeholders)
         if self.plain and len(visual):  # LLaVA pre-training: the caption follows the placeholders alone
             conversations = [dict(conversations[0], value=visual.placeholder_text()), *conversations[1:]]
+        return conversations, visual
+
+    def prompt(self, i: int) -> tuple[torch.Tensor, VisualInputs]:
+        """Generation inputs for record ``i``: its first human turn and an open assistant turn.
+
+        Tokenised exactly as training tokenises the record (``tokenize_prompt``), so the model is
+        asked the question as it learnt it.
+        """
+        conversations, visual = self.conversation_and_media(i)
+        human = next((t for t in conversations if str(t.get("from", t.get("role", ""))).lower() in ("human", "user")),
+                     None)
+        if human is None:
+            raise ValueError(f"{self.where_of(i)}: no human turn to answer")
+        conv = get_conv_template(self.template)
+        conv.append_message(conv.roles[0], human.get("value", human.get("content")))
+        conv.append_message(conv.roles[1], None)
+        return tokenize_prompt(conv, self.tokenizer), visual
+
+    def build(self, i: int) -> Sample:
+        """The sample of record ``i``; raises one of ``RECORD_ERRORS`` when the record is unusable."""
+        where = self.where_of(i)
+        conversations, visual = self.conversation_and_media(i)
         input_ids, labels = tokenize_conversation(conversations, self.tokenizer, self.template, where)
         placeholders = int((input_ids == IMAGE_TOKEN_INDEX).sum())
         if placeholders != visual.num_placeholders:

@@ -145,6 +145,8 @@ def _set_run_config(config, model_args, data_args, training_args, continuing: bo
         config.image_aspect_ratio = data_args.image_aspect_ratio
     if data_args.image_grid_pinpoints is not None:
         config.image_grid_pinpoints = parse_pinpoints(data_args.image_grid_pinpoints)
+    if data_args.image_tile_size is not None:
+        config.image_tile_size = data_args.image_tile_size
     config.use_cache = False
 
 
@@ -159,10 +161,13 @@ def select_trainable(model, model_args: ModelArguments, training_args: TrainingA
         base.mm_projector.requires_grad_(False)
     if "mm_vision_tower" in parts:
         base.vision_tower.requires_grad_(True)
+        for param in base.vision_tower.unused_parameters():  # no gradient ever reaches them
+            param.requires_grad_(False)
     if "mm_mlp_adapter" in parts:
         base.mm_projector.requires_grad_(True)
         if getattr(base, "image_newline", None) is not None:
             base.image_newline.requires_grad_(True)
+
     def trainable(module) -> int:  # ZeRO-3 parameters keep their full size in ds_numel
         return sum(getattr(p, "ds_numel", p.numel()) for p in module.parameters() if p.requires_grad)
 

@@ -170,6 +170,19 @@ class OVEncoderVisionTower(nn.Module):
         )
         return output.hidden_states[self.select_layer]
 
+    def unused_parameters(self) -> list[nn.Parameter]:
+        """The encoder's parameters that the selected features do not depend on.
+
+        With ``select_layer=-2`` (LLaVA's default) the last layer, the post-norm and the pooling
+        head run but never reach the LLM, so they get no gradient. The trainer keeps them frozen:
+        a trainable parameter without a gradient breaks DDP's reduction.
+        """
+        encoder = self.vision_tower
+        used_layers = self.select_layer % (len(encoder.encoder.layers) + 1)  # hidden_states[i] feeds layer i
+        unused = [*encoder.encoder.layers[used_layers:]]
+        unused += [module for module in (encoder.layernorm_post, encoder.head) if module is not None]
+        return [param for module in unused for param in module.parameters()]
+
     def split(self, features: torch.Tensor, pieces: list[VisualPiece]) -> list[torch.Tensor]:
         """The packed ``forward`` result as per-piece ``[K_i, D]`` features."""
         return list(torch.split(features, [self.token_positions(p).shape[0] for p in pieces]))

@@ -1,0 +1,1 @@
+"""Evaluation: answering records (``predict``); the lmms-eval model comes next."""
