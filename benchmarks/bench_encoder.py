@@ -26,6 +26,8 @@ import os
 import statistics
 import time
 
+from rss import reset_peak_rss, rss_bytes  # benchmarks/rss.py
+
 FRAME = 224
 PATCH = 16
 CODEC_FRAMES = 64
@@ -160,21 +162,6 @@ def peak_memory(case: str, device: str, layers: int, frame: int, queue) -> None:
     else:
         peak = rss_bytes("VmHWM") - base
     queue.put(max(peak, 0))
-
-
-def rss_bytes(field: str) -> int:
-    """``VmRSS`` (now) or ``VmHWM`` (peak since the last reset) of this process, in bytes."""
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"{field} not found in /proc/self/status (Linux only)")
-
-
-def reset_peak_rss() -> None:
-    """Reset the kernel's peak-RSS mark (Linux: writing 5 to /proc/self/clear_refs)."""
-    with open("/proc/self/clear_refs", "w") as refs:
-        refs.write("5")
 
 
 def measure_peak(case: str, args) -> int:

@@ -62,6 +62,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from rss import reset_peak_rss, rss_bytes  # benchmarks/rss.py
+
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs" / "benchmarks.md"
 SECTION = "## SFT training step"
@@ -438,21 +440,6 @@ def peak_memory(case: str, args, queue) -> None:
     sync(args.device)
     peak = torch.cuda.max_memory_allocated() if args.device == "cuda" else rss_bytes("VmHWM")
     queue.put(max(peak - base, 0))
-
-
-def rss_bytes(field: str) -> int:
-    """``VmRSS`` (now) or ``VmHWM`` (peak since the last reset) of this process, in bytes."""
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"{field} not found in /proc/self/status (Linux only)")
-
-
-def reset_peak_rss() -> None:
-    """Reset the kernel's peak-RSS mark (Linux: writing 5 to /proc/self/clear_refs)."""
-    with open("/proc/self/clear_refs", "w") as refs:
-        refs.write("5")
 
 
 def measure_peak(case: str, args) -> int:

@@ -38,14 +38,16 @@ DEMO_ENCODER = dict(
 )
 
 
-def load_encoder(checkpoint: str | None, workdir: Path) -> tuple[OneVisionEncoderModel, OneVisionEncoderImageProcessor]:
+def load_encoder(
+    checkpoint: str | None, workdir: Path
+) -> tuple[OneVisionEncoderModel, OneVisionEncoderImageProcessor]:
     if checkpoint is None:
         checkpoint = str(workdir / "ov-encoder-demo")
         torch.manual_seed(0)
         OneVisionEncoderModel(OneVisionEncoderConfig(**DEMO_ENCODER)).save_pretrained(checkpoint)
-        OneVisionEncoderImageProcessor(patch_size=DEMO_ENCODER["patch_size"], max_pixels=224 * 224).save_pretrained(
-            checkpoint
-        )
+        OneVisionEncoderImageProcessor(
+            patch_size=DEMO_ENCODER["patch_size"], max_pixels=224 * 224
+        ).save_pretrained(checkpoint)
         print("built a random-initialised demo encoder (no weights can be downloaded here)")
     model = AutoModel.from_pretrained(checkpoint).eval()
     try:
@@ -68,10 +70,16 @@ def codec_inputs(video: Path, processor, frames: int, canvas: int, mosaics: int)
     """Codec mosaics as pixels ``[C, N, S, S]`` and their positions ``[K, 3]``, with timing."""
     start = time.perf_counter()
     codec = load_codec_inputs(
-        video, sequence_length=frames, square_size=canvas, keep_frames_equiv=mosaics, patch_size=processor.patch_size
+        video,
+        sequence_length=frames,
+        square_size=canvas,
+        keep_frames_equiv=mosaics,
+        patch_size=processor.patch_size,
     )
     seconds = time.perf_counter() - start
-    pixels = processor(videos=[list(codec.mosaics)], do_resize=False, return_tensors="pt")["pixel_values_videos"][0]
+    pixels = processor(
+        videos=[list(codec.mosaics)], do_resize=False, return_tensors="pt"
+    )["pixel_values_videos"][0]
     return pixels, torch.as_tensor(codec.positions).long(), seconds
 
 
@@ -101,7 +109,9 @@ def encoder_demo(video: Path, checkpoint: str | None, frames: int, codec_frames:
     dense_out, seconds = timed(lambda: model(video_pixels, visible_indices=spread))
     rows.append((f"video, {num_frames} dense frames", dense_out.last_hidden_state.shape[1], seconds))
     codec_out, seconds = timed(lambda: model(codec_video[None], patch_positions=positions[None]))
-    rows.append((f"video, codec patches of {codec_frames} frames", codec_out.last_hidden_state.shape[1], seconds))
+    rows.append(
+        (f"video, codec patches of {codec_frames} frames", codec_out.last_hidden_state.shape[1], seconds)
+    )
     packed_out, seconds = timed(
         lambda: model(
             [image[0], video_pixels[0], codec_video],
@@ -133,7 +143,9 @@ def run_demo(video: Path, checkpoint: str | None, frames: int, codec_frames: int
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--video", type=Path, default=None, help="video file (default: a public sample clip)")
-    parser.add_argument("--encoder", default=None, help="OV-Encoder checkpoint directory (default: random demo)")
+    parser.add_argument(
+        "--encoder", default=None, help="OV-Encoder checkpoint directory (default: random demo)"
+    )
     parser.add_argument("--frames", type=int, default=8, help="frames sampled uniformly from the clip")
     parser.add_argument("--codec-frames", type=int, default=32, help="frames the codec reader samples")
     args = parser.parse_args(argv)

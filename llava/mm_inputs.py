@@ -147,6 +147,13 @@ class VideoOptions:
             raise ValueError(f"video mode must be one of {VIDEO_MODES}, got {self.mode!r}")
 
 
+def codec_options(frames: int, images: int, canvas: int, patch_size: int) -> Stage1Params:
+    """The LLaVA codec configuration with ``frames`` sampled (T), ``images`` mosaics (N) of ``canvas``
+    pixels, cut in the encoder's ``patch_size`` (the trainer, the chat CLI and the predictor agree)."""
+    return LLAVA_CODEC.replace(sequence_length=frames, keep_frames_equiv=images, square_size=canvas,
+                               patch_size=patch_size)
+
+
 def open_image(path: str | os.PathLike) -> Image.Image:
     """An image file as RGB, or :class:`ImageReadError` naming the file."""
     try:
@@ -306,6 +313,7 @@ __all__ = [
     "VideoOptions",
     "VisualInputs",
     "VisualProcessor",
+    "codec_options",
     "is_image_path",
     "open_image",
 ]

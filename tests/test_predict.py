@@ -1,4 +1,5 @@
-"""llava.eval.predict: held-out records answered with the training pipeline's prompts; batched = each alone."""
+"""llava.eval.predict: held-out records answered with the training pipeline's prompts;
+batched = each alone."""
 
 from __future__ import annotations
 
@@ -32,8 +33,8 @@ def _run(setup, out_name, *extra):
     root, checkpoint, data = setup
     out = root / out_name
     code = predict.main(["--model-path", checkpoint, "--data", data, "--out", str(out), "--image-folder",
-                         str(root / "records"), "--video-folder", str(root / "records"), "--max-new-tokens", "6",
-                         *PREDICT_CODEC, *extra])
+                         str(root / "records"), "--video-folder", str(root / "records"),
+                         "--max-new-tokens", "6", *PREDICT_CODEC, *extra])
     return code, [json.loads(line) for line in out.read_text().splitlines()]
 
 
@@ -54,8 +55,9 @@ def test_the_prompt_is_the_training_sample_up_to_the_reply(setup):
     """The model is asked exactly what it was trained on: prompt ids are a prefix of the training ids."""
     root, checkpoint, data = setup
     tokenizer, model, processor, _ = load_pretrained_model(checkpoint)
-    data_args = DataArguments(data_path=data, image_folder=str(root / "records"), video_folder=str(root / "records"),
-                              codec_frames=8, codec_canvas=64, codec_images=2)
+    data_args = DataArguments(data_path=data, image_folder=str(root / "records"),
+                              video_folder=str(root / "records"), codec_frames=8, codec_canvas=64,
+                              codec_images=2)
     visual = VisualProcessor(processor, model.config, video_options(data_args, processor.patch_size))
     dataset = SupervisedDataset(data, tokenizer, visual, data_args, "qwen_1_5")
     for i in range(len(KINDS)):

@@ -19,8 +19,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _script(name: str, env: dict, *args: str, timeout: int = 60) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", str(REPO / "scripts" / name), *args], cwd=REPO, capture_output=True, text=True,
-                          env={**os.environ, "PYTHON": sys.executable, **env}, timeout=timeout)
+    return subprocess.run(["bash", str(REPO / "scripts" / name), *args], cwd=REPO, capture_output=True,
+                          text=True, env={**os.environ, "PYTHON": sys.executable, **env}, timeout=timeout)
 
 
 # ---------------------------------------------------------------- the tiny preset
@@ -61,7 +61,8 @@ def test_the_tiny_checkpoint_chats_as_the_evaluator_answers(tiny_run):
     out, stdout = tiny_run
     heldout = [json.loads(line) for line in (out / "data" / "heldout.jsonl").read_text().splitlines()]
     record = next(r for r in heldout if r["task"] == "video_colour")
-    predictions = {p["id"]: p["prediction"] for p in map(json.loads, (out / "heldout_predictions.jsonl").open())}
+    predictions = {p["id"]: p["prediction"]
+                   for p in map(json.loads, (out / "heldout_predictions.jsonl").open())}
     answer = next(line for line in stdout.splitlines() if line.startswith("assistant:"))
     assert answer.removeprefix("assistant:").strip() == predictions[record["id"]].strip()
     assert f"(held-out answer: {record['answer']})" in stdout
@@ -84,11 +85,13 @@ def _train_flags(command: list[str]):
 def test_the_sft_script_defaults_are_the_seed_recipe():
     command = _dry_run("sft_ov_encoder.sh")
     assert command[:3] == [sys.executable, "-m", "torch.distributed.run"]
-    assert command[command.index("--nproc_per_node") + 1] == "8" and command[command.index("--nnodes") + 1] == "1"
+    assert (command[command.index("--nproc_per_node") + 1] == "8"
+            and command[command.index("--nnodes") + 1] == "1")
     flags = _train_flags(command)
     assert flags.model_name_or_path == "Qwen/Qwen3-4B-Instruct-2507"
     assert flags.vision_tower == "lmms-lab/onevision-encoder-large" and flags.version == "qwen_1_5"
-    assert flags.deepspeed == "scripts/zero3.json" and flags.bf16 is True and flags.gradient_checkpointing is True
+    assert (flags.deepspeed == "scripts/zero3.json" and flags.bf16 is True
+            and flags.gradient_checkpointing is True)
     assert flags.mm_tunable_parts == "mm_vision_tower,mm_mlp_adapter,mm_language_model"
     assert (flags.learning_rate, flags.mm_vision_tower_lr) == (1e-5, 2e-6)
     assert (flags.per_device_train_batch_size, flags.gradient_accumulation_steps) == (1, 16)
@@ -101,20 +104,22 @@ def test_the_sft_script_defaults_are_the_seed_recipe():
     assert flags.pretrain_mm_mlp_adapter == f"{pretrain.output_dir}/mm_projector.bin"
     assert pretrain.tune_mm_mlp_adapter is True and pretrain.mm_tunable_parts == "mm_mlp_adapter"
     assert pretrain.version == "plain" and pretrain.deepspeed == "scripts/zero2.json"
-    assert (pretrain.learning_rate, pretrain.per_device_train_batch_size, pretrain.gradient_accumulation_steps) == (
-        1e-3, 16, 2)
+    assert (pretrain.learning_rate, pretrain.per_device_train_batch_size,
+            pretrain.gradient_accumulation_steps) == (1e-3, 16, 2)
 
 
 def test_the_environment_overrides_the_recipe_and_chooses_the_launcher():
-    env = dict(LLM_VERSION="my/llm", VISION_MODEL_VERSION="my/encoder", DATA_PATH="d.yaml", IMAGE_FOLDER="img",
-               VIDEO_FOLDER="vid", OUTPUT_DIR="out", DEEPSPEED="scripts/zero3_offload.json", NUM_GPUS="4",
+    env = dict(LLM_VERSION="my/llm", VISION_MODEL_VERSION="my/encoder", DATA_PATH="d.yaml",
+               IMAGE_FOLDER="img", VIDEO_FOLDER="vid", OUTPUT_DIR="out",
+               DEEPSPEED="scripts/zero3_offload.json", NUM_GPUS="4",
                NNODES="2", NODE_RANK="1", MASTER_ADDR="10.0.0.7", MASTER_PORT="29601")
     command = _dry_run("sft_ov_encoder.sh", **env)
     for flag, value in [("--nproc_per_node", "4"), ("--nnodes", "2"), ("--node_rank", "1"),
                         ("--master_addr", "10.0.0.7"), ("--master_port", "29601")]:
         assert command[command.index(flag) + 1] == value
     flags = _train_flags(command)
-    assert (flags.model_name_or_path, flags.vision_tower, flags.data_path) == ("my/llm", "my/encoder", "d.yaml")
+    assert (flags.model_name_or_path, flags.vision_tower, flags.data_path) == (
+        "my/llm", "my/encoder", "d.yaml")
     assert (flags.image_folder, flags.video_folder, flags.output_dir) == ("img", "vid", "out")
     assert flags.deepspeed == "scripts/zero3_offload.json"
 

@@ -29,20 +29,24 @@ UPSTREAM_SFT = """
     --mm_patch_merge_type flat --bf16 True --run_name run --output_dir out --num_train_epochs 1
     --per_device_train_batch_size 1 --gradient_accumulation_steps 16 --save_strategy steps --save_steps 500
     --save_total_limit 20 --learning_rate 1e-5 --logging_steps 1 --tf32 True --model_max_length 321120
-    --gradient_checkpointing True --dataloader_num_workers 1 --lazy_preprocess True --dataloader_drop_last True
+    --gradient_checkpointing True --dataloader_num_workers 1 --lazy_preprocess True
+    --dataloader_drop_last True
     --attn_implementation flash_attention_2
 """
 UPSTREAM_PRETRAIN = """
     --deepspeed scripts/zero2.json --model_name_or_path Qwen/Qwen3-4B-Instruct-2507 --version plain
-    --data_path blip_laion_cc_sbu_558k.json --image_folder image_root --vision_tower lmms-lab/onevision-encoder-large
+    --data_path blip_laion_cc_sbu_558k.json --image_folder image_root
+    --vision_tower lmms-lab/onevision-encoder-large
     --mm_tunable_parts=mm_mlp_adapter --mm_vision_select_layer -2 --mm_projector_type mlp2x_gelu
-    --mm_use_im_start_end False --mm_use_im_patch_token False --bf16 True --output_dir out --num_train_epochs 1
+    --mm_use_im_start_end False --mm_use_im_patch_token False --bf16 True --output_dir out
+    --num_train_epochs 1
     --per_device_train_batch_size 16 --per_device_eval_batch_size 4 --gradient_accumulation_steps 2
     --mm_patch_merge_type flat --save_strategy no --save_steps 50000 --learning_rate 1e-3 --weight_decay 0.
     --warmup_ratio 0.03 --lr_scheduler_type cosine --logging_steps 1 --tf32 True --model_max_length 8192
     --gradient_checkpointing True --dataloader_num_workers 16 --lazy_preprocess True --run_name run
 """
-OURS = """--lora_enable True --lora_r 8 --lora_alpha 16 --lora_dropout 0.0 --lora_bias none --mm_projector_lr 2e-5
+OURS = """--lora_enable True --lora_r 8 --lora_alpha 16 --lora_dropout 0.0 --lora_bias none
+    --mm_projector_lr 2e-5
     --tune_mm_mlp_adapter False --video_mode frames --frames_upbound 16 --codec_frames 64 --codec_images 8
     --codec_canvas 576 --packing True --bad_record_limit 0.05 --video_folder videos"""
 
@@ -67,8 +71,10 @@ def _dataset(start, records, kinds, tmp_path, **data):
     path = write_jsonl(tmp_path / "data.jsonl", [by_kind[k] for k in kinds])
     data_args = DataArguments(data_path=path, image_folder=str(root), video_folder=str(root), codec_frames=8,
                               codec_images=2, codec_canvas=64, **data)
-    model_args = ModelArguments(model_name_or_path=start[0], vision_tower=start[1], mm_projector_type="mlp2x_gelu")
-    training_args = TrainingArguments(output_dir=str(tmp_path / "out"), report_to="none", model_max_length=2048)
+    model_args = ModelArguments(model_name_or_path=start[0], vision_tower=start[1],
+                                mm_projector_type="mlp2x_gelu")
+    training_args = TrainingArguments(output_dir=str(tmp_path / "out"), report_to="none",
+                                      model_max_length=2048)
     tokenizer = build_tokenizer(model_args, training_args)
     model = build_model(model_args, data_args, training_args)
     processor = load_image_processor(start[0], None, model)
@@ -87,14 +93,16 @@ def test_the_upstream_scripts_flags_parse(flags):
     from llava.train.arguments import ModelArguments, TrainingArguments
 
     parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
-    namespace = parser.parse_args(shlex.split(flags))  # types and names only: no GPU checks on this CPU machine
+    # types and names only: no GPU checks on this CPU machine
+    namespace = parser.parse_args(shlex.split(flags))
     assert namespace.version in ("qwen_1_5", "plain") and namespace.mm_projector_type == "mlp2x_gelu"
     assert namespace.mm_vision_select_layer == -2 and namespace.lazy_preprocess is True
     if "tf32" in flags and "--mm_vision_tower_lr" in flags:
         assert namespace.mm_vision_tower_lr == 2e-6 and namespace.group_by_modality_length is True
         assert namespace.model_max_length == 321120 and namespace.attn_implementation == "flash_attention_2"
     if "--packing" in flags:
-        assert namespace.lora_enable is True and namespace.packing is True and namespace.bad_record_limit == 0.05
+        assert (namespace.lora_enable is True and namespace.packing is True
+                and namespace.bad_record_limit == 0.05)
 
 
 @pytest.fixture
@@ -125,7 +133,8 @@ def test_flags_build_the_arguments_and_refuse_unsupported_options(tmp_path, no_d
 @pytest.mark.parametrize("video_mode", ["codec", "frames"])
 def test_every_record_kind_through_dataset_and_collator(start, records, tmp_path, video_mode):
     kinds = ["text", "image", "images", "codec", "clip", "video"]
-    dataset, tokenizer, model = _dataset(start, records, kinds, tmp_path, video_mode=video_mode, frames_upbound=4)
+    dataset, tokenizer, model = _dataset(start, records, kinds, tmp_path, video_mode=video_mode,
+                                         frames_upbound=4)
     samples = [dataset[i] for i in range(len(kinds))]
     expected = {
         "text": ([], 0), "image": (["image"], 1), "images": (["image", "image"], 2), "codec": (["codec"], 2),
@@ -134,14 +143,16 @@ def test_every_record_kind_through_dataset_and_collator(start, records, tmp_path
     for kind, sample in zip(kinds, samples):
         modalities, placeholders = expected[kind]
         assert sample.visual.modalities == modalities, kind
-        assert int((sample.input_ids == IMAGE_TOKEN_INDEX).sum()) == placeholders == sample.visual.num_placeholders
+        assert (int((sample.input_ids == IMAGE_TOKEN_INDEX).sum()) == placeholders
+                == sample.visual.num_placeholders)
         assert sample.labels[sample.input_ids == IMAGE_TOKEN_INDEX].eq(IGNORE_INDEX).all()
         supervised = tokenizer.decode(sample.labels[sample.labels != IGNORE_INDEX])
         answer = records[1][kind]["conversations"][1]["value"]
         assert supervised == answer + "<|im_end|>", kind  # only the reply and its end token
     codec_sample, video_sample = samples[3], samples[5]
     if video_mode == "codec":  # the raw video read online equals its precomputed (lossless) pack
-        torch.testing.assert_close(video_sample.visual.images[0], codec_sample.visual.images[0], rtol=0, atol=0)
+        torch.testing.assert_close(video_sample.visual.images[0], codec_sample.visual.images[0],
+                                   rtol=0, atol=0)
         assert torch.equal(video_sample.visual.patch_positions[0], codec_sample.visual.patch_positions[0])
     else:
         assert video_sample.visual.images[0].shape[1] == 4  # frames_upbound frames
@@ -227,9 +238,11 @@ def test_bad_records_are_replaced_counted_and_named(start, records, tmp_path):
     sample = dataset[0]  # the six bad records are skipped on the way to the text record
     assert [b.id for b in sample.bad] == [r["id"] for r in bad]
     reasons = [b.reason for b in sample.bad]
-    assert "nope.png" in reasons[0] and "cannot read image" in reasons[1] and "gone.mp4: file not found" in reasons[2]
+    assert ("nope.png" in reasons[0] and "cannot read image" in reasons[1]
+            and "gone.mp4: file not found" in reasons[2])
     assert "turn 0" in reasons[3] and "0 <image> placeholders but its media take 1" in reasons[4]
-    assert "short.npy: positions has K=5 rows" in reasons[5] and all(b.where.startswith(path + ":") for b in sample.bad)
+    assert ("short.npy: positions has K=5 rows" in reasons[5]
+            and all(b.where.startswith(path + ":") for b in sample.bad))
     assert sample.visual.modalities == [] and len(dataset[6].bad) == 0
 
 
@@ -249,11 +262,12 @@ def test_too_many_bad_records_stop_the_run_with_a_clear_error(start, records, tm
 
 
 def test_configuration_errors_exit_before_training(start, tmp_path, capsys):
-    assert train_module.main(train_args(*start, str(tmp_path / "none.jsonl"), str(tmp_path), str(tmp_path / "o"))) == 2
+    assert train_module.main(train_args(*start, str(tmp_path / "none.jsonl"), str(tmp_path),
+                                        str(tmp_path / "o"))) == 2
     assert "none.jsonl" in capsys.readouterr().err
 
 
-# ---------------------------------------------------------------- saving kinds, logits equal the trained model
+# --------------------------------------------------------------- saving kinds, logits equal the trained model
 def _logits(model, tokenizer, records):
     with torch.no_grad():
         return model.eval()(**probe_inputs(records[0], model, tokenizer)).logits
@@ -277,7 +291,8 @@ def test_every_checkpoint_kind_loads_with_the_trained_models_logits(start, recor
         assert "mm_projector.bin" in files and "model.safetensors" not in files
         _, loaded, _, _ = load_pretrained_model(str(out), model_base=start[0], torch_dtype=torch.float32)
     elif kind == "lora":
-        assert {"adapter_config.json", "non_lora_trainables.bin"} <= files and "model.safetensors" not in files
+        assert ({"adapter_config.json", "non_lora_trainables.bin"} <= files
+                and "model.safetensors" not in files)
         for merge in (False, True):
             _, loaded, _, _ = load_pretrained_model(str(out), model_base=start[0], torch_dtype=torch.float32,
                                                     merge_lora=merge)
@@ -291,7 +306,8 @@ def test_every_checkpoint_kind_loads_with_the_trained_models_logits(start, recor
 def test_vision_tower_and_projector_learning_rates_and_no_decay_groups(start, records, tmp_path):
     root, by_kind = records
     path = write_jsonl(tmp_path / "d.jsonl", [by_kind["text"], by_kind["image"]])
-    trainer, _ = train_module.setup(train_args(*start, path, str(root), str(tmp_path / "o"), "--max_steps", "1",
+    trainer, _ = train_module.setup(train_args(*start, path, str(root), str(tmp_path / "o"),
+                                               "--max_steps", "1",
                                                "--mm_vision_tower_lr", "2e-6", "--mm_projector_lr", "3e-4",
                                                "--weight_decay", "0.1"))
     optimizer = trainer.create_optimizer()
@@ -318,7 +334,8 @@ def test_every_trainable_parameter_gets_a_gradient(start, records, tmp_path):
     its post-norm and head never reach the loss, so they are frozen; everything else trains."""
     root, by_kind = records
     path = write_jsonl(tmp_path / "d.jsonl", [by_kind["image"], by_kind["codec"]])
-    trainer, _ = train_module.setup(train_args(*start, path, str(root), str(tmp_path / "o"), "--max_steps", "1"))
+    trainer, _ = train_module.setup(train_args(*start, path, str(root), str(tmp_path / "o"),
+                                               "--max_steps", "1"))
     model = trainer.model
     batch = next(iter(trainer.get_train_dataloader()))
     model(**batch).loss.backward()
@@ -327,7 +344,8 @@ def test_every_trainable_parameter_gets_a_gradient(start, records, tmp_path):
     frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
     tower = model.get_model().vision_tower.vision_tower
     last = len(tower.encoder.layers) - 1
-    assert frozen and all(f"encoder.layers.{last}." in n or "layernorm_post" in n or ".head." in n for n in frozen)
+    assert frozen and all(f"encoder.layers.{last}." in n or "layernorm_post" in n or ".head." in n
+                          for n in frozen)
     assert any("vision_tower" in n and "encoder.layers.0." in n for n in trainable)
 
 
@@ -337,15 +355,18 @@ def test_a_killed_and_resumed_run_logs_the_same_losses(start, records, tmp_path)
     import sys
 
     root, by_kind = records
-    path = write_jsonl(tmp_path / "d.jsonl", [by_kind[k] for k in ("text", "image", "images", "codec", "clip")] * 2)
+    path = write_jsonl(tmp_path / "d.jsonl",
+                       [by_kind[k] for k in ("text", "image", "images", "codec", "clip")] * 2)
     common = ["--max_steps", "8", "--group_by_modality_length", "True", "--lr_scheduler_type", "linear"]
     whole = train_module.train(train_args(*start, path, str(root), str(tmp_path / "whole"), *common))
     assert whole["steps"] == 8
-    expected = [e["loss"] for e in json.loads((tmp_path / "whole" / "trainer_state.json").read_text())["log_history"]
+    expected = [e["loss"]
+                for e in json.loads((tmp_path / "whole" / "trainer_state.json").read_text())["log_history"]
                 if "loss" in e]
 
     out = tmp_path / "killed"
-    argv = train_args(*start, path, str(root), str(out), *common, "--save_strategy", "steps", "--save_steps", "3")
+    argv = train_args(*start, path, str(root), str(out), *common, "--save_strategy", "steps",
+                      "--save_steps", "3")
     process = subprocess.Popen([sys.executable, "-m", "llava.train.train", *argv], stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
     try:

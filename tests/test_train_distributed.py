@@ -43,7 +43,8 @@ def test_two_process_deepspeed_run_saves_a_checkpoint_with_the_trained_logits(se
     argv = train_args(llm, encoder, data, str(root / "records"), str(out), "--max_steps", "3",
                       "--deepspeed", str(REPO / "scripts" / f"{stage}.json"), "--use_cpu", "True",
                       "--ddp_backend", "gloo")
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+               "--master_port", str(_free_port()),
                str(REPO / "tests" / "distributed_sft.py"), str(root / "records"), "--", *argv]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, cwd=REPO)

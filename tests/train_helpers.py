@@ -1,4 +1,5 @@
-"""Shared by the training tests: a tiny training start and a small dataset of every record kind, real files."""
+"""Shared by the training tests: a tiny training start and a small dataset of every record kind,
+real files."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ CODEC = LLAVA_CODEC.replace(sequence_length=8, square_size=64, keep_frames_equiv
 CODEC_FLAGS = ["--codec_frames", "8", "--codec_canvas", "64", "--codec_images", "2"]
 
 
-def write_video(path: Path, frames: int = 16, width: int = 64, height: int = 48, codec: str = "libx264", seed: int = 0):
+def write_video(path: Path, frames: int = 16, width: int = 64, height: int = 48, codec: str = "libx264",
+                seed: int = 0):
     """A clip with a bright square moving right over a noisy background."""
     rng = np.random.default_rng(seed)
     background = rng.integers(20, 90, (height, width, 3), dtype=np.uint8)
@@ -58,14 +60,16 @@ def write_records(root: Path) -> dict:
     np.save(root / "positions_thw.npy", codec.positions)
     records = {
         "text": {"id": "text", "conversations": conversation("What is two plus two?", "Four.")},
-        "image": {"id": "image", "image": "image0.png", "conversations": conversation("<image>\nWhat is it?", "Noise.")},
+        "image": {"id": "image", "image": "image0.png",
+                  "conversations": conversation("<image>\nWhat is it?", "Noise.")},
         "images": {"id": "images", "image": ["image0.png", "image1.png"],
                    "conversations": conversation("<image>\n<image>\nSame?", "No.")},
         "codec": {"id": "codec", "image": mosaics, "positions_thw": str(root / "positions_thw.npy"),
                   "conversations": conversation("<image>\n<image>\nWhich way?", "Right.")},
         "clip": {"id": "clip", "image": [f"frame{i}.png" for i in range(8)],
                  "conversations": conversation("\n".join(["<image>"] * 8) + "\nBrighter?", "Yes.")},
-        "video": {"id": "video", "video": "clip.mp4", "conversations": conversation("<image>\nWhich way?", "Right.")},
+        "video": {"id": "video", "video": "clip.mp4",
+                  "conversations": conversation("<image>\nWhich way?", "Right.")},
     }
     return records
 

@@ -14,14 +14,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-import torch
 from transformers import TextStreamer
 
 from ..chat import ChatSession
+from ..cli_options import add_checkpoint_arguments, add_video_arguments, load_checkpoint, video_options
 from ..conversation import conv_templates
-from ..mm_inputs import VIDEO_MODES, MediaError, VideoOptions, VisualInputs, VisualProcessor
-from ..model.builder import load_pretrained_model
-from ..video_io import LLAVA_CODEC
+from ..mm_inputs import MediaError, VisualInputs, VisualProcessor
 
 EXIT_WORDS = {"exit", "quit"}
 
@@ -41,15 +39,8 @@ def read_question(interactive: bool) -> str | None:
 
 
 def chat(args: argparse.Namespace) -> int:
-    tokenizer, model, image_processor, _ = load_pretrained_model(
-        args.model_path, args.model_base, torch_dtype=torch.float32 if args.device == "cpu" else "auto"
-    )
-    model.to(args.device)
-    codec = LLAVA_CODEC.replace(
-        sequence_length=args.codec_frames, square_size=args.codec_canvas, keep_frames_equiv=args.codec_images
-    )
-    video = VideoOptions(args.video_mode, args.frames, codec=codec)
-    processor = VisualProcessor(image_processor, model.config, video)
+    tokenizer, model, image_processor = load_checkpoint(args)
+    processor = VisualProcessor(image_processor, model.config, video_options(args, image_processor.patch_size))
     if args.image:
         visual = VisualInputs.concat(processor.image(path) for path in args.image)
     elif args.video:
@@ -66,26 +57,15 @@ def chat(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model-path", required=True, help="LLaVA-OV checkpoint directory")
-    parser.add_argument("--model-base", default=None, help="base checkpoint for LoRA / projector-only checkpoints")
+    add_checkpoint_arguments(parser)
     media = parser.add_mutually_exclusive_group()
     media.add_argument("--image", nargs="+", default=None, help="one or more image files")
     media.add_argument("--video", default=None, help="a video file")
-    parser.add_argument("--video-mode", choices=VIDEO_MODES, default="codec",
-                        help="codec: codec-style patch mosaics (cv_reader); frames: uniformly sampled frames")
-    parser.add_argument("--frames", type=int, default=VideoOptions.frames_upbound,
-                        help="frames sampled in --video-mode frames")
-    parser.add_argument("--codec-frames", type=int, default=LLAVA_CODEC.sequence_length,
-                        help="frames the codec reader samples (T)")
-    parser.add_argument("--codec-canvas", type=int, default=LLAVA_CODEC.square_size,
-                        help="codec canvas side in pixels")
-    parser.add_argument("--codec-images", type=int, default=LLAVA_CODEC.keep_frames_equiv,
-                        help="codec mosaics per video (N)")
+    add_video_arguments(parser)
     parser.add_argument("--conv-mode", choices=sorted(conv_templates), default=None,
                         help="conversation template (default: from the checkpoint's LLM)")
     parser.add_argument("--temperature", type=float, default=0.2)
     parser.add_argument("--max-new-tokens", type=int, default=512)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     return parser
 
 

@@ -25,30 +25,51 @@ TUNABLE_PARTS = ("mm_vision_tower", "mm_mlp_adapter", "mm_language_model")
 class ModelArguments:
     model_name_or_path: str = field(
         default=None,
-        metadata={"help": "a language model (Qwen2 / Qwen3 checkpoint) to build LLaVA on, or a LLaVA checkpoint to continue"},
+        metadata={
+            "help": "a language model (Qwen2 / Qwen3 checkpoint) to build LLaVA on, "
+            "or a LLaVA checkpoint to continue"
+        },
     )
     model_class_name: str | None = field(
-        default=None, metadata={"help": "LLaVA-NeXT's class override, e.g. LlavaQwen or LlavaQwen3 (default: from the config)"}
+        default=None,
+        metadata={
+            "help": "LLaVA-NeXT's class override, e.g. LlavaQwen or LlavaQwen3 (default: from the config)"
+        },
     )
     version: str = field(default="qwen_1_5", metadata={"help": "conversation template (llava.conversation)"})
     mm_tunable_parts: str | None = field(
         default=None,
-        metadata={"help": "comma list of mm_vision_tower, mm_mlp_adapter, mm_language_model; overrides the legacy flags"},
+        metadata={
+            "help": "comma list of mm_vision_tower, mm_mlp_adapter, mm_language_model; "
+            "overrides the legacy flags"
+        },
     )
     freeze_backbone: bool = field(default=False, metadata={"help": "legacy: freeze the language model"})
     tune_mm_mlp_adapter: bool = field(
-        default=False, metadata={"help": "projector pre-training: train only the projector, save only mm_projector.bin"}
+        default=False,
+        metadata={"help": "projector pre-training: train only the projector, save only mm_projector.bin"},
     )
     tune_mm_vision_resampler: bool = False
-    vision_tower: str | None = field(default=None, metadata={"help": "OV-Encoder checkpoint (directory or hub id)"})
-    vision_tower_pretrained: str | None = field(
-        default=None, metadata={"help": "encoder weights to load into the tower (default: those of --vision_tower)"}
+    vision_tower: str | None = field(
+        default=None, metadata={"help": "OV-Encoder checkpoint (directory or hub id)"}
     )
-    unfreeze_mm_vision_tower: bool = field(default=False, metadata={"help": "legacy: also train the vision tower"})
+    vision_tower_pretrained: str | None = field(
+        default=None,
+        metadata={"help": "encoder weights to load into the tower (default: those of --vision_tower)"},
+    )
+    unfreeze_mm_vision_tower: bool = field(
+        default=False, metadata={"help": "legacy: also train the vision tower"}
+    )
     unfreeze_language_model: bool = False
-    mm_vision_select_layer: int = field(default=-2, metadata={"help": "encoder hidden_states entry fed to the projector"})
-    pretrain_mm_mlp_adapter: str | None = field(default=None, metadata={"help": "mm_projector.bin to start from"})
-    mm_projector_type: str = field(default="linear", metadata={"help": "linear, mlp{N}x_gelu or spatial_merge"})
+    mm_vision_select_layer: int = field(
+        default=-2, metadata={"help": "encoder hidden_states entry fed to the projector"}
+    )
+    pretrain_mm_mlp_adapter: str | None = field(
+        default=None, metadata={"help": "mm_projector.bin to start from"}
+    )
+    mm_projector_type: str = field(
+        default="linear", metadata={"help": "linear, mlp{N}x_gelu or spatial_merge"}
+    )
     mm_use_im_start_end: bool = False
     mm_use_im_patch_token: bool = False
     mm_patch_merge_type: str = "flat"
@@ -69,31 +90,62 @@ class ModelArguments:
 class DataArguments:
     data_path: str = field(
         default=None,
-        metadata={"help": "training data: .json / .jsonl, a {a,b}.json brace list or a .yaml mixture (cv_reader.dataset)"},
+        metadata={
+            "help": "training data: .json / .jsonl, a {a,b}.json brace list "
+            "or a .yaml mixture (cv_reader.dataset)"
+        },
     )
-    lazy_preprocess: bool = field(default=True, metadata={"help": "accepted for LLaVA scripts; samples are always built lazily"})
+    lazy_preprocess: bool = field(
+        default=True, metadata={"help": "accepted for LLaVA scripts; samples are always built lazily"}
+    )
     is_multimodal: bool = False
-    early_mix_text: bool = field(default=False, metadata={"help": "group text-only samples with multimodal ones"})
-    image_folder: str | None = field(default=None, metadata={"help": "root of relative image and mosaic paths"})
-    image_aspect_ratio: str = field(default="native", metadata={"help": "native, pad, anyres or anyres_max_N"})
-    image_grid_pinpoints: str | None = field(default=None, metadata={"help": "anyres resolutions, e.g. \"[(576, 1152), ...]\""})
+    early_mix_text: bool = field(
+        default=False, metadata={"help": "group text-only samples with multimodal ones"}
+    )
+    image_folder: str | None = field(
+        default=None, metadata={"help": "root of relative image and mosaic paths"}
+    )
+    image_aspect_ratio: str = field(
+        default="native", metadata={"help": "native, pad, anyres or anyres_max_N"}
+    )
+    image_grid_pinpoints: str | None = field(
+        default=None, metadata={"help": "anyres resolutions, e.g. \"[(576, 1152), ...]\""}
+    )
     image_tile_size: int | None = field(
         default=None, metadata={"help": "anyres tile side (pinpoints must be multiples of it; default 448)"}
     )
     image_crop_resolution: int | None = None
     image_split_resolution: int | None = None
     video_folder: str | None = field(default=None, metadata={"help": "root of relative video paths"})
-    video_mode: str = field(default="codec", metadata={"help": "raw videos as codec patches (online) or uniform frames", "choices": VIDEO_MODES})
-    video_fps: float | None = field(default=None, metadata={"help": "frames mode: sample this many frames per second"})
+    video_mode: str = field(
+        default="codec",
+        metadata={"help": "raw videos as codec patches (online) or uniform frames", "choices": VIDEO_MODES},
+    )
+    video_fps: float | None = field(
+        default=None, metadata={"help": "frames mode: sample this many frames per second"}
+    )
     frames_upbound: int = field(default=32, metadata={"help": "frames mode: at most this many frames"})
-    force_sample: bool = field(default=False, metadata={"help": "frames mode: always exactly frames_upbound frames"})
-    add_time_instruction: bool = field(default=False, metadata={"help": "frames mode: say the frame times in the prompt"})
-    codec_frames: int = field(default=LLAVA_CODEC.sequence_length, metadata={"help": "codec: frames sampled (T)"})
-    codec_images: int = field(default=LLAVA_CODEC.keep_frames_equiv, metadata={"help": "codec: mosaics per video (N)"})
-    codec_canvas: int = field(default=LLAVA_CODEC.square_size, metadata={"help": "codec: canvas side in pixels"})
+    force_sample: bool = field(
+        default=False, metadata={"help": "frames mode: always exactly frames_upbound frames"}
+    )
+    add_time_instruction: bool = field(
+        default=False, metadata={"help": "frames mode: say the frame times in the prompt"}
+    )
+    codec_frames: int = field(
+        default=LLAVA_CODEC.sequence_length, metadata={"help": "codec: frames sampled (T)"}
+    )
+    codec_images: int = field(
+        default=LLAVA_CODEC.keep_frames_equiv, metadata={"help": "codec: mosaics per video (N)"}
+    )
+    codec_canvas: int = field(
+        default=LLAVA_CODEC.square_size, metadata={"help": "codec: canvas side in pixels"}
+    )
     images_as_clip: int = field(
         default=8,
-        metadata={"help": "a record with exactly this many images and no positions_thw is one clip (upstream's 8-frame videos); 0: never"},
+        metadata={
+            "help": "a record with exactly this many images and no positions_thw is one clip "
+            "(upstream's 8-frame videos); 0: never"
+        },
     )
     bad_record_limit: float = field(
         default=0.1, metadata={"help": "stop when more than this share of the records read so far is bad"}
@@ -127,13 +179,19 @@ class TrainingArguments(transformers.TrainingArguments):
     group_by_modality_length_auto: bool = False
     verbose_logging: bool = False
     attn_implementation: str = field(default="sdpa", metadata={"help": "sdpa, eager or flash_attention_2"})
-    packing: bool = field(default=False, metadata={"help": "pack each batch's samples into rows of model_max_length"})
+    packing: bool = field(
+        default=False, metadata={"help": "pack each batch's samples into rows of model_max_length"}
+    )
     warmup_ratio: float | None = field(
-        default=None, metadata={"help": "share of the steps spent warming up (transformers 5 spells it --warmup_steps 0.03)"}
+        default=None,
+        metadata={
+            "help": "share of the steps spent warming up (transformers 5 spells it --warmup_steps 0.03)"
+        },
     )
 
     def __post_init__(self):
-        if self.warmup_ratio is not None:  # upstream scripts pass --warmup_ratio, which transformers 5 dropped
+        # upstream scripts pass --warmup_ratio, which transformers 5 dropped
+        if self.warmup_ratio is not None:
             if not 0 <= self.warmup_ratio < 1:
                 raise ValueError(f"--warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
             if self.warmup_steps:
@@ -142,7 +200,9 @@ class TrainingArguments(transformers.TrainingArguments):
         super().__post_init__()
 
 
-def check_arguments(model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments) -> None:
+def check_arguments(
+    model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments
+) -> None:
     """Refuse upstream options this project does not implement, and contradictory settings."""
     unsupported = {
         "--bits": training_args.bits != 16,
@@ -163,7 +223,9 @@ def check_arguments(model_args: ModelArguments, data_args: DataArguments, traini
     if model_args.mm_tunable_parts:
         unknown = set(parts_of(model_args.mm_tunable_parts)) - set(TUNABLE_PARTS)
         if unknown:
-            raise ValueError(f"--mm_tunable_parts: unknown part(s) {sorted(unknown)}; choose from {TUNABLE_PARTS}")
+            raise ValueError(
+                f"--mm_tunable_parts: unknown part(s) {sorted(unknown)}; choose from {TUNABLE_PARTS}"
+            )
     if data_args.add_time_instruction and data_args.video_mode != "frames":
         raise ValueError("--add_time_instruction needs --video_mode frames (codec inputs have no frame list)")
     if not 0 <= data_args.bad_record_limit <= 1:
@@ -178,4 +240,11 @@ def parts_of(value: str | None) -> list[str]:
     return [part.strip() for part in (value or "").split(",") if part.strip()]
 
 
-__all__ = ["TUNABLE_PARTS", "DataArguments", "ModelArguments", "TrainingArguments", "check_arguments", "parts_of"]
+__all__ = [
+    "TUNABLE_PARTS",
+    "DataArguments",
+    "ModelArguments",
+    "TrainingArguments",
+    "check_arguments",
+    "parts_of",
+]

@@ -37,9 +37,8 @@ from torch.utils.data import Dataset
 
 from ..constants import DEFAULT_IMAGE_TOKEN, IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from ..conversation import SeparatorStyle, get_conv_template
-from ..mm_inputs import MediaError, VideoOptions, VisualInputs, VisualProcessor
+from ..mm_inputs import MediaError, VideoOptions, VisualInputs, VisualProcessor, codec_options
 from ..preprocess import tokenize_conversation, tokenize_prompt
-from ..video_io import LLAVA_CODEC
 from .arguments import DataArguments
 
 #: Problems of a record (its media, its conversation) rather than of the code: the record is skipped.
@@ -69,12 +68,7 @@ class Sample:
 
 def video_options(data_args: DataArguments, patch_size: int) -> VideoOptions:
     """How raw videos become inputs, from the data arguments (codec cut in the encoder's patch size)."""
-    codec = LLAVA_CODEC.replace(
-        sequence_length=data_args.codec_frames,
-        keep_frames_equiv=data_args.codec_images,
-        square_size=data_args.codec_canvas,
-        patch_size=patch_size,
-    )
+    codec = codec_options(data_args.codec_frames, data_args.codec_images, data_args.codec_canvas, patch_size)
     return VideoOptions(
         mode=data_args.video_mode,
         frames_upbound=data_args.frames_upbound,
@@ -162,8 +156,8 @@ class SupervisedDataset(Dataset):
         asked the question as it learnt it.
         """
         conversations, visual = self.conversation_and_media(i)
-        human = next((t for t in conversations if str(t.get("from", t.get("role", ""))).lower() in ("human", "user")),
-                     None)
+        human = next((t for t in conversations
+                      if str(t.get("from", t.get("role", ""))).lower() in ("human", "user")), None)
         if human is None:
             raise ValueError(f"{self.where_of(i)}: no human turn to answer")
         conv = get_conv_template(self.template)
@@ -179,8 +173,8 @@ class SupervisedDataset(Dataset):
         placeholders = int((input_ids == IMAGE_TOKEN_INDEX).sum())
         if placeholders != visual.num_placeholders:
             raise ValueError(
-                f"{where}: the conversation has {placeholders} {DEFAULT_IMAGE_TOKEN} placeholders but its media take "
-                f"{visual.num_placeholders} (a codec input one per mosaic)"
+                f"{where}: the conversation has {placeholders} {DEFAULT_IMAGE_TOKEN} placeholders "
+                f"but its media take {visual.num_placeholders} (a codec input one per mosaic)"
             )
         input_ids, labels = self._truncate_text(input_ids, labels)
         return Sample(input_ids, labels, visual)
@@ -270,7 +264,8 @@ class DataCollator:
 def make_data_module(tokenizer, model, image_processor, data_args: DataArguments, template: str, pack: bool,
                      seed: int = 0) -> dict:
     """``train_dataset`` and ``data_collator`` for the Trainer."""
-    visual = VisualProcessor(image_processor, model.config, video_options(data_args, image_processor.patch_size))
+    visual = VisualProcessor(image_processor, model.config,
+                             video_options(data_args, image_processor.patch_size))
     dataset = SupervisedDataset(data_args.data_path, tokenizer, visual, data_args, template, seed=seed)
     return dict(train_dataset=dataset, data_collator=DataCollator(tokenizer.pad_token_id, pack=pack))
 

@@ -61,8 +61,12 @@ def _family_of_llm(model_type: str, class_name: str | None) -> LlavaLM:
         wanted = class_name.removesuffix("ForCausalLM") + "ForCausalLM"
         family = next((lm for lm in LLAVA_LMS.values() if lm.causal_lm_class.__name__ == wanted), None)
         if family is None:
-            names = sorted(lm.causal_lm_class.__name__.removesuffix("ForCausalLM") for lm in LLAVA_LMS.values())
-            raise ValueError(f"--model_class_name {class_name!r} is not a LLaVA family here; choose from {names}")
+            names = sorted(
+                lm.causal_lm_class.__name__.removesuffix("ForCausalLM") for lm in LLAVA_LMS.values()
+            )
+            raise ValueError(
+                f"--model_class_name {class_name!r} is not a LLaVA family here; choose from {names}"
+            )
         return family
     family = llava_lm_for_llm(model_type)
     if family is None:
@@ -90,7 +94,9 @@ def build_tokenizer(model_args: ModelArguments, training_args: TrainingArguments
 def build_model(model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments):
     """The LLaVA model to train, its multimodal config keys set from the arguments."""
     dtype = torch.bfloat16 if training_args.bf16 else (torch.float16 if training_args.fp16 else torch.float32)
-    load = dict(cache_dir=training_args.cache_dir, dtype=dtype, attn_implementation=training_args.attn_implementation)
+    load = dict(
+        cache_dir=training_args.cache_dir, dtype=dtype, attn_implementation=training_args.attn_implementation
+    )
     config = AutoConfig.from_pretrained(model_args.model_name_or_path, cache_dir=training_args.cache_dir)
     if model_args.rope_scaling_factor is not None and model_args.rope_scaling_type is not None:
         config.rope_scaling = {"type": model_args.rope_scaling_type, "factor": model_args.rope_scaling_factor}
@@ -103,9 +109,13 @@ def build_model(model_args: ModelArguments, data_args: DataArguments, training_a
     else:
         family = _family_of_llm(config.model_type, model_args.model_class_name)
         llava_config = family.config_class(**config.to_dict())
-        model = family.causal_lm_class.from_pretrained(model_args.model_name_or_path, config=llava_config, **load)
+        model = family.causal_lm_class.from_pretrained(
+            model_args.model_name_or_path, config=llava_config, **load
+        )
         if model_args.vision_tower is None:
-            raise ValueError(f"{model_args.model_name_or_path} is a plain language model: pass --vision_tower")
+            raise ValueError(
+                f"{model_args.model_name_or_path} is a plain language model: pass --vision_tower"
+            )
         model.get_model().initialize_vision_modules(
             model_args.vision_tower,
             mm_projector_type=model_args.mm_projector_type,
@@ -115,7 +125,9 @@ def build_model(model_args: ModelArguments, data_args: DataArguments, training_a
             mm_spatial_merge_size=model_args.mm_spatial_merge_size,
             image_aspect_ratio=data_args.image_aspect_ratio,
             image_grid_pinpoints=parse_pinpoints(data_args.image_grid_pinpoints),
-            vision_attn_implementation=model_args.vision_attn_implementation or _tower_attention(training_args),
+            vision_attn_implementation=(
+                model_args.vision_attn_implementation or _tower_attention(training_args)
+            ),
             pretrain_mm_mlp_adapter=model_args.pretrain_mm_mlp_adapter,
         )
         model.get_vision_tower().to(dtype=dtype)
@@ -177,7 +189,8 @@ def select_trainable(model, model_args: ModelArguments, training_args: TrainingA
 
 
 def lora_target_modules(model) -> list[str]:
-    """Names of the language model's Linear layers (LLaVA-NeXT's rule: not the tower, the projector or lm_head)."""
+    """Names of the language model's Linear layers (LLaVA-NeXT's rule: not the tower, the
+    projector or lm_head)."""
     names = set()
     for name, module in model.named_modules():
         if isinstance(module, torch.nn.Linear) and not any(part in name for part in MULTIMODAL_MODULES):
@@ -200,7 +213,8 @@ def apply_lora(model, model_args: ModelArguments, training_args: TrainingArgumen
     )
     trainable = {name for name, param in model.named_parameters() if param.requires_grad}
     model = get_peft_model(model, lora_config)
-    for name, param in model.named_parameters():  # PEFT froze the non-LoRA parameters: restore the chosen ones
+    # PEFT froze the non-LoRA parameters: restore the chosen ones
+    for name, param in model.named_parameters():
         if name.removeprefix("base_model.model.") in trainable:
             param.requires_grad_(True)
     return model

@@ -58,7 +58,9 @@ class ModalityGroupedSampler(Sampler[int]):
             indices = [i for i, m in enumerate(self.modalities) if m == modality]
             order = [indices[j] for j in torch.randperm(len(indices), generator=generator).tolist()]
             full = len(order) - len(order) % self.megabatch
-            megabatches += [sorted(order[k : k + self.megabatch], key=by_length) for k in range(0, full, self.megabatch)]
+            megabatches += [
+                sorted(order[k : k + self.megabatch], key=by_length) for k in range(0, full, self.megabatch)
+            ]
             leftovers += order[full:]
         leftovers.sort(key=by_length)
         mixed = [leftovers[k : k + self.megabatch] for k in range(0, len(leftovers), self.megabatch)]

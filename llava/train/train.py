@@ -49,7 +49,9 @@ def setup(argv: list[str] | None = None) -> tuple[LLaVATrainer, dict]:
         model_args, data_args, training_args = parse_args(argv)
     except ValueError as error:
         raise SetupError(str(error)) from error
-    logging.basicConfig(format="[%(name)s] %(message)s", level=logging.INFO if training_args.should_log else logging.WARNING)
+    logging.basicConfig(
+        format="[%(name)s] %(message)s", level=logging.INFO if training_args.should_log else logging.WARNING
+    )
     set_seed(training_args.seed)
     if training_args.deepspeed and training_args.world_size > 1:
         # ZeRO-3 partitions the weights while from_pretrained builds the model, so DeepSpeed's

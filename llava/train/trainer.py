@@ -74,8 +74,8 @@ def decay_parameter_names(model: torch.nn.Module) -> set[str]:
 
 
 class LLaVATrainer(Trainer):
-    def __init__(self, *args, image_processor=None, projector_only: bool = False, bad_record_limit: float = 0.1,
-                 malformed: int = 0, **kwargs):
+    def __init__(self, *args, image_processor=None, projector_only: bool = False,
+                 bad_record_limit: float = 0.1, malformed: int = 0, **kwargs):
         super().__init__(*args, **kwargs)
         self.image_processor = image_processor
         self.projector_only = projector_only
@@ -94,7 +94,8 @@ class LLaVATrainer(Trainer):
         pairs = [dataset.modality_and_length(i) for i in range(len(dataset))]
         return ModalityGroupedSampler(
             [m for m, _ in pairs], [n for _, n in pairs], self.args.per_device_train_batch_size,
-            world_size=self.args.world_size, seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed,
+            world_size=self.args.world_size,
+            seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed,
         )
 
     def create_optimizer(self, model=None):
@@ -125,7 +126,9 @@ class LLaVATrainer(Trainer):
         bad = inputs.pop("bad_records", [])
         if model.training:
             self._count_records(bad, read=inputs["input_ids"].shape[0] + len(bad))
-        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        loss, outputs = super().compute_loss(
+            model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch
+        )
         if model.training:
             self.samples_seen += inputs["input_ids"].shape[0]
             if getattr(outputs, "num_tokens", None) is not None:
@@ -149,7 +152,8 @@ class LLaVATrainer(Trainer):
         if self.records_read >= warmup and self.records_bad > self.bad_record_limit * self.records_read:
             raise TooManyBadRecords(
                 f"{self.records_bad} of the {self.records_read} records read so far are unusable "
-                f"({self.records_bad / self.records_read:.0%} > --bad_record_limit {self.bad_record_limit:.0%}); "
+                f"({self.records_bad / self.records_read:.0%} > --bad_record_limit "
+                f"{self.bad_record_limit:.0%}); "
                 "see the 'bad record skipped' log lines for which and why"
             )
 
@@ -173,7 +177,9 @@ class LLaVATrainer(Trainer):
 
     def _save_projector(self, model, output_dir: str) -> None:
         keys = ("mm_projector", "image_newline")
-        state = gathered_state((name, p) for name, p in model.named_parameters() if any(k in name for k in keys))
+        state = gathered_state(
+            (name, p) for name, p in model.named_parameters() if any(k in name for k in keys)
+        )
         if self.args.should_save:
             os.makedirs(output_dir, exist_ok=True)
             torch.save(state, os.path.join(output_dir, PROJECTOR_FILES[1]))
@@ -185,7 +191,8 @@ class LLaVATrainer(Trainer):
             torch.save(state, os.path.join(output_dir, NON_LORA_FILES[1]))
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
-        """Also resume the checkpoints only this trainer writes (projector-only, LoRA's full-trained parts)."""
+        """Also resume the checkpoints only this trainer writes (projector-only, LoRA's
+        full-trained parts)."""
         model = model if model is not None else self.model
         unwrapped = self.accelerator.unwrap_model(model)
         checkpoint = Path(resume_from_checkpoint)

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import string
 import sys
 from pathlib import Path
+
+from cv_reader.batch import atomic_write_bytes
 
 _SPECIAL_TOKEN = re.compile(r"<\|[^|<>]*\|>")  # <|im_end|>, <|endoftext|>, <|im_start|> ...
 _STRIP = string.punctuation + "\u2018\u2019\u201c\u201d\u00ab\u00bb"
@@ -152,10 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(error))
     print(json.dumps(result, indent=2) if args.json else format_report(result))
     if args.out:
-        out = Path(args.out)
-        staging = out.with_name(f".{out.name}.tmp")
-        staging.write_text(json.dumps(result, indent=2) + "\n")
-        os.replace(staging, out)
+        atomic_write_bytes(args.out, (json.dumps(result, indent=2) + "\n").encode("utf-8"))
     return 0
 
 

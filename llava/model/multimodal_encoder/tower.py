@@ -94,7 +94,9 @@ class OVEncoderVisionTower(nn.Module):
     ):
         super().__init__()
         if select_feature not in ("patch", "cls_patch"):
-            raise ValueError(f"mm_vision_select_feature must be 'patch' or 'cls_patch', got {select_feature!r}")
+            raise ValueError(
+                f"mm_vision_select_feature must be 'patch' or 'cls_patch', got {select_feature!r}"
+            )
         self.vision_tower_name = vision_tower_name
         self.select_layer = select_layer
         self.select_feature = select_feature
@@ -103,7 +105,9 @@ class OVEncoderVisionTower(nn.Module):
             if vision_config is None:
                 config = encoder_config_for(vision_tower_name)
             else:
-                config = OneVisionEncoderConfig(**{k: v for k, v in vision_config.items() if k != "model_type"})
+                config = OneVisionEncoderConfig(
+                    **{k: v for k, v in vision_config.items() if k != "model_type"}
+                )
             if attn_implementation is not None:
                 config._attn_implementation = attn_implementation
             self.vision_tower = OneVisionEncoderModel(config)

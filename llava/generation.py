@@ -1,0 +1,89 @@
+"""Batched inference on a loaded LLaVA-OV model: answers to many prompts, log-likelihoods of continuations.
+
+Used by the held-out predictor (``llava.eval.predict``) and the lmms-eval model
+(``llava.eval.lmms_model``). A prompt is its token ids (``llava.preprocess.tokenize_prompt``) and its
+visual inputs (``llava.mm_inputs``); a batch left-pads the ids and concatenates the visual inputs, so
+every sample of a batch gets what it would get alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+
+from .mm_inputs import VisualInputs
+
+Prompt = tuple[torch.Tensor, VisualInputs]
+
+
+@contextmanager
+def left_padding(model) -> Iterator[None]:
+    """The model re-pads the spliced sequences on the left while inside (batched generation needs it)."""
+    previous = getattr(model.config, "tokenizer_padding_side", "right")
+    model.config.tokenizer_padding_side = "left"
+    try:
+        yield
+    finally:
+        model.config.tokenizer_padding_side = previous
+
+
+def _left_padded(sequences: Sequence[torch.Tensor], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    longest = max(len(ids) for ids in sequences)
+    batch = torch.full((len(sequences), longest), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(batch)
+    for row, ids in enumerate(sequences):
+        batch[row, longest - len(ids):], mask[row, longest - len(ids):] = ids, 1
+    return batch, mask
+
+
+def generate_batch(model, tokenizer, prompts: Sequence[Prompt], stop: str = "<|im_end|>",
+                   **generate_kwargs) -> list[str]:
+    """The answer to each prompt (special tokens removed, stripped), from one ``generate`` call.
+
+    ``generate_kwargs`` go to ``model.generate`` (``max_new_tokens``, ``do_sample``, ``temperature``,
+    ``top_p``, ``num_beams``, ...); generation of a row ends at ``stop``'s token.
+    """
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    ids, mask = _left_padded([p[0] for p in prompts], pad_id)
+    visual = VisualInputs.concat(p[1] for p in prompts).to(model.device)
+    kwargs = dict(eos_token_id=tokenizer.convert_tokens_to_ids(stop), pad_token_id=pad_id, **generate_kwargs)
+    with left_padding(model), torch.inference_mode():
+        output = model.generate(ids.to(model.device), attention_mask=mask.to(model.device), **kwargs,
+                                **visual.model_kwargs())
+    return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in output]
+
+
+def continuation_logprobs(
+    model, tokenizer, requests: Sequence[tuple[torch.Tensor, torch.Tensor, VisualInputs]]
+) -> list[tuple[float, bool]]:
+    """For each ``(prompt ids, continuation ids, visual inputs)``: the summed log-probability of the
+    continuation after the prompt, and whether greedy decoding would produce exactly it.
+
+    The rows are left-padded, so every continuation ends at the last position and the LM head runs only
+    on the last ``max(len(continuation)) + 1`` positions, never on the visual tokens.
+    """
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    for _, continuation, _ in requests:
+        if len(continuation) == 0:
+            raise ValueError("a continuation needs at least one token, got an empty one")
+    sequences = [torch.cat([prompt, continuation]) for prompt, continuation, _ in requests]
+    ids, mask = _left_padded(sequences, pad_id)
+    visual = VisualInputs.concat(r[2] for r in requests).to(model.device)
+    keep = max(len(c) for _, c, _ in requests) + 1
+    with left_padding(model), torch.inference_mode():
+        logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device), use_cache=False,
+                       logits_to_keep=keep, **visual.model_kwargs()).logits.float()
+    results = []
+    for row, (_, continuation, _) in enumerate(requests):
+        n = len(continuation)
+        predicting = logits[row, -n - 1:-1]  # the positions whose next token is a continuation token
+        target = continuation.to(predicting.device)
+        logprob = F.log_softmax(predicting, dim=-1).gather(1, target[:, None]).sum()
+        results.append((float(logprob), bool((predicting.argmax(-1) == target).all())))
+    return results
+
+
+__all__ = ["Prompt", "continuation_logprobs", "generate_batch", "left_padding"]
