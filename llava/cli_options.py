@@ -20,7 +20,8 @@ from .video_io import LLAVA_CODEC
 
 def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-path", required=True, help="LLaVA-OV checkpoint directory")
-    parser.add_argument("--model-base", default=None, help="base checkpoint for LoRA / projector-only checkpoints")
+    parser.add_argument("--model-base", default=None,
+                        help="base checkpoint for LoRA / projector-only checkpoints")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
 
 

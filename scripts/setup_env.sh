@@ -7,7 +7,8 @@
 #              TORCH_SPEC (override the torch requirement, e.g. "torch==2.6.0").
 # torch is installed first and on its own: CPU machines get the pinned CPU build
 # (torch==2.13.0; an unpinned torch pulls several GB of CUDA wheels), CUDA machines the
-# default CUDA build. The project's own "torch>=2.4" is then already satisfied.
+# default CUDA build. The project's own "torch>=2.4" is then already satisfied, and the
+# project is installed with that torch version as a constraint.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -38,7 +39,12 @@ stamp="$VENV/.llava-install-$(echo "$EXTRAS" | tr ',' '-')"
 digest=$(sha256sum pyproject.toml | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$digest" ]; then
   echo "[setup] installing the project with extras [$EXTRAS]"
-  "$PY" -m pip install -q -e ".[$EXTRAS]"
+  # Keep the torch installed above: some dependencies (lmms-eval, through timm and others) ask
+  # for a torch range that pip would otherwise satisfy with a newer, several-GB CUDA build.
+  constraints=$(mktemp)
+  "$PY" -c "import torch; print('torch==' + torch.__version__.split('+')[0])" > "$constraints"
+  "$PY" -m pip install -q -e ".[$EXTRAS]" -c "$constraints"
+  rm -f "$constraints"
   echo "$digest" > "$stamp"
 fi
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from train_helpers import sharpened
 
 from llava.conversation import get_conv_template
 from llava.mm_inputs import (
@@ -30,16 +31,6 @@ ANYRES = dict(
     image_aspect_ratio="anyres", mm_patch_merge_type="spatial_unpad",
     image_grid_pinpoints=[[32, 64], [64, 32], [64, 64]], image_tile_size=32,
 )
-
-
-def sharpened(model):
-    """Larger weights, so greedy answers differ from token to token (a random tiny model repeats one)."""
-    torch.manual_seed(3)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "norm" not in name:
-                param.normal_(0, 0.3)
-    return model
 
 
 @pytest.fixture(scope="module")

@@ -23,18 +23,7 @@ def _script(name: str, env: dict, *args: str, timeout: int = 60) -> subprocess.C
                           text=True, env={**os.environ, "PYTHON": sys.executable, **env}, timeout=timeout)
 
 
-# ---------------------------------------------------------------- the tiny preset
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    """``PRESET=tiny bash scripts/sft_ov_encoder.sh`` with half the default records (about a minute)."""
-    out = tmp_path_factory.mktemp("tiny-sft")
-    env = {"PRESET": "tiny", "OUTPUT_DIR": str(out), "TRAIN_PER_TASK": "150", "HELDOUT_PER_TASK": "12",
-           "NUM_WORKERS": "0"}
-    result = _script("sft_ov_encoder.sh", env, timeout=900)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return out, result.stdout
-
-
+# ---------------------------------------------------------------- the tiny preset (tiny_run: conftest.py)
 def test_the_tiny_preset_loss_falls_clearly(tiny_run):
     out, stdout = tiny_run
     losses = [entry["loss"] for entry in json.loads((out / "trainer_state.json").read_text())["log_history"]

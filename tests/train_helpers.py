@@ -1,5 +1,5 @@
-"""Shared by the training tests: a tiny training start and a small dataset of every record kind,
-real files."""
+"""Shared by the training, input and evaluation tests: a tiny training start, a small dataset of every
+record kind (real files), and tiny models with lively answers."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 
 import av
 import numpy as np
+import torch
 from PIL import Image
 
 from llava.model.tiny import save_tiny_parts
@@ -15,6 +16,16 @@ from llava.video_io import LLAVA_CODEC
 
 CODEC = LLAVA_CODEC.replace(sequence_length=8, square_size=64, keep_frames_equiv=2)
 CODEC_FLAGS = ["--codec_frames", "8", "--codec_canvas", "64", "--codec_images", "2"]
+
+
+def sharpened(model):
+    """Larger weights, so greedy answers differ from token to token (a random tiny model repeats one)."""
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "norm" not in name:
+                param.normal_(0, 0.3)
+    return model
 
 
 def write_video(path: Path, frames: int = 16, width: int = 64, height: int = 48, codec: str = "libx264",

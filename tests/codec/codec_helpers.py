@@ -8,6 +8,7 @@ object per frame are returned so tests can check where selected patches fall.
 from __future__ import annotations
 
 import importlib.util
+import struct
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,14 +89,31 @@ def encode(
     with av.open(path, "w") as c:
         s = c.add_stream(codec, rate=rate, options=options)
         s.width, s.height, s.pix_fmt = w, h, pix_fmt
-        if rotation is not None:
-            s.set_display_rotation(rotation)
         for f in frames:
             for p in s.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")):
                 c.mux(p)
         for p in s.encode():
             c.mux(p)
+    if rotation is not None:
+        set_mp4_display_rotation(path, rotation)
     return path
+
+
+def set_mp4_display_rotation(path: str, degrees: int) -> None:
+    """Write a display rotation (counter-clockwise, as ``frame.rotation`` reports it) into the MP4's track
+    header matrix, where FFmpeg reads it. (PyAV 16 can write it with ``Stream.set_display_rotation``;
+    the PyAV that lmms-eval's pin installs cannot, and the reader must be tested there too.)"""
+    data = bytearray(Path(path).read_bytes())
+    box = data.find(b"tkhd")
+    if box < 0:
+        raise ValueError(f"{path}: no tkhd box (not an MP4?)")
+    version = data[box + 4]
+    # after the box type: version/flags, times, track id, reserved, duration, reserved, layer ... volume
+    matrix = box + 4 + (4 + 4 + 4 + 4 + 4 + 4 + 8 + 8 if version == 0 else 4 + 8 + 8 + 4 + 4 + 8 + 8 + 8)
+    c, s_ = int(round(np.cos(np.radians(degrees)))), int(round(np.sin(np.radians(degrees))))
+    values = (c << 16, -s_ << 16, 0, s_ << 16, c << 16, 0, 0, 0, 1 << 30)
+    data[matrix : matrix + 36] = struct.pack(">9i", *values)
+    Path(path).write_bytes(bytes(data))
 
 
 def decode_all_rgb(path: str) -> list[np.ndarray]:
