@@ -134,7 +134,8 @@ def test_anyres_images_of_different_sizes_in_a_batch_equal_each_alone(tmp_path, 
     assert answers[0] == answers[1] and all(answers[0])
 
 
-def test_loglikelihood_in_batches_equals_one_request_and_the_full_forward(checkpoint, media):
+@pytest.mark.parametrize("video_mode", ["codec", "frames"])
+def test_loglikelihood_in_batches_equals_one_request_and_the_full_forward(checkpoint, media, video_mode):
     from llava.conversation import get_conv_template
     from llava.preprocess import tokenize_prompt
 
@@ -142,7 +143,7 @@ def test_loglikelihood_in_batches_equals_one_request_and_the_full_forward(checkp
     continuations = ["red", "a moving square"]
     results = {}
     for batch_size in (1, 3):
-        model = _model(checkpoint, batch_size=batch_size)
+        model = _model(checkpoint, batch_size=batch_size, video_mode=video_mode, max_frames=4)
         _attach(model, docs)
         out = model.loglikelihood(_loglikelihood_requests(docs, continuations))
         assert all(isinstance(r, GenerationResult) for r in out)  # lmms-eval passes its payload through
@@ -186,21 +187,26 @@ def test_greedy_is_true_only_for_the_argmax_continuation(checkpoint, media):
 
 
 def test_multi_round_asks_each_round_the_task_gives(checkpoint, media):
-    docs = _docs(media)[:1]
+    docs = _docs(media)  # an image, a video and a text-only doc below
     model = _model(checkpoint)
     _attach(model, docs)
     seen = []
 
     def doc_to_text(doc, previous_output, round_idx, previous_round_info):
-        seen.append((round_idx, list(previous_output)))
+        seen.append((doc["q"], round_idx, list(previous_output)))
         finished = round_idx == 3
         return doc["visual"], f"Round {round_idx}: and then?", finished, previous_output, {"round": round_idx}
 
-    request = _instance("generate_until_multi_round",
-                        ("First question?", {"max_new_tokens": 4}, _visual, doc_to_text, 0, TASK, SPLIT), 0)
-    (rounds,) = model.generate_until_multi_round([request])
-    assert len(rounds) == 3 and all(isinstance(r, str) for r in rounds)
-    assert [r for r, _ in seen] == [1, 2, 3] and seen[-1][1] == rounds
+    chosen = [0, 2, 5]
+    requests = [_instance("generate_until_multi_round",
+                          ("First question?", {"max_new_tokens": 4}, _visual, doc_to_text, i, TASK, SPLIT), i)
+                for i in chosen]
+    answers = model.generate_until_multi_round(requests)
+    assert len(answers) == 3 and all(len(rounds) == 3 and all(rounds) for rounds in answers)
+    for k, i in enumerate(chosen):
+        asked = [(r, previous) for q, r, previous in seen if q == docs[i]["q"]]
+        assert [r for r, _ in asked] == [1, 2, 3] and asked[-1][1] == answers[k]
+    assert model.stats.online == 1  # the video was read once for its three rounds
 
 
 def _write_upstream_asset(root, task, video, codec):

@@ -283,12 +283,14 @@ class LlavaOVEncoder(lmms):
 
     def generate_until_multi_round(self, requests) -> list[list[str]]:
         """Each round asks the context ``doc_to_text`` gives for it (with that round's visuals), as
-        lmms-eval's reference LLaVA models do; returns the answers of all rounds of each request."""
+        lmms-eval's reference LLaVA models do; returns the answers of all rounds of each request. A round
+        with the previous round's visuals reuses their inputs (a video is read once per request)."""
         results = []
         for request in tqdm(requests, disable=self._rank != 0, desc="llava_ov_encoder multi-round"):
             context, gen_kwargs, doc_to_visual, doc_to_text, doc_id, task, split = request.args
             doc = self._doc(task, split, doc_id)
             visuals, answers, info, round_idx = doc_to_visual(doc), [], None, 0
+            previous: tuple | None = None  # (visuals, their inputs) of the last round
             while True:
                 if round_idx > 0:
                     visuals, context, finished, answers, info = doc_to_text(
@@ -298,7 +300,11 @@ class LlavaOVEncoder(lmms):
                     if finished:
                         break
                 try:
-                    visual = self._visual(visuals, task)
+                    if previous is not None and _same_visuals(visuals, previous[0]):
+                        visual = previous[1]
+                    else:
+                        visual = self._visual(visuals, task)
+                        previous = (visuals, visual)
                     prompt = (self._prompt(context, visual), visual)
                     answers.append(self._generate([prompt], copy.deepcopy(gen_kwargs))[0])
                 except MediaUnavailable as error:
@@ -309,6 +315,14 @@ class LlavaOVEncoder(lmms):
             results.append(answers)
         self._report("generate_until_multi_round")
         return results
+
+
+def _same_visuals(a, b) -> bool:
+    """The same visual objects, or the same file paths."""
+    if a is b:
+        return True
+    a, b = (list(v) if isinstance(v, (list, tuple)) else [v] for v in (a, b))
+    return len(a) == len(b) and all(x is y or (isinstance(x, str) and x == y) for x, y in zip(a, b))
 
 
 def _cut(text: str, until: list[str]) -> str:
