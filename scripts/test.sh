@@ -3,4 +3,18 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh dev
+# tests/test_chat_page.py drives the chat page in a real headless Chromium (Debian's packages).
+if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1; then SUDO="sudo"; fi
+  if command -v apt-get >/dev/null 2>&1 && { [ "$(id -u)" -eq 0 ] || [ -n "$SUDO" ]; }; then
+    echo "[test] installing chromium chromium-driver: ${SUDO:+sudo }apt-get install -y --no-install-recommends"
+    { $SUDO apt-get update -qq &&
+      $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver; } ||
+      echo "[test] the chromium install failed: tests/test_chat_page.py will fail" >&2
+  else
+    echo "[test] /usr/bin/chromium or /usr/bin/chromedriver is missing and cannot be installed here" \
+         "(needs apt-get, as root or with sudo): tests/test_chat_page.py will fail" >&2
+  fi
+fi
 exec "${VENV:-.venv}/bin/python" -m pytest -q "$@"

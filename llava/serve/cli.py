@@ -40,7 +40,8 @@ def read_question(interactive: bool) -> str | None:
 
 def chat(args: argparse.Namespace) -> int:
     tokenizer, model, image_processor = load_checkpoint(args)
-    processor = VisualProcessor(image_processor, model.config, video_options(args, image_processor.patch_size))
+    video = video_options(args, image_processor.patch_size)
+    processor = VisualProcessor(image_processor, model.config, video)
     if args.image:
         visual = VisualInputs.concat(processor.image(path) for path in args.image)
     elif args.video:
