@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .conversation import get_conv_template
+from .conversation import conv_templates, get_conv_template
 from .mm_inputs import VisualInputs
 from .mm_utils import KeywordsStoppingCriteria
 from .model.language_model import llava_lm_for_model_type
@@ -17,7 +17,11 @@ from .preprocess import tokenize_prompt
 
 
 def default_conv_template(config) -> str:
-    """The conversation template of the checkpoint's language-model family (``qwen_1_5`` if unknown)."""
+    """The template the checkpoint was trained with (``conv_template``, which ``llava.train`` records),
+    else its language-model family's (``qwen_1_5`` if unknown)."""
+    trained = getattr(config, "conv_template", None)
+    if trained in conv_templates:
+        return trained
     lm = llava_lm_for_model_type(getattr(config, "model_type", None))
     return lm.conv_template if lm is not None else "qwen_1_5"
 

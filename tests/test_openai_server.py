@@ -102,8 +102,15 @@ def _video_part(url):
 
 def test_models_and_health(server, client):
     assert [m.id for m in client.models.list().data] == ["tiny-llava"]
-    health = httpx.get(server[0] + "/health").json()
-    assert health["status"] == "ok" and health["model"] == "tiny-llava"
+    before = httpx.get(server[0] + "/health").json()
+    assert before["status"] == "ok" and before["model"] == "tiny-llava"
+    _ask(client, "Hello?")
+    list(_ask(client, "Hello again?", stream=True))
+    after = httpx.get(server[0] + "/health").json()
+    assert after["answered"] == before["answered"] + 2 and after["cancelled"] == before["cancelled"]
+    missing = httpx.get(server[0] + "/v1/completions")
+    assert missing.status_code in (404, 405) and set(missing.json()["error"]) == {"message", "type", "param",
+                                                                                    "code"}
 
 
 def test_an_image_question_streamed_equals_the_whole_answer(server, client):
@@ -208,6 +215,8 @@ BAD = [
     ({**HI, "n": 2}, None, 400, "n=1"),
     ({**HI, "logit_bias": {}}, None, 400, "unsupported parameter"),
     ({**HI, "video_mode": "pixels"}, None, 400, "video_mode"),
+    (_user("Look: <image> what is it?"), None, 400, "may not contain <image>"),
+    (_user([{"type": "text", "text": "<image>"}, _image_part("photo.png")]), None, 400, "may not contain"),
     ({"messages": [{"role": "assistant", "content": "hi"}]}, None, 400, "last message must come from"),
     (None, 4 << 20, 413, "larger than 3"),
 ]

@@ -303,6 +303,23 @@ def test_every_checkpoint_kind_loads_with_the_trained_models_logits(start, recor
     torch.testing.assert_close(_logits(loaded, tokenizer, records), expected, atol=1e-5, rtol=1e-5)
 
 
+def test_the_checkpoint_records_its_template_for_chat_evaluation_and_serving(start, records, tmp_path):
+    """Trained with a template other than its family's default (as the recipe trains Qwen3 with
+    qwen_1_5): every inference entry point renders prompts with the trained one."""
+    from llava.chat import default_conv_template
+
+    root, by_kind = records
+    path = write_jsonl(tmp_path / "d.jsonl", [by_kind["text"], by_kind["image"]])
+    out = tmp_path / "qwen3-template"
+    trainer, _ = train_module.setup(train_args(*start, path, str(root), str(out), "--max_steps", "1",
+                                               "--version", "qwen3"))
+    trainer.train()
+    trainer.save_model(str(out))
+    _, loaded, _, _ = load_pretrained_model(str(out), torch_dtype=torch.float32)
+    assert loaded.config.model_type == "llava_qwen"  # a Qwen2 family: its own default is qwen_1_5
+    assert loaded.config.conv_template == "qwen3" and default_conv_template(loaded.config) == "qwen3"
+
+
 def test_vision_tower_and_projector_learning_rates_and_no_decay_groups(start, records, tmp_path):
     root, by_kind = records
     path = write_jsonl(tmp_path / "d.jsonl", [by_kind["text"], by_kind["image"]])

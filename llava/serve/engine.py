@@ -1,6 +1,7 @@
 """One loaded model answering chat requests one at a time, streamed or whole, cancellable.
 
-The server's requests wait for the engine's lock (generation is serialised: one model, one device);
+The server's requests wait for the engine's lock (generation is serialised: one model, one device;
+the lock does not promise arrival order);
 a waiting line longer than ``max_waiting`` is refused instead of growing without bound. A streamed
 answer runs ``generate`` in a thread and yields text as ``TextIteratorStreamer`` produces it; setting
 the request's ``cancel`` event (the client went away) stops generation at the next token and frees
@@ -149,6 +150,7 @@ class ChatEngine:
 
         worker = threading.Thread(target=run, name="llava-generate", daemon=True)
         worker.start()
+        read_to_the_end = False
         try:
             for piece in streamer:
                 text = stop_text.feed(piece)
@@ -157,11 +159,12 @@ class ChatEngine:
             tail = stop_text.finish()
             if tail:
                 yield tail
+            read_to_the_end = True
         finally:
-            if worker.is_alive():
+            if not read_to_the_end:
                 cancel.set()  # the consumer left early: stop at the next token
             worker.join()
-            if cancel.is_set():
+            if cancel.is_set():  # cut short, by the consumer here or by the request's owner
                 self.cancelled += 1
         if "error" in result:
             raise result["error"]

@@ -24,6 +24,7 @@ from urllib.parse import unquote, urlparse
 
 from PIL import Image, UnidentifiedImageError
 
+from ..constants import DEFAULT_IMAGE_TOKEN
 from ..conversation import Conversation, get_conv_template
 from ..mm_inputs import MediaError, VisualInputs, VisualProcessor
 from ..video_io import probe
@@ -106,12 +107,7 @@ def _media(url, kind: str, param: str, policy: MediaPolicy, temporary: list[str]
     if url.startswith("data:"):
         data, mime = _data_url(url, param, policy)
         if kind == "image_url":
-            try:
-                image = Image.open(io.BytesIO(data))
-                image.load()
-                return image.convert("RGB")
-            except (UnidentifiedImageError, OSError) as error:
-                raise RequestError(f"the image is not readable ({error})", param, code="bad_media") from None
+            return _open_image(io.BytesIO(data), "the image", param)
         suffix = "." + mime.split("/", 1)[1] if mime.startswith("video/") else ".mp4"
         handle, path = tempfile.mkstemp(prefix="llava-serve-", suffix=suffix.replace("quicktime", "mov"))
         with os.fdopen(handle, "wb") as out:
@@ -120,13 +116,20 @@ def _media(url, kind: str, param: str, policy: MediaPolicy, temporary: list[str]
         return path
     path = _local_path(url, param, policy)
     if kind == "image_url":
-        try:
-            with Image.open(path) as image:
-                return image.convert("RGB")
-        except (UnidentifiedImageError, OSError) as error:
-            message = f"{path.name}: not a readable image ({error})"
-            raise RequestError(message, param, code="bad_media") from None
+        return _open_image(path, path.name, param)
     return str(path)
+
+
+def _open_image(source, name: str, param: str) -> Image.Image:
+    try:
+        with Image.open(source) as image:
+            return image.convert("RGB")
+    except Image.DecompressionBombError as error:
+        raise RequestError(f"{name} has too many pixels ({error})", param, status=413,
+                           code="media_too_large") from None
+    except (UnidentifiedImageError, OSError) as error:
+        why = "not an image format PIL reads" if isinstance(error, UnidentifiedImageError) else str(error)
+        raise RequestError(f"{name} is not readable: {why}", param, code="bad_media") from None
 
 
 def _check_video(path: str, param: str, policy: MediaPolicy) -> None:
@@ -142,13 +145,22 @@ def _check_video(path: str, param: str, policy: MediaPolicy) -> None:
                            status=413, code="video_too_long")
 
 
+def _checked_text(text, param: str) -> str:
+    """Message text, which must not hold the model's placeholder: visuals come only as parts."""
+    text = str(text)
+    if DEFAULT_IMAGE_TOKEN in text:
+        raise RequestError(f"the text may not contain {DEFAULT_IMAGE_TOKEN}: send images and videos as "
+                           "image_url / video_url parts", param)
+    return text
+
+
 def _text_of(content, param: str) -> str:
     if content is None:
         return ""
     if isinstance(content, str):
-        return content
+        return _checked_text(content, param)
     if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text" for p in content):
-        return "".join(str(p.get("text", "")) for p in content)
+        return "".join(_checked_text(p.get("text", ""), param) for p in content)
     raise RequestError("system and assistant content must be text", param)
 
 
@@ -190,7 +202,7 @@ def parse_messages(messages, conv_template: str, processor: VisualProcessor, pol
 
 def _user_text(content, param, processor, policy, video_mode, visuals, parsed) -> str:
     if isinstance(content, str):
-        return content
+        return _checked_text(content, param)
     if not isinstance(content, list) or not content:
         raise RequestError(f"{param}.content must be a string or a non-empty list of parts", param)
     pieces = []
@@ -198,7 +210,7 @@ def _user_text(content, param, processor, policy, video_mode, visuals, parsed) -
         where = f"{param}.content[{j}]"
         kind = part.get("type") if isinstance(part, dict) else None
         if kind == "text":
-            pieces.append(str(part.get("text", "")))
+            pieces.append(_checked_text(part.get("text", ""), where))
             continue
         if kind not in ("image_url", "video_url"):
             raise RequestError(f"{where}: unsupported content part type {kind!r} "

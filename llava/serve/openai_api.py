@@ -24,6 +24,7 @@ from pathlib import Path
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..chat import default_conv_template
 from ..cli_options import add_checkpoint_arguments, add_video_arguments, load_checkpoint, video_options
@@ -83,6 +84,11 @@ def create_app(tokenizer, model, image_processor, settings) -> FastAPI:
     @app.exception_handler(RequestError)
     async def request_error(_, error: RequestError):
         return JSONResponse(error.body(), status_code=error.status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_, error: StarletteHTTPException):  # unknown routes and methods, in OpenAI's shape
+        body = RequestError(str(error.detail), status=error.status_code).body()
+        return JSONResponse(body, status_code=error.status_code)
 
     @app.middleware("http")
     async def limit_body(request: Request, call_next):

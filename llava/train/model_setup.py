@@ -147,6 +147,7 @@ def _set_run_config(config, model_args, data_args, training_args, continuing: bo
     """The config keys a checkpoint of this run carries (LLaVA-NeXT writes the same)."""
     config.tokenizer_model_max_length = training_args.model_max_length
     config.tokenizer_padding_side = "right"
+    config.conv_template = model_args.version  # chat, evaluation and serving render prompts as trained
     config.mm_tunable_parts = ",".join(tunable_parts(model_args, training_args))
     config.mm_projector_lr = training_args.mm_projector_lr
     config.mm_vision_tower_lr = training_args.mm_vision_tower_lr
