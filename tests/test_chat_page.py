@@ -175,8 +175,9 @@ def _errors(driver) -> list[str]:
 
 def _complete(server: str, body: dict) -> str:
     """The server's whole (not streamed) answer to the request body the page sent."""
-    request = urllib.request.Request(server + "/v1/chat/completions", json.dumps({**body, "stream": False}).encode(),
-                                     {"Content-Type": "application/json"})
+    data = json.dumps({**body, "stream": False}).encode()
+    headers = {"Content-Type": "application/json"}
+    request = urllib.request.Request(server + "/v1/chat/completions", data, headers)
     with urllib.request.urlopen(request, timeout=WAIT_S) as response:
         return json.load(response)["choices"][0]["message"]["content"]
 
