@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from .constants import DEFAULT_IMAGE_TOKEN
 from .conversation import conv_templates, get_conv_template
 from .mm_inputs import VisualInputs
 from .mm_utils import KeywordsStoppingCriteria
@@ -45,7 +46,13 @@ class ChatSession:
         self.turns = 0
 
     def ask(self, question: str, streamer=None) -> str:
-        """Answer ``question``; ``streamer`` (e.g. ``TextStreamer``) receives the tokens as they come."""
+        """Answer ``question``; ``streamer`` (e.g. ``TextStreamer``) receives the tokens as they come.
+
+        The question may not contain the ``<image>`` placeholder (the session places the visuals' own):
+        ``ValueError``, and the conversation is unchanged."""
+        if DEFAULT_IMAGE_TOKEN in question:
+            raise ValueError(f"a question may not contain {DEFAULT_IMAGE_TOKEN}: the media given with the "
+                             "chat are placed for you")
         if self.turns == 0 and len(self.visual):
             question = self.visual.placeholder_text() + "\n" + question
         self.conv.append_message(self.conv.roles[0], question)

@@ -100,6 +100,17 @@ def test_piped_questions_about_a_real_sample_video(checkpoint, monkeypatch, caps
     assert len(answers(out)) == 1
 
 
+def test_a_question_with_the_placeholder_is_refused_and_the_chat_goes_on(checkpoint, image_file, monkeypatch,
+                                                                        capsys):
+    code, out, err = chat(
+        monkeypatch, capsys,
+        ["--model-path", str(checkpoint), "--image", str(image_file), "--max-new-tokens", "2",
+         "--temperature", "0"],
+        "Look at <image> here\nWhat is it?\n",
+    )
+    assert code == 0 and out.count("assistant: ") == 1 and "may not contain <image>" in err
+
+
 def test_end_of_input_ends_the_chat(checkpoint, monkeypatch, capsys):
     code, out, _ = chat(monkeypatch, capsys, ["--model-path", str(checkpoint), "--max-new-tokens", "2"], "")
     assert code == 0 and answers(out) == []

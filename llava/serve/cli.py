@@ -18,6 +18,7 @@ from transformers import TextStreamer
 
 from ..chat import ChatSession
 from ..cli_options import add_checkpoint_arguments, add_video_arguments, load_checkpoint, video_options
+from ..constants import DEFAULT_IMAGE_TOKEN
 from ..conversation import conv_templates
 from ..mm_inputs import MediaError, VisualInputs, VisualProcessor
 
@@ -51,6 +52,10 @@ def chat(args: argparse.Namespace) -> int:
     session = ChatSession(tokenizer, model, visual, args.conv_mode, args.temperature, args.max_new_tokens)
     interactive = sys.stdin.isatty()
     while (question := read_question(interactive)) is not None:
+        if DEFAULT_IMAGE_TOKEN in question:
+            print(f"error: a question may not contain {DEFAULT_IMAGE_TOKEN} (the media are placed for you)",
+                  file=sys.stderr)
+            continue
         print("assistant: ", end="", flush=True)
         session.ask(question, streamer=TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True))
     return 0
