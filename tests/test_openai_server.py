@@ -255,3 +255,37 @@ def test_the_server_reads_no_files_without_a_media_root():
         parse_messages(messages, "qwen_1_5", processor=None, policy=MediaPolicy())
     assert caught.value.status == 403
     assert json.loads(json.dumps(caught.value.body()))["error"]["code"] == "local_files_disabled"
+
+
+def test_the_waiting_line_is_bounded_from_arrival():
+    """max_waiting counts requests from before their media are read; one more is refused, and counting
+    a request out twice cannot free two places."""
+    from llava.serve.engine import Busy, ChatEngine
+
+    engine = ChatEngine(tokenizer=None, model=None, max_waiting=2)
+    first, second = engine.admit(), engine.admit()
+    with pytest.raises(Busy):
+        engine.admit()
+    first()
+    first()
+    assert engine.waiting == 1
+    third = engine.admit()
+    with pytest.raises(Busy):
+        engine.admit()
+    second(), third()
+    assert engine.waiting == 0
+
+
+@pytest.mark.parametrize("pieces, stops, sent", [
+    (["Hel", "lo wor", "ld"], [], "Hello world"),
+    (["Hel", "lo wor", "ld"], ["o w"], "Hell"),  # the stop string arrives split across pieces
+    (["ab", "c", "STO", "P", "more"], ["STOP"], "abc"),
+    (["abc"], ["c", "b"], "a"),  # the earliest stop wins
+    (["a", "b"], ["xyz"], "ab"),  # held-back text is sent at the end
+])
+def test_stop_strings_are_never_sent(pieces, stops, sent):
+    from llava.serve.engine import StopText
+
+    stop = StopText(stops)
+    out = "".join(stop.feed(p) for p in pieces) + stop.finish()
+    assert out == sent and stop.stopped == any(s in "".join(pieces) for s in stops)

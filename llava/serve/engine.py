@@ -1,8 +1,9 @@
 """One loaded model answering chat requests one at a time, streamed or whole, cancellable.
 
 The server's requests wait for the engine's lock (generation is serialised: one model, one device;
-the lock does not promise arrival order);
-a waiting line longer than ``max_waiting`` is refused instead of growing without bound. A streamed
+the lock does not promise arrival order). A request counts from its arrival, before its media are
+decoded, so at most ``max_waiting`` requests read media, wait or generate at once; more are refused
+instead of growing the line without bound. A streamed
 answer runs ``generate`` in a thread and yields text as ``TextIteratorStreamer`` produces it; setting
 the request's ``cancel`` event (the client went away) stops generation at the next token and frees
 the lock. ``stop`` strings end the answer and are never sent, even when they arrive split across
@@ -95,22 +96,31 @@ class ChatEngine:
 
     @property
     def waiting(self) -> int:
-        """Requests holding or waiting for the model."""
+        """Admitted requests: reading their media, waiting for the model or generating."""
         return self._waiting
+
+    def admit(self):
+        """Count a request in from its arrival (before its media are read); returns the call that counts
+        it out. :class:`Busy` when ``max_waiting`` requests are in already."""
+        with self._count:
+            if self._waiting >= self.max_waiting:
+                raise Busy(f"{self._waiting} requests are already in")
+            self._waiting += 1
+        released = threading.Event()
+
+        def release() -> None:
+            if not released.is_set():
+                released.set()
+                with self._count:
+                    self._waiting -= 1
+
+        return release
 
     @contextmanager
     def slot(self) -> Iterator[None]:
-        """Hold the model for one request (wait in line; refuse when the line is full)."""
-        with self._count:
-            if self._waiting >= self.max_waiting:
-                raise Busy(f"{self._waiting} requests are already waiting")
-            self._waiting += 1
-        try:
-            with self.lock:
-                yield
-        finally:
-            with self._count:
-                self._waiting -= 1
+        """Hold the model for one generation (admitted requests wait here in turn)."""
+        with self.lock:
+            yield
 
     def prompt_ids(self, conversation) -> torch.Tensor:
         return tokenize_prompt(conversation, self.tokenizer)

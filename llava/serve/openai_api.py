@@ -128,23 +128,31 @@ def create_app(tokenizer, model, image_processor, settings) -> FastAPI:
         if mode is not None and mode not in VIDEO_MODES:
             raise RequestError(f"video_mode must be one of {VIDEO_MODES}", "video_mode")
         sampling = _sampling(body, settings.max_tokens)
-        parsed = await run_in_threadpool(parse_messages, body.get("messages"), template, processor, policy,
-                                         mode)
+        try:
+            release = engine.admit()
+        except Busy as error:
+            raise RequestError(f"the server is busy: {error}", status=503, kind="server_error",
+                               code="busy") from None
+        try:
+            parsed = await run_in_threadpool(parse_messages, body.get("messages"), template, processor,
+                                             policy, mode)
+        except BaseException:
+            release()
+            raise
         created, request_id = int(time.time()), f"chatcmpl-{uuid.uuid4().hex}"
         cancel = threading.Event()
         if body.get("stream"):
-            if engine.waiting >= engine.max_waiting:
-                parsed.cleanup()
-                raise RequestError("the server is busy", status=503, kind="server_error", code="busy")
             usage = bool((body.get("stream_options") or {}).get("include_usage"))
+            queue, answer, finished = _start_stream(engine, parsed, sampling, cancel, release)
             return StreamingResponse(
-                _events(engine, parsed, sampling, cancel, request_id, created, model_name, usage),
+                _events(queue, answer, finished, cancel, request_id, created, model_name, usage),
                 media_type="text/event-stream",
             )
         try:
             answer = await run_in_threadpool(_complete, engine, parsed, sampling, cancel)
         finally:
             parsed.cleanup()
+            release()
         return {
             "id": request_id, "object": "chat.completion", "created": created, "model": model_name,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": answer.text},
@@ -172,12 +180,8 @@ async def _json_body(request: Request, max_body_mb: float) -> dict:
 
 
 def _complete(engine: ChatEngine, parsed, sampling: Sampling, cancel: threading.Event) -> Answer:
-    try:
-        with engine.slot():
-            return engine.complete(parsed.conversation, parsed.visual, sampling, cancel)
-    except Busy as error:
-        raise RequestError(f"the server is busy: {error}", status=503, kind="server_error",
-                           code="busy") from None
+    with engine.slot():
+        return engine.complete(parsed.conversation, parsed.visual, sampling, cancel)
 
 
 def _usage(answer: Answer) -> dict:
@@ -185,10 +189,11 @@ def _usage(answer: Answer) -> dict:
             "total_tokens": answer.prompt_tokens + answer.completion_tokens}
 
 
-async def _events(engine, parsed, sampling, cancel, request_id, created, model_name, include_usage):
-    """The server-sent events of a streamed answer. Generation runs in its own thread and hands text
-    over through a queue; when the client goes away the response task is cancelled, which sets
-    ``cancel``: generation stops at its next token and the engine's slot is free again."""
+def _start_stream(engine, parsed, sampling, cancel, release) -> tuple[asyncio.Queue, Answer, object]:
+    """Start generating in a thread that hands text over through a queue (it ends with ``finished``).
+
+    Started before the response is returned, so the request is counted out (``release``) when
+    generation ends even if the response body is never read."""
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue = asyncio.Queue()
     finished = object()
@@ -205,20 +210,26 @@ async def _events(engine, parsed, sampling, cancel, request_id, created, model_n
             with engine.slot():
                 for text in engine.stream(parsed.conversation, parsed.visual, sampling, cancel, answer):
                     put(text)
-        except Busy as error:
-            put(RequestError(f"the server is busy: {error}", status=503, kind="server_error", code="busy"))
         except Exception as error:  # noqa: BLE001 - reported to the client, the server goes on
             put(RequestError(f"generation failed: {error}", status=500, kind="server_error"))
         finally:
             parsed.cleanup()
+            release()
             put(finished)
+
+    threading.Thread(target=produce, name="llava-stream", daemon=True).start()
+    return queue, answer, finished
+
+
+async def _events(queue, answer, finished, cancel, request_id, created, model_name, include_usage):
+    """The server-sent events of a streamed answer. When the client goes away the response task is
+    cancelled, which sets ``cancel``: generation stops at its next token and frees the model."""
+    head = {"id": request_id, "object": "chat.completion.chunk", "created": created, "model": model_name}
 
     def chunk(delta: dict, finish=None) -> str:
         choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
         return f"data: {json.dumps(dict(head, choices=[choice]))}\n\n"
 
-    head = {"id": request_id, "object": "chat.completion.chunk", "created": created, "model": model_name}
-    threading.Thread(target=produce, name="llava-stream", daemon=True).start()
     try:
         yield chunk({"role": "assistant", "content": ""})
         while (item := await queue.get()) is not finished:
