@@ -31,7 +31,6 @@ seed from the same parameters with the same functions.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import shutil
@@ -42,25 +41,12 @@ from pathlib import Path
 
 import numpy as np
 
+from llava.script_import import import_script
+
 TINY_SFT = Path(__file__).resolve().parents[1] / "tiny_sft" / "make_dataset.py"
 
 
-def _load_tiny_sft():
-    """playground/tiny_sft/make_dataset.py by path (not a package), registered once for dataclasses."""
-    key = "_tiny_sft_make_dataset"
-    if key not in sys.modules:
-        spec = importlib.util.spec_from_file_location(key, TINY_SFT)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[key] = module
-        try:
-            spec.loader.exec_module(module)
-        except BaseException:
-            del sys.modules[key]
-            raise
-    return sys.modules[key]
-
-
-tiny_sft = _load_tiny_sft()
+tiny_sft = import_script(TINY_SFT, "_tiny_sft_make_dataset")
 
 #: The colour words and their nominal RGB: tiny_sft's, so a model sees the same colours there and here.
 COLOURS = tiny_sft.COLOURS

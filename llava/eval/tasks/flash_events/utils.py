@@ -22,34 +22,20 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import importlib.util
 import json
 import os
 import sys
 import tempfile
 from pathlib import Path
 
+from llava.script_import import import_script
+
 GENERATOR = Path(__file__).resolve().parents[4] / "playground" / "flash_events" / "make_dataset.py"
 DATA = Path(__file__).with_name("data.jsonl")
 DEFAULT_MEDIA = "~/.cache/llava-ov/flash_events"
 
 
-def _load_generator():
-    """playground/flash_events/make_dataset.py by path (not a package), registered once."""
-    key = "_flash_events_make_dataset"
-    if key not in sys.modules:
-        spec = importlib.util.spec_from_file_location(key, GENERATOR)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[key] = module
-        try:
-            spec.loader.exec_module(module)
-        except BaseException:
-            del sys.modules[key]
-            raise
-    return sys.modules[key]
-
-
-md = _load_generator()
+md = import_script(GENERATOR, "_flash_events_make_dataset")
 #: The rendered bytes depend on these two sources (render_frames here, encode_clip in tiny_sft).
 _SOURCES = hashlib.sha256(GENERATOR.read_bytes() + md.TINY_SFT.read_bytes()).hexdigest()
 #: The keys of a doc's video parameters (``plan_videos``' entries).

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import importlib.util
 import itertools
 import json
 import os
@@ -36,6 +35,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from llava.script_import import import_script
 
 TINY_SFT = Path(__file__).resolve().parents[4] / "playground" / "tiny_sft"
 DATA = Path(__file__).with_name("data.jsonl")
@@ -50,23 +51,8 @@ CANVAS, FRAMES = 64, 16  # the tiny preset's canvas and clip length
 FIELDS = ("id", "task", "answer", "seed", "canvas", "shape", "frames", "direction", "encoder")
 
 
-def _load(name: str):
-    """A playground/tiny_sft module by path (not a package), registered once so dataclasses work."""
-    key = f"_tiny_sft_{name}"
-    if key not in sys.modules:
-        spec = importlib.util.spec_from_file_location(key, TINY_SFT / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[key] = module
-        try:
-            spec.loader.exec_module(module)
-        except BaseException:
-            del sys.modules[key]
-            raise
-    return sys.modules[key]
-
-
-md = _load("make_dataset")
-score = _load("score")
+md = import_script(TINY_SFT / "make_dataset.py", "_tiny_sft_make_dataset")
+score = import_script(TINY_SFT / "score.py", "_tiny_sft_score")
 IMAGE_QUESTION = md.TASKS["colour"].question
 QUESTIONS = {IMAGE_MC: IMAGE_QUESTION, VIDEO_MC: md.CLIP_QUESTION, FREE: IMAGE_QUESTION}
 _GENERATOR = hashlib.sha256(Path(md.__file__).read_bytes()).hexdigest()
