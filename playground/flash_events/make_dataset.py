@@ -232,13 +232,7 @@ def make_dataset(
             },
         }
         (staging / "dataset.json").write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
-        if out.exists():  # empty, or replaced on request
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
-            os.replace(out, old / "data")
-            os.replace(staging, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(staging, out)
+        tiny_sft.replace_directory(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

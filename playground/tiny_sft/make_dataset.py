@@ -378,6 +378,18 @@ def _relocate(value, old: str, new: str):
     return value
 
 
+def replace_directory(staging: Path, out: Path) -> None:
+    """Put the finished ``staging`` folder at ``out`` (an empty one, or one replaced on request) by
+    renames, so readers never see a half-written dataset."""
+    if out.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+        os.replace(out, old / "data")
+        os.replace(staging, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(staging, out)
+
+
 def make_dataset(
     out_dir: str | os.PathLike,
     seed: int = 0,
@@ -459,13 +471,7 @@ def make_dataset(
             "codec": {"sequence_length": frames, "square_size": canvas, "keep_frames_equiv": mosaics},
         }
         (staging / "dataset.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-        if out.exists():  # empty, or replaced on request
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
-            os.replace(out, old / "data")
-            os.replace(staging, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(staging, out)
+        replace_directory(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
