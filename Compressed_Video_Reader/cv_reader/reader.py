@@ -3,10 +3,37 @@
 How references are chosen (deterministic: depends only on the stream, never on which
 other frames were requested):
 
-* Bitstream vectors (H.264, MPEG-2/4): past-pointing vectors are resolved against the
-  candidates ``t-1`` and the latest I/P frame before ``t`` in the same GOP segment;
-  future-pointing vectors (B-frames) against ``t+1`` and the next I/P frame after ``t``
-  in the segment. Each 4x4 cell takes the candidate with the lowest prediction SAD.
+* Bitstream vectors (H.264, MPEG-2/4) say only "past" or "future", not which frame
+  they point into. Each 4x4 cell takes, among the candidate frames on its vector's side,
+  the one whose prediction of the cell has the lowest SAD; bi-predicted cells average the
+  best of each side. Past candidates: the reference frames (those other frames may predict
+  from) among the ``PAST_REACH`` (12) frames before ``t`` in its GOP segment. Future
+  candidates: the reference frames after ``t`` up to the first I/P frame, at most
+  ``FUTURE_REACH`` (8) frames ahead (a B-frame's future references are decoded before it,
+  so none lies beyond that I/P frame); the keyframe that starts the next segment can be
+  one (open GOP), the previous GOP is never decoded. ``t-1`` and ``t+1`` are candidates
+  too, reference or not: a cell without a vector is predicted at zero motion from the
+  best candidate, so its residual is the change since a neighbouring frame.
+* Which frames are references: H.264 marks each picture in its slice headers
+  (``nal_ref_idc``; with b-pyramid some B-frames are references), read from each packet
+  on its way to the decoder; in MPEG-1/2/4 and the H.263 family every I/P frame and no
+  B-frame is one. The decoder decodes every reference frame it passes (later frames need
+  them) and ``t-1``/``t+1`` are always decoded for ``t``, so the candidates never depend
+  on the request. A stream without usable timestamps is decoded linearly, every frame:
+  all frames in the window are candidates there.
+* Why these reaches: x264 predicts from several earlier reference frames, B-frames among
+  them. On a panning grainy texture (128x96), per cell, the frame (of the 16 on its
+  vector's side) that predicts it best with its own vector was, for at least 1% of the
+  cells, as far as 8 back for P-frames with x264's defaults (ref=3, bframes=3, b-pyramid
+  normal: the previous P, the B-reference before it and the P before that), 10 with
+  ``ref=4:bframes=4``, ``preset=slow`` (ref=5) and ``slower`` (ref=8), 12 without
+  b-pyramid and 16 only with ``veryslow`` (ref=16, bframes=8); for B-frames at most 10
+  back and 4 ahead. Reaching 8 ahead finds the I/P frame that closes a run of up to 8
+  B-frames (``veryslow``'s bframes). MPEG-2/4 use the nearest I/P frame on each side.
+* Cost: the decoder decodes what it would anyway (requested frames, their neighbours
+  and the reference frames on the way); a cell's SAD choice compares at most the
+  reference frames of a ``PAST_REACH + FUTURE_REACH + 1`` frame window, and the reader
+  holds at most that window's frames beyond the records waiting in its queues.
 * Frames without bitstream vectors (HEVC, VP9, AV1, intra frames, or an inter frame whose
   every block is intra) get vectors by block matching against ``t-1``; a frame that
   starts a GOP segment (keyframe) is matched against ``t+1`` instead, so the reader never
@@ -38,6 +65,12 @@ from .motion import BitstreamField, estimate_motion, field_from_side_data, grid_
 from .residual import Compensation, compensate_bitstream, compensate_estimated, residual_from
 
 _MV_TYPE = av.sidedata.sidedata.Type.MOTION_VECTORS
+
+#: Farthest past / future display distance of a bitstream vector's reference candidates
+#: (measured on x264 settings: see the module docs).
+PAST_REACH = 12
+FUTURE_REACH = 8
+
 _T = TypeVar("_T")
 
 
@@ -87,12 +120,27 @@ def _reformatter(kind: str) -> VideoReformatter:
 class _Held:
     """A decoded frame the reader may still need, converted only when (and if) it is used.
 
-    Why lazy: the decode thread keeps every I/P frame that a B-frame might reference, but
-    only some are ever read, and conversion (swscale) runs in whichever thread first asks,
-    which is usually the consumer, leaving the decode thread to decode.
+    Why lazy: the decode thread keeps every reference frame that a requested frame might
+    predict from, but only some are ever read, and conversion (swscale) runs in whichever
+    thread first asks, which is usually the consumer, leaving the decode thread to decode.
+    ``ref`` says whether the frame is a reference candidate (see the module docs);
+    ``sides`` whether its bitstream vectors point into the past / the future.
     """
 
-    __slots__ = ("idx", "pict", "rotation", "mvs", "_frame", "_size", "_rgb_size", "_luma", "_rgb", "_lock")
+    __slots__ = (
+        "idx",
+        "pict",
+        "ref",
+        "sides",
+        "rotation",
+        "mvs",
+        "_frame",
+        "_size",
+        "_rgb_size",
+        "_luma",
+        "_rgb",
+        "_lock",
+    )
 
     def __init__(
         self,
@@ -101,9 +149,11 @@ class _Held:
         frame: av.VideoFrame,
         size: tuple[int, int],
         rgb_size: tuple[int, int] | None = None,
-        mvs: np.ndarray | None = None,
+        ref: bool = False,
     ) -> None:
-        self.idx, self.pict, self.mvs = idx, pict, mvs
+        self.idx, self.pict, self.ref = idx, pict, ref
+        self.mvs: np.ndarray | None = None
+        self.sides = (False, False)
         self.rotation = int(getattr(frame, "rotation", 0) or 0)
         self._frame, self._size, self._rgb_size = frame, size, rgb_size
         self._luma: np.ndarray | None = None
@@ -212,7 +262,7 @@ def read_video(
         # Vector export forces single-threaded decoding: decode the second half of the
         # GOP segments in a second thread instead. It runs ahead by a bounded number of
         # bundles, converted eagerly so they hold small planes, not decoder frames.
-        ahead = _ahead_bundles(size, rgb_size)
+        ahead = _ahead_bundles(size, rgb_size, targets[split:])
         bundles = _chain([(produce(targets[:split]), 4), (produce(targets[split:], eager=True), ahead)])
     else:
         bundles = _chain([(produce(targets), 4)])
@@ -222,13 +272,18 @@ def read_video(
 _AHEAD_BYTES = 64 << 20  # memory the second decode thread may fill before the consumer reaches it
 
 
-def _ahead_bundles(size: tuple[int, int], rgb_size: tuple[int, int] | None) -> int:
+def _ahead_bundles(size: tuple[int, int], rgb_size: tuple[int, int] | None, targets: list[int]) -> int:
     """How many bundles the second decode thread may prepare: 4..64, within ``_AHEAD_BYTES``.
 
-    A converted bundle holds about three planes (current frame and its own references;
-    neighbours share theirs) plus the current frame's RGB image when one is requested.
+    A converted bundle holds the planes of its candidates, which it shares with its
+    neighbours when targets are closer than the candidate window is wide: each bundle adds
+    at most one plane per frame of target spacing (at most a window), plus the current
+    frame and its RGB image.
     """
-    per = 3 * size[0] * size[1] + (3 * rgb_size[0] * rgb_size[1] if rgb_size else 0)
+    span = PAST_REACH + FUTURE_REACH + 1
+    gap = int(np.median(np.diff(targets))) if len(targets) > 1 else span
+    planes = min(max(gap, 1), span) + 1
+    per = planes * size[0] * size[1] + (3 * rgb_size[0] * rgb_size[1] if rgb_size else 0)
     return int(min(64, max(4, _AHEAD_BYTES // max(per, 1))))
 
 
@@ -336,6 +391,68 @@ def _chain(specs: list[tuple[_Factory, int]]) -> Iterator[_Bundle]:
             part.close()
 
 
+def _is_anchor(pict: str) -> bool:
+    """True for I/P-type pictures: the frames that close a run of B-frames."""
+    return pict in ("I", "P", "SI", "SP", "S")
+
+
+def _slice_ref_idc(data: bytes, length_size: int) -> int | None:
+    """Largest ``nal_ref_idc`` over the slice NAL units of one H.264 packet (None: no slice found).
+
+    ``length_size`` is the byte size of the NAL length prefixes (avcC streams: MP4, MKV);
+    0 means Annex B start codes (MPEG-TS, raw streams).
+    """
+    headers = []
+    if length_size:
+        pos = 0
+        while pos + length_size < len(data):
+            size = int.from_bytes(data[pos : pos + length_size], "big")
+            pos += length_size
+            if size <= 0 or pos + size > len(data):
+                return None  # not length-prefixed after all: trust nothing in this packet
+            headers.append(data[pos])
+            pos += size
+    else:
+        pos = data.find(b"\x00\x00\x01")
+        while 0 <= pos < len(data) - 3:
+            headers.append(data[pos + 3])
+            pos = data.find(b"\x00\x00\x01", pos + 3)
+    ref_idc = [h >> 5 & 3 for h in headers if h & 0x1F in (1, 5)]  # coded slice, non-IDR / IDR
+    return max(ref_idc) if ref_idc else None
+
+
+class _ReferenceSource(FrameSource):
+    """A :class:`FrameSource` that also notes whether each H.264 picture in ``frames`` is a reference.
+
+    Why: FFmpeg does not say which frames others predict from, and with x264's b-pyramid
+    some B-frames are references. Each slice's NAL header says so (``nal_ref_idc``, what
+    ``skip_frame=NONREF`` goes by), and every packet passes through :meth:`_decode_one`
+    before its frame comes out, so ``refs[i]`` (display index -> bool) is filled in by the
+    time frame ``i`` is yielded, without a second demux pass. A picture whose packet
+    holds no parsable slice gets no entry.
+    """
+
+    def __init__(
+        self, index: VideoIndex, needed: Iterable[int], frames: set[int], refs: dict[int, bool], **kwargs
+    ) -> None:
+        super().__init__(index, needed, **kwargs)
+        self.refs, self._frames = refs, frames
+        self._pts_to_idx = {int(p): i for i, p in enumerate(index.pts)}
+        self._length_size: int | None = None
+
+    def _decode_one(self, cc, pkt) -> list[av.VideoFrame]:
+        usable = pkt is not None and pkt.size and pkt.pts is not None
+        i = self._pts_to_idx.get(int(pkt.pts)) if usable else None
+        if i in self._frames and i not in self.refs:
+            if self._length_size is None:
+                extra = bytes(cc.extradata or b"")  # an avcC record: length-prefixed NAL units
+                self._length_size = (extra[4] & 3) + 1 if len(extra) > 4 and extra[0] == 1 else 0
+            ref_idc = _slice_ref_idc(bytes(pkt), self._length_size)
+            if ref_idc is not None:
+                self.refs[i] = ref_idc > 0
+        return FrameSource._decode_one(cc, pkt)
+
+
 def _bundles(
     index: VideoIndex,
     targets: list[int],
@@ -357,14 +474,8 @@ def _bundles(
     n = index.num_frames
     export = index.exports_mvs
     linear = index.pts is None
-    tset = set(targets)
-    needed = set(targets)
-    for t in targets:
-        if t > 0:
-            needed.add(t - 1)
-        if t + 1 < n:
-            needed.add(t + 1)
-    source = FrameSource(index, needed, export_mvs=export, threads=threads)
+    # Without bitstream vectors only t-1 / t+1 (block matching) are ever used.
+    back, ahead = (PAST_REACH, FUTURE_REACH) if export else (1, 1)
 
     def seg(i: int) -> int:
         return 0 if linear else index.segment_start(i)
@@ -372,38 +483,81 @@ def _bundles(
     def next_seg(i: int) -> int:
         return n if linear else index.next_segment_start(i)
 
+    def window(t: int) -> range:
+        """Display indices the record of ``t`` may read: its candidates and ``t`` itself.
+
+        Past candidates stay in ``t``'s segment; future ones may reach the keyframe that
+        starts the next one (an open-GOP B-frame's reference), which is decoded after it.
+        """
+        return range(max(seg(t), t - back), min(t + ahead, next_seg(t), n - 1) + 1)
+
+    windows = {t: window(t) for t in targets}
+    tset = set(targets)
+    needed = set(targets)  # decoded even if FFmpeg could skip them: targets and their t-1 / t+1
+    for t in targets:
+        if t > 0:
+            needed.add(t - 1)
+        if t + 1 < n:
+            needed.add(t + 1)
+    span = {i for w in windows.values() for i in w} if export else needed
+    flags: dict[int, bool] = {}  # H.264: display index -> reference picture, filled while decoding
+    if export and index.codec == "h264" and not linear:
+        source: FrameSource = _ReferenceSource(index, needed, span, flags, export_mvs=export, threads=threads)
+    else:
+        source = FrameSource(index, needed, export_mvs=export, threads=threads)
+
+    def is_ref(i: int, pict: str) -> bool:
+        """Whether frame ``i`` is a reference candidate: a frame the decoder always decodes.
+
+        A linear decode decodes every frame, so all are candidates. Otherwise H.264 says
+        per picture (slice headers); in the other codecs (and where a header could not be
+        read) B-frames are never references and FFmpeg skips them unless asked for.
+        """
+        if linear:
+            return True
+        known = flags.get(i)
+        return known if known is not None else pict not in ("B", "BI")
+
     held: dict[int, _Held] = {}
-    anchors: list[int] = []  # held I/P frames, ascending display order
     pending: list[int] = []  # targets decoded but not yet handed over
     ti = 0
     last_out = -1
 
     def ready(t: int, eof: bool) -> bool:
+        """Whether every frame ``t``'s record may read has been decoded (or never will be)."""
         if eof:
             return True
         if t + 1 < n and last_out < t + 1:
             return False
-        mvs = held[t].mvs
-        if export and mvs is not None and len(mvs) and (mvs["source"] > 0).any():
-            nxt = next_seg(t)
-            if not any(t + 1 < a < nxt for a in anchors) and last_out < nxt - 1:
+        if held[t].sides[1]:
+            # Future candidates end at the first I/P frame after t (or the window's end).
+            if last_out < windows[t][-1] and not any(
+                _is_anchor(held[i].pict) for i in range(t + 1, last_out + 1) if i in held
+            ):
                 return False
         return True
 
     def bundle(t: int) -> _Bundle:
-        s0, s1 = seg(t), next_seg(t)
+        s0 = seg(t)
+        win = windows[t]
         past: list[tuple[int, _Held]] = []
         fut: list[tuple[int, _Held]] = []
-        if t - 1 >= s0 and (t - 1) in held:
-            past.append((-1, held[t - 1]))
-        prev_a = [a for a in anchors if s0 <= a < t - 1]
-        if prev_a:
-            past.append((prev_a[-1] - t, held[prev_a[-1]]))
-        if (t + 1) in held:
-            fut.append((1, held[t + 1]))
-        next_a = [a for a in anchors if t + 1 < a < s1]
-        if next_a:
-            fut.append((next_a[0] - t, held[next_a[0]]))
+        has_past, has_future = held[t].sides
+        # Candidates only for a direction the bitstream vectors use (the others are never read).
+        # t-1 and t+1 take part even when no frame predicts from them: a cell without a vector
+        # is predicted at zero motion, its residual the change since the neighbouring frame.
+        if has_past:
+            past = [
+                (i - t, held[i])
+                for i in range(t - 1, win.start - 1, -1)
+                if i in held and (held[i].ref or i == t - 1)
+            ]
+        if has_future:
+            for i in range(t + 1, win.stop):
+                if i in held and (held[i].ref or i == t + 1):
+                    fut.append((i - t, held[i]))
+                    if _is_anchor(held[i].pict):
+                        break  # a B-frame's future references are decoded before it: none lie beyond
         if t - 1 >= s0 and (t - 1) in held:
             est = (-1, held[t - 1])
         elif (t + 1) in held:
@@ -412,22 +566,27 @@ def _bundles(
             est = None
         bd = _Bundle(cur=held[t], past=past, future=fut, est_ref=est)
         # Load balancing: while the consumer lags behind (items waiting in the queue), the
-        # decode thread also computes the vector field; otherwise the consumer does it.
-        # Either way the result is the same.
+        # decode thread also computes the vector field and converts the frames the record
+        # reads (so a queued bundle holds planes, not decoder frames); otherwise the
+        # consumer does it. Either way the result is the same.
         if backlog() >= 1 or eager:
             _compute_fields(bd, index, block, search)
-        if eager:
-            for _, h in (*past, *fut):
+            if bd.field is None:  # no usable vectors (all intra): block matching reads est_ref only
+                bd.past, bd.future = [], []
+                reads = [est] if est else []
+            else:
+                reads = [*bd.past, *bd.future]
+            for _, h in reads:
                 h.luma  # noqa: B018 - converts and releases the decoder frame
-            bd.cur.rgb  # noqa: B018
+            if eager:
+                bd.cur.rgb  # noqa: B018
         return bd
 
     def prune() -> None:
-        lo = targets[ti] - 1 if ti < len(targets) else n
-        keep_anchor = max((a for a in anchors if a < lo), default=None)
-        for i in [i for i in held if i < lo and i != keep_anchor]:
+        # Frames before the next target's window are read by no later record.
+        lo = windows[targets[ti]].start if ti < len(targets) else n
+        for i in [i for i in held if i < lo]:
             del held[i]
-        anchors[:] = [a for a in anchors if a in held]
 
     def drain(eof: bool) -> Iterator[_Bundle]:
         nonlocal ti
@@ -443,18 +602,19 @@ def _bundles(
             continue  # re-decoded after a fallback seek
         last_out = idx
         pict = pict_type_name(frame)
-        is_anchor = pict in ("I", "P", "SI", "SP", "S")
-        if idx in needed or (export and is_anchor):
+        ref = idx in span and is_ref(idx, pict)
+        if idx in needed or ref:
             target = idx in tset
-            h = _Held(idx, pict, frame, size, rgb_size if target else None)
+            h = _Held(idx, pict, frame, size, rgb_size if target else None, ref=ref)
             if target:
                 if export:
                     sd = frame.side_data.get(_MV_TYPE)
                     h.mvs = sd.to_ndarray() if sd is not None else None
+                    if h.mvs is not None and len(h.mvs):
+                        src = h.mvs["source"]
+                        h.sides = (bool((src < 0).any()), bool((src > 0).any()))
                 pending.append(idx)
             held[idx] = h
-            if export and is_anchor:
-                anchors.append(idx)
             prune()
         yield from drain(False)
         if ti >= len(targets):

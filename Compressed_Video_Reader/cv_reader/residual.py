@@ -5,8 +5,8 @@ Why: stock FFmpeg exports no residuals, so the reader rebuilds them as
 per-cell motion field (bilinear quarter-pel interpolation with integer rounding; reads
 outside the frame take the nearest edge pixel, like a codec's padded reference).
 Bitstream vectors only say "past" or "future"; which decoded frame they point into is
-resolved per 4x4 cell by picking, among a few candidate reference frames, the one whose
-integer-pel prediction has the lowest SAD (on a 2x2 subsample of the cell).
+resolved per 4x4 cell by picking, among the candidate reference frames, the one whose
+integer-pel prediction of the cell has the lowest SAD.
 
 The per-pixel work runs in compiled kernels (:mod:`.kernels`): one pass over the cells
 of a frame does the reference choice, the prediction and the vector bookkeeping, with
@@ -58,20 +58,25 @@ def _predict_cell(refs, k, mx, my, y0, x0, out) -> None:  # pragma: no cover - c
 def _best_candidate(cur, refs, lo, hi, mx, my, y0, x0) -> int:  # pragma: no cover - compiled
     """Plane in ``[lo, hi)`` whose integer-pel prediction of the cell has the lowest SAD (first wins ties).
 
-    The SAD samples every second pixel in both directions (2x2 of the 4x4 cell).
+    The SAD covers all 16 pixels of the cell: among the 5-10 candidates a frame has with
+    x264's references, a 2x2 sample let grain pick wrong planes (``preset=fast`` B-frames:
+    per-frame p95 cell SAD 67 vs 37 with the full cell); the exact quarter-pel SAD would
+    lower P-frames' by a further 3-14% for twice the kernel time.
     """
     h, w = cur.shape
     iy, ix = (my + 2) >> 2, (mx + 2) >> 2
     best, pick = -1, lo
     for c in range(lo, hi):
         sad = 0
-        for sy in range(0, CELL, 2):
+        for sy in range(CELL):
             py = min(y0 + sy, h - 1)
             ry = _clamp(y0 + sy + iy, h - 1)
-            for sx in range(0, CELL, 2):
+            for sx in range(CELL):
                 px = min(x0 + sx, w - 1)
                 rx = _clamp(x0 + sx + ix, w - 1)
                 sad += abs(np.int32(cur[py, px]) - np.int32(refs[c, ry, rx]))
+            if best >= 0 and sad >= best:
+                break  # cannot win any more (ties keep the earlier candidate)
         if best < 0 or sad < best:
             best, pick = sad, c
     return pick
