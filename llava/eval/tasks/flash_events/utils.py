@@ -24,6 +24,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -109,14 +110,27 @@ def doc_to_text(doc: dict) -> str:
     return md.QUESTIONS[doc["task"]][0]
 
 
-def doc_to_choice(doc: dict) -> list[str]:
-    """The question's four answers, in make_dataset's order."""
-    return list(md.QUESTIONS[doc["task"]][1])
-
-
 def doc_to_target(doc: dict) -> str:
-    """The answer (for multiple choice, lmms-eval looks it up in the choices)."""
+    """The answer, one of the question's choices."""
     return doc["answer"]
+
+
+_SPECIAL_TOKEN = re.compile(r"<\|[^|]*\|>")
+
+
+def chosen(reply: str, choices) -> str | None:
+    """The choice a reply gives: the one its first words are (lowercased, special tokens and
+    punctuation dropped: ``"Top left."`` -> ``top left``), or ``None`` when it gives none."""
+    words = re.sub(r"[^a-z]+", " ", _SPECIAL_TOKEN.sub(" ", reply).lower()).split()
+    for choice in choices:
+        if words[: len(choice.split())] == choice.split():
+            return choice
+    return None
+
+
+def process_results(doc: dict, results: list[str]) -> dict:
+    """``acc``: 1.0 when the greedy reply gives the right choice (a reply naming no choice is wrong)."""
+    return {"acc": float(chosen(results[0], md.QUESTIONS[doc["task"]][1]) == doc["answer"])}
 
 
 def main(argv: list[str] | None = None) -> int:
