@@ -9,7 +9,6 @@ files, rendered deterministically into ``$TINY_OV_MEDIA`` and reused.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from collections import Counter
 from pathlib import Path
@@ -19,6 +18,9 @@ import lmms_eval  # the dev and eval extras install it; a missing one fails here
 import numpy as np
 import pytest
 from PIL import Image
+from task_helpers import offline_task_media
+
+from llava.script_import import import_script
 
 ROOT = Path(__file__).resolve().parents[1]
 TASKS_DIR = ROOT / "llava" / "eval" / "tasks"
@@ -26,27 +28,15 @@ TASK_DIR = TASKS_DIR / "tiny_ov"
 NAMES = ("tiny_ov_image_mc", "tiny_ov_video_mc", "tiny_ov_free")
 
 
-def _load_utils():
-    """The tasks' utils.py by path, as lmms-eval's ``!function`` loads it."""
-    spec = importlib.util.spec_from_file_location("tiny_ov_utils", TASK_DIR / "utils.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-utils = _load_utils()
+# By path, as lmms-eval's ``!function`` loads it.
+utils = import_script(TASK_DIR / "utils.py", "tiny_ov_utils")
 md = utils.md
 
 
 @pytest.fixture(scope="module")
 def media(tmp_path_factory):
     """Offline, with the datasets cache and the media cache in temporary folders."""
-    folder = tmp_path_factory.mktemp("tiny_ov_media")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("HF_HUB_OFFLINE", "1")
-        patch.setenv("HF_DATASETS_OFFLINE", "1")
-        patch.setenv("LMMS_EVAL_DATASETS_CACHE", str(tmp_path_factory.mktemp("datasets")))
-        patch.setenv("TINY_OV_MEDIA", str(folder))
+    with offline_task_media(tmp_path_factory, "TINY_OV_MEDIA") as folder:
         yield folder
 
 

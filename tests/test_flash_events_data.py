@@ -10,7 +10,6 @@ in most videos while 4 uniform frames of 128 almost never do.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from collections import Counter
 from pathlib import Path
@@ -18,7 +17,9 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+from task_helpers import offline_task_media
 
+from llava.script_import import import_script
 from llava.video_io import LLAVA_CODEC, load_codec_inputs, sample_frame_indices
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,15 +30,8 @@ TRAIN = TEST = 16  # small splits (the tasks' docs are the default 64-video test
 SATURATED = 60  # max - min over RGB above which a pixel counts as coloured (the background has ~0)
 
 
-def _load_utils():
-    """The tasks' utils.py by path, as lmms-eval's ``!function`` loads it."""
-    spec = importlib.util.spec_from_file_location("flash_events_utils", TASK_DIR / "utils.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-utils = _load_utils()
+# By path, as lmms-eval's ``!function`` loads it.
+utils = import_script(TASK_DIR / "utils.py", "flash_events_utils")
 md = utils.md
 
 
@@ -57,12 +51,7 @@ def info(dataset) -> dict:
 @pytest.fixture(scope="module")
 def media(tmp_path_factory):
     """Offline, with the datasets cache and the media cache in temporary folders."""
-    folder = tmp_path_factory.mktemp("flash_media")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("HF_HUB_OFFLINE", "1")
-        patch.setenv("HF_DATASETS_OFFLINE", "1")
-        patch.setenv("LMMS_EVAL_DATASETS_CACHE", str(tmp_path_factory.mktemp("datasets")))
-        patch.setenv("FLASH_EVENTS_MEDIA", str(folder))
+    with offline_task_media(tmp_path_factory, "FLASH_EVENTS_MEDIA") as folder:
         yield folder
 
 

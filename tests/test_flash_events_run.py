@@ -115,9 +115,9 @@ def test_flash_reached_is_what_the_reader_selects(quick_run, runner, monkeypatch
                 abs(x + 8 - doc["x"] - doc["side"] / 2) < reach
             )
             hits += bool((in_event & overlap).any())
-        assert runner.flash_reached("codec", budget, docs, assets, media) == hits / len(docs)
+        assert runner.flash_reached("codec", budget, docs, assets) == hits / len(docs)
     # uniform: the sampler's frames against the event, no decoding needed
-    assert runner.flash_reached("uniform", 2, docs, None, media) == sum(
+    assert runner.flash_reached("uniform", 2, docs, None) == sum(
         doc["start"] <= 0 < doc["start"] + doc["length"] or doc["start"] <= 127 < doc["start"] + doc["length"]
         for doc in docs
     ) / len(docs)

@@ -50,7 +50,9 @@ sys.path[:0] = [str(REPO), str(REPO / "Compressed_Video_Reader")]  # this checko
 
 from llava.script_import import import_script  # noqa: E402
 
-md = import_script(Path(__file__).with_name("make_dataset.py"), "_flash_events_make_dataset")
+# The lmms-eval tasks' utils: the test docs and their videos; ``utils.md`` is make_dataset.
+utils = import_script(REPO / "llava/eval/tasks/flash_events/utils.py", "_flash_events_task_utils")
+md = utils.md
 TASKS = ("flash_events_colour", "flash_events_where")
 GROUP = "flash_events"
 MODES = ("codec", "uniform")
@@ -339,19 +341,19 @@ class Runner:
 # ---------------------------------------------------------------------------- measurements
 def test_docs(limit: int | None) -> list[dict]:
     """The eval's docs (one per video, from the tasks' data.jsonl), the first ``limit`` of each task."""
-    utils = import_script(REPO / "llava/eval/tasks/flash_events/utils.py", "_flash_events_task_utils")
     docs = [doc for doc in utils.make_docs() if doc["task"] == "colour"]
     return docs[:limit] if limit else docs
 
 
-def flash_reached(mode: str, budget: int, docs: list[dict], assets: Path | None, media: Path) -> float:
-    """Share of ``docs``' videos in which the model's input shows the flash (see the module docstring)."""
+def flash_reached(mode: str, budget: int, docs: list[dict], assets: Path | None) -> float:
+    """Share of ``docs``' videos in which the model's input shows the flash (see the module docstring).
+
+    Codec packs are found by the videos' paths in ``$FLASH_EVENTS_MEDIA``, as the eval finds them."""
     from cv_reader import sample_frame_ids_uniform
 
     from llava.eval.codec_assets import CodecAssets
     from llava.video_io import sample_frame_indices
 
-    utils = import_script(REPO / "llava/eval/tasks/flash_events/utils.py", "_flash_events_task_utils")
     found = CodecAssets(str(assets)) if mode == "codec" else None
     hits = 0
     for doc in docs:
@@ -580,7 +582,7 @@ def main(argv: list[str] | None = None) -> int:
                     "accuracy": (colour + where) / 2,
                     "colour": colour,
                     "where": where,
-                    "flash_reached": flash_reached(mode, budget, docs, assets, media),
+                    "flash_reached": flash_reached(mode, budget, docs, assets),
                     "patches": patches[mode],
                     "train_seconds": round(seconds, 1),
                 }
