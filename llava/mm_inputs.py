@@ -25,8 +25,10 @@ mosaic (``N``), as Stage-2 records and the upstream code lay them out:
 Video and codec entries keep the image processor's ``pixel_values_videos`` layout end to end
 (it is also the encoder's). ``image_sizes`` are ``(width, height)``, the convention stated in
 ``llava.mm_utils``. Codec inputs use the LLaVA codec configuration (``cv_reader.LLAVA_CODEC``)
-unless :class:`VideoOptions` says otherwise. Unusable media raise a
-:class:`~cv_reader.MediaError` subclass naming the file and the problem.
+unless :class:`VideoOptions` says otherwise. Image files are opened by ``cv_reader.read_image``
+(regular files only, a pixel limit checked before decoding, EXIF orientation applied,
+high-bit-depth samples scaled to 8 bits). Unusable media raise a :class:`~cv_reader.MediaError`
+subclass naming the file and the problem.
 
     processor = VisualProcessor(image_processor, model.config, video_mode="codec")
     visual = processor([pil_image, "clip.mp4"])               # one sample, two placeholders
@@ -52,8 +54,10 @@ from cv_reader import (
     MediaError,
     Stage1Params,
     VideoReadError,
+    read_image,
+    to_rgb8,
 )
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from .constants import DEFAULT_IMAGE_TOKEN
 from .mm_utils import process_images
@@ -154,15 +158,6 @@ def codec_options(frames: int, images: int, canvas: int, patch_size: int) -> Sta
                                patch_size=patch_size)
 
 
-def open_image(path: str | os.PathLike) -> Image.Image:
-    """An image file as RGB, or :class:`ImageReadError` naming the file."""
-    try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except (OSError, UnidentifiedImageError) as error:
-        raise ImageReadError(path, f"cannot read image ({error})") from None
-
-
 def is_image_path(path: str | os.PathLike) -> bool:
     """True when the file name has an image suffix PIL knows (otherwise it is read as a video)."""
     return Path(path).suffix.lower() in _IMAGE_SUFFIXES
@@ -227,11 +222,11 @@ class VisualProcessor:
     def image(self, image: Image.Image | np.ndarray | str | os.PathLike) -> VisualInputs:
         """One image with the checkpoint's image settings (native resolution or ``anyres`` tiles)."""
         if isinstance(image, (str, os.PathLike)):
-            image = open_image(image)
+            image = read_image(image)
         elif isinstance(image, np.ndarray):
-            image = Image.fromarray(image).convert("RGB")
+            image = to_rgb8(Image.fromarray(image))
         else:
-            image = image.convert("RGB")
+            image = to_rgb8(image)
         pixels = process_images([image], self.image_processor, self.config)[0]
         return VisualInputs([pixels], ["image"], [image.size], [None])
 
@@ -254,7 +249,7 @@ class VisualProcessor:
         8-frame video records): frame ``i`` at time slot ``linspace(0, T - 1, N)[i]`` of the
         codec configuration's ``T`` (8 frames of T 64: ``t = 0, 9, ..., 63``), every patch of it.
         """
-        frames = [open_image(f) if isinstance(f, (str, os.PathLike)) else f for f in frames]
+        frames = [read_image(f) if isinstance(f, (str, os.PathLike)) else f for f in frames]
         if not frames:
             raise ValueError("a clip needs at least one frame, got none")
         pixels = self.image_processor(videos=[frames], return_tensors="pt")["pixel_values_videos"][0]
@@ -315,5 +310,5 @@ __all__ = [
     "VisualProcessor",
     "codec_options",
     "is_image_path",
-    "open_image",
+    "read_image",
 ]

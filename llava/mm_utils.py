@@ -211,7 +211,7 @@ def unpad_image(tensor: torch.Tensor, original_size: tuple[int, int]) -> torch.T
 # ============================================================== process_images
 def _as_pil(image: Any, where: str) -> Image.Image:
     if isinstance(image, Image.Image):
-        return image.convert("RGB")
+        return image if image.mode == "RGB" else image.convert("RGB")
     if isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim in (2, 3):
         return Image.fromarray(image).convert("RGB")
     raise ValueError(f"{where}: expected a PIL image or uint8 HxW(xC) array, got {type(image).__name__}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import subprocess
 import sys
 
@@ -128,6 +129,18 @@ def test_unreadable_media_is_a_clear_message(checkpoint, tmp_path, monkeypatch, 
     code, _, err = chat(monkeypatch, capsys, ["--model-path", str(checkpoint), "--video", str(tmp_path / "gone.mp4")],
                         "hi\n")
     assert code == 1 and "gone.mp4: file not found" in err
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+def test_a_bomb_or_a_fifo_as_the_image_is_a_clear_message(checkpoint, tmp_path, monkeypatch, capsys):
+    bomb = tmp_path / "bomb.png"
+    Image.new("1", (12_000, 10_000)).save(bomb)  # 120 megapixels in a few kB
+    code, _, err = chat(monkeypatch, capsys, ["--model-path", str(checkpoint), "--image", str(bomb)], "hi\n")
+    assert code == 1 and f"error: {bomb}: 12000x10000 is 120,000,000 pixels" in err and "Traceback" not in err
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)  # nothing ever writes to it: opening it for reading would block forever
+    code, _, err = chat(monkeypatch, capsys, ["--model-path", str(checkpoint), "--image", str(fifo)], "hi\n")
+    assert code == 1 and f"error: {fifo}: image is not a regular file (a FIFO)" in err
 
 
 def test_a_path_that_is_not_a_checkpoint(tmp_path, monkeypatch, capsys):

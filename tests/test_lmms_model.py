@@ -5,6 +5,7 @@ single requests, offline codec assets in both layouts, online codec for missing 
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -273,6 +274,24 @@ def test_a_video_that_cannot_be_read_is_reported_not_replaced(checkpoint, media,
     assert [video for video, _ in model.stats.failed] == [str(broken)]  # once, though asked twice
     out = capsys.readouterr().out
     assert "1 failed" in out and f"failed: {broken}: not a readable video" in out
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+def test_an_image_that_cannot_be_used_is_skipped_and_counted(checkpoint, media, tmp_path, capsys):
+    """A decompression bomb or a FIFO given as a document's image: that request is answered empty, the run
+    goes on, and the summary counts and names it."""
+    bomb = tmp_path / "bomb.png"
+    Image.new("1", (12_000, 10_000)).save(bomb)
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    docs = _docs(media)[:1] + [{"q": "What is it?", "visual": [str(bomb)]}, {"q": "And this?", "visual": [str(fifo)]}]
+    model = _model(checkpoint, batch_size=3)
+    _attach(model, docs)
+    answers = model.generate_until(_generate_requests(docs))
+    assert answers[1:] == ["", ""] and answers[0]
+    assert [image for image, _ in model.stats.failed_images] == [str(bomb), str(fifo)]
+    out = capsys.readouterr().out
+    assert "images: 2 failed" in out and "120,000,000 pixels" in out and "not a regular file (a FIFO)" in out
 
 
 def test_bad_model_args_are_refused_by_name(checkpoint):

@@ -3,7 +3,15 @@
 from __future__ import annotations
 
 from .canvas import CanvasGeometry
-from .errors import CodecInputError, ImageReadError, MediaError, UnsupportedCodecError, VideoReadError
+from .errors import (
+    CodecInputError,
+    ImageReadError,
+    ImageTooLargeError,
+    MediaError,
+    UnsupportedCodecError,
+    VideoReadError,
+)
+from .images import check_regular_file, default_max_pixels, open_regular_file, read_image, to_rgb8
 from .mosaic import pack_mosaics
 from .pack import check_codec_inputs, load_mosaics, load_positions, read_pack
 from .pipeline import (
@@ -26,22 +34,28 @@ __all__ = [
     "CodecPatches",
     "FrameRecord",
     "ImageReadError",
+    "ImageTooLargeError",
     "MediaError",
     "Selection",
     "Stage1Params",
     "UnsupportedCodecError",
     "VideoReadError",
     "check_codec_inputs",
+    "check_regular_file",
     "codec_patchify",
+    "default_max_pixels",
     "global_topk",
     "load_canvases",
     "load_mosaics",
     "load_positions",
+    "open_regular_file",
     "pack_mosaics",
     "probe",
     "read_frames",
+    "read_image",
     "read_pack",
     "read_video",
     "sample_frame_ids_uniform",
     "select_patches",
+    "to_rgb8",
 ]

@@ -19,6 +19,7 @@ import numpy as np
 from av.video.reformatter import ColorRange, VideoReformatter
 
 from .errors import UnsupportedCodecError, VideoReadError
+from .images import check_regular_file
 
 #: Codecs whose FFmpeg decoders export bitstream motion vectors (``flags2=+export_mvs``).
 MV_EXPORT_CODECS = frozenset(
@@ -103,10 +104,7 @@ class VideoIndex:
 def open_video(path: str | os.PathLike) -> tuple[av.container.InputContainer, av.video.stream.VideoStream]:
     """Open ``path`` and return its first video stream, or raise :class:`VideoReadError`."""
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise VideoReadError(path, "file not found")
-    if not os.path.isfile(path):
-        raise VideoReadError(path, "not a regular file")
+    check_regular_file(path, VideoReadError)
     if os.path.getsize(path) == 0:
         raise VideoReadError(path, "file is empty")
     try:

@@ -10,6 +10,7 @@ a batch tool logs one line per failed sample and carries on.
   ``CodecInputError``       precomputed codec inputs (mosaics + ``positions_thw.npy``) are
                             missing or inconsistent
   ``ImageReadError``        an image file cannot be read
+    ``ImageTooLargeError``     it has more pixels than allowed (a decompression bomb)
 """
 
 from __future__ import annotations
@@ -48,3 +49,7 @@ class CodecInputError(MediaError):
 
 class ImageReadError(MediaError):
     """An image file cannot be read."""
+
+
+class ImageTooLargeError(ImageReadError):
+    """An image declares more pixels than allowed (checked from its header, before decoding)."""

@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
-from PIL import Image
-
-from .errors import CodecInputError
+from .errors import CodecInputError, ImageReadError
+from .images import check_regular_file, read_image
 from .pipeline import LLAVA_CODEC, CodecPatches, Stage1Params
 
 
@@ -26,13 +24,10 @@ def load_mosaics(paths: Sequence[str | os.PathLike]) -> np.ndarray:
         raise ValueError("mosaic paths are empty: a codec input needs at least one mosaic image")
     arrays = []
     for path in paths:
-        if not Path(path).is_file():
-            raise CodecInputError(path, "mosaic image not found")
         try:
-            with Image.open(path) as image:
-                arrays.append(np.asarray(image.convert("RGB"), dtype=np.uint8))
-        except OSError as exc:
-            raise CodecInputError(path, f"cannot read mosaic image ({exc})") from exc
+            arrays.append(np.asarray(read_image(path, what="mosaic image"), dtype=np.uint8))
+        except ImageReadError as exc:  # reported as what it is: a broken codec input
+            raise CodecInputError(exc.path, exc.problem) from None
         height, width = arrays[-1].shape[:2]
         if height != width or arrays[-1].shape != arrays[0].shape:
             raise CodecInputError(
@@ -45,8 +40,7 @@ def load_mosaics(paths: Sequence[str | os.PathLike]) -> np.ndarray:
 
 def load_positions(path: str | os.PathLike) -> np.ndarray:
     """``positions_thw.npy`` as int32 ``[K, 3]``; never unpickles (object arrays are refused)."""
-    if not Path(path).is_file():
-        raise CodecInputError(path, "positions file not found")
+    check_regular_file(path, CodecInputError, "positions file")
     try:
         positions = np.load(path, allow_pickle=False)
     except ValueError as exc:  # object arrays need pickle

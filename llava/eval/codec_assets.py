@@ -115,6 +115,7 @@ class CodecAssetStats:
     online: int = 0
     frames: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)  # (video, why)
+    failed_images: list[tuple[str, str]] = field(default_factory=list)  # (image, why)
 
     def summary(self) -> str:
         lines = [
@@ -122,6 +123,9 @@ class CodecAssetStats:
             f"{self.frames} as uniform frames, {len(self.failed)} failed"
         ]
         lines += [f"  failed: {video}: {why}" for video, why in self.failed]
+        if self.failed_images:
+            lines.append(f"images: {len(self.failed_images)} failed (their requests were answered empty)")
+            lines += [f"  failed: {image}: {why}" for image, why in self.failed_images]
         return "\n".join(lines)
 
 

@@ -159,8 +159,7 @@ class LlavaOVEncoder(lmms):
             except (MediaError, ValueError, OSError) as error:
                 name = str(visual) if isinstance(visual, (str, os.PathLike)) else type(visual).__name__
                 why = str(error).removeprefix(f"{name}: ")  # media errors already start with the path
-                if is_video:
-                    self.stats.failed.append((name, why))
+                (self.stats.failed if is_video else self.stats.failed_images).append((name, why))
                 raise MediaUnavailable(f"{name}: {why}") from error
         return VisualInputs.concat(parts)
 
@@ -203,7 +202,8 @@ class LlavaOVEncoder(lmms):
         return self.task_dict[task][split][doc_id]
 
     def _report(self, kind: str) -> None:
-        if self.stats.from_assets or self.stats.online or self.stats.frames or self.stats.failed:
+        stats = self.stats
+        if stats.from_assets or stats.online or stats.frames or stats.failed or stats.failed_images:
             print(f"[llava_ov_encoder] after {kind} (rank {self._rank}): {self.stats.summary()}", flush=True)
 
     # ------------------------------------------------------------------ requests

@@ -52,7 +52,7 @@ def fit_to_patch_grid(
 def to_rgb_array(image: Any, where: str = "image") -> np.ndarray:
     """PIL image / numpy / torch array (HWC or CHW, uint8 or float in [0, 1]) -> HWC RGB array."""
     if isinstance(image, Image.Image):
-        return np.asarray(image.convert("RGB"))
+        return np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
     if hasattr(image, "detach") and hasattr(image, "cpu"):  # torch tensor, without importing torch here
         image = image.detach().cpu().numpy()
     if not isinstance(image, np.ndarray):
@@ -153,6 +153,11 @@ class OneVisionEncoderImageProcessor(BaseImageProcessor):
         return fit_to_patch_grid(height, width, self.patch_size, self.min_pixels, self.max_pixels)
 
     def _process_frame(self, image: Any, target: tuple[int, int] | None, where: str) -> np.ndarray:
+        if isinstance(image, Image.Image):  # resized by PIL first: no full-size array copies of a big image
+            image = image if image.mode == "RGB" else image.convert("RGB")
+            height, width = target if target is not None else self.target_size(image.height, image.width)
+            if image.size != (width, height):
+                image = image.resize((width, height), Image.BICUBIC)
         array = to_rgb_array(image, where)
         is_uint8 = array.dtype == np.uint8
         height, width = target if target is not None else self.target_size(*array.shape[:2])
@@ -196,7 +201,9 @@ class OneVisionEncoderImageProcessor(BaseImageProcessor):
                 frames = list(frames)
                 if not frames:
                     raise ValueError(f"videos[{v}] has no frames")
-                target = self.target_size(*to_rgb_array(frames[0], f"videos[{v}][0]").shape[:2])
+                first = frames[0]
+                shape = (first.height, first.width) if isinstance(first, Image.Image) else None
+                target = self.target_size(*(shape or to_rgb_array(first, f"videos[{v}][0]").shape[:2]))
                 clip = [self._process_frame(f, target, f"videos[{v}][{t}]") for t, f in enumerate(frames)]
                 clips.append(np.stack(clip, axis=1))  # [C, T, H, W]
             data["pixel_values_videos"] = _stack_or_list(clips)
@@ -214,6 +221,8 @@ class OneVisionEncoderImageProcessor(BaseImageProcessor):
 
 def _original_size(image: Any) -> tuple[int, int]:
     """``(width, height)``, as PIL's ``image.size`` and LLaVA-NeXT's callers give it."""
+    if isinstance(image, Image.Image):
+        return image.size
     height, width = to_rgb_array(image).shape[:2]
     return width, height
 
