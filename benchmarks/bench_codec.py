@@ -24,7 +24,6 @@ import importlib.util
 import json
 import os
 import platform
-import re
 import statistics
 import subprocess
 import sys
@@ -32,6 +31,8 @@ import tempfile
 import time
 from fractions import Fraction
 from pathlib import Path
+
+from docs_section import replace_section  # benchmarks/docs_section.py
 
 ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "Compressed_Video_Reader"
@@ -232,18 +233,6 @@ def table(rows: list[dict], t: int) -> str:
     return "\n".join(lines)
 
 
-def write_docs(text: str) -> None:
-    """Replace (or append) the '## Codec reader' section of docs/benchmarks.md, keeping others."""
-    DOCS.parent.mkdir(parents=True, exist_ok=True)
-    old = DOCS.read_text() if DOCS.is_file() else "# Benchmarks\n"
-    pat = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.DOTALL | re.MULTILINE)
-    block = f"{SECTION}\n\n{text.strip()}\n\n"
-    new = pat.sub(block, old) if pat.search(old) else old.rstrip() + "\n\n" + block
-    tmp = DOCS.with_suffix(".md.tmp")
-    tmp.write_text(new)
-    os.replace(tmp, DOCS)
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--worker", choices=KINDS, help=argparse.SUPPRESS)
@@ -335,7 +324,7 @@ def main() -> int:
             "floor under Stage 1 on a single-GOP clip (Stage 1 splits multi-GOP H.264 over two "
             "decoders).\n\n" + tab
         )
-        write_docs(text)
+        replace_section(SECTION, text)
         print(f"\nupdated {DOCS}")
     return 0
 

@@ -12,16 +12,12 @@ from __future__ import annotations
 import base64
 import json
 import os
-import socket
-import threading
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
-import torch
 from PIL import Image
-from train_helpers import sharpened
+from server_helpers import serve_tiny
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("CHROMEDRIVER", "/usr/bin/chromedriver")
@@ -60,34 +56,9 @@ def _selenium():
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """The chat server for a sharpened tiny checkpoint: its base URL."""
-    import uvicorn
-
-    from llava.cli_options import load_checkpoint
-    from llava.model.builder import load_pretrained_model
-    from llava.model.tiny import save_tiny_checkpoint
-    from llava.serve.openai_api import build_parser, create_app
-
-    path = tmp_path_factory.mktemp("chat-page") / "tiny"
-    save_tiny_checkpoint(path)
-    _, model, _, _ = load_pretrained_model(str(path), torch_dtype=torch.float32)
-    sharpened(model).save_pretrained(path)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    args = build_parser().parse_args(["--model-path", str(path), "--device", "cpu", "--port", str(port),
-                                      "--codec-frames", "8", "--codec-canvas", "64", "--codec-images", "2"])
-    args.served_model_name = "tiny"
-    app = create_app(*load_checkpoint(args), args)
-    uvicorn_server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=uvicorn_server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + WAIT_S
-    while not uvicorn_server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    uvicorn_server.should_exit = True
-    thread.join(timeout=10)
+    with serve_tiny(tmp_path_factory.mktemp("chat-page"), "--device", "cpu", "--codec-frames", "8",
+                    "--codec-canvas", "64", "--codec-images", "2", name="tiny") as (base, _):
+        yield base
 
 
 @pytest.fixture(scope="module")

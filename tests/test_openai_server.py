@@ -5,10 +5,10 @@ answered with a 4xx OpenAI error while the server keeps serving."""
 
 from __future__ import annotations
 
-import base64
 import io
 import json
-import socket
+import os
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -17,23 +17,13 @@ import httpx
 import numpy as np
 import openai
 import pytest
-import torch
-import uvicorn
 from PIL import Image
-from train_helpers import sharpened, write_video
+from server_helpers import data_url, serve_tiny
+from train_helpers import write_video
 
 QUESTION = "What is in this picture?"
-LIMITS = ["--max-media-mb", "1", "--max-body-mb", "3", "--max-video-seconds", "3", "--max-tokens", "64"]
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _data_url(data: bytes, mime: str) -> str:
-    return f"data:{mime};base64,{base64.b64encode(data).decode()}"
+LIMITS = ["--max-media-mb", "1", "--max-body-mb", "3", "--max-video-seconds", "3", "--max-tokens", "64",
+          "--max-image-megapixels", "10", "--max-video-frame-megapixels", "0.05"]
 
 
 def _png(seed: int, size=(48, 80)) -> bytes:
@@ -43,41 +33,31 @@ def _png(seed: int, size=(48, 80)) -> bytes:
     return out.getvalue()
 
 
+def _flat_png(size) -> bytes:
+    """A PNG of one colour: a few kB that decode to ``size`` pixels."""
+    out = io.BytesIO()
+    Image.new("RGB", size, (30, 140, 60)).save(out, format="PNG")
+    return out.getvalue()
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    from llava.model.builder import load_pretrained_model
-    from llava.model.tiny import save_tiny_checkpoint
-    from llava.serve.openai_api import build_parser, create_app
-
     root = tmp_path_factory.mktemp("server")
-    checkpoint = save_tiny_checkpoint(root / "tiny-ckpt")
-    _, model, _, _ = load_pretrained_model(str(checkpoint), torch_dtype=torch.float32)
-    sharpened(model).save_pretrained(checkpoint)  # answers that differ from prompt to prompt
     media = root / "media"
     media.mkdir()
     (media / "photo.png").write_bytes(_png(1))
     write_video(media / "clip.mp4", frames=16)
     write_video(media / "long.mp4", frames=60)  # 5 s at 12 fps: over the 3 s limit
+    write_video(media / "wide.mp4", frames=8, width=320, height=256)  # 81,920 pixels a frame: over 0.05 MP
     (media / "big.png").write_bytes(_png(2, size=(700, 700)))  # ~1.4 MB of noise: over 1 MB
+    (media / "many-pixels.png").write_bytes(_flat_png((4000, 3000)))  # 12 MP in a few kB: over 10 MP
+    (media / "loop-a").symlink_to(media / "loop-b")
+    (media / "loop-b").symlink_to(media / "loop-a")
+    os.mkfifo(media / "fifo.png")
     (root / "secret.txt").write_text("outside the media root")
-    port = _free_port()
-    args = build_parser().parse_args(["--model-path", str(checkpoint), "--port", str(port), "--media-root",
-                                      str(media), "--codec-frames", "8", "--codec-canvas", "64",
-                                      "--codec-images", "2", "--frames", "4", *LIMITS])
-    args.served_model_name = "tiny-llava"
-    from llava.cli_options import load_checkpoint
-
-    app = create_app(*load_checkpoint(args), args)
-    uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=uv.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 60
-    while not uv.started and time.time() < deadline:
-        time.sleep(0.05)
-    base = f"http://127.0.0.1:{port}"
-    yield base, media, app
-    uv.should_exit = True
-    thread.join(timeout=10)
+    with serve_tiny(root, "--media-root", str(media), "--codec-frames", "8", "--codec-canvas", "64",
+                    "--codec-images", "2", "--frames", "4", *LIMITS) as (base, app):
+        yield base, media, app
 
 
 @pytest.fixture()
@@ -114,7 +94,7 @@ def test_models_and_health(server, client):
 
 
 def test_an_image_question_streamed_equals_the_whole_answer(server, client):
-    content = [_image_part(_data_url(_png(1), "image/png")), {"type": "text", "text": QUESTION}]
+    content = [_image_part(data_url(_png(1), "image/png")), {"type": "text", "text": QUESTION}]
     whole = _ask(client, content)
     answer = whole.choices[0].message.content
     assert answer and whole.choices[0].finish_reason in ("stop", "length")
@@ -134,7 +114,7 @@ def test_an_image_question_streamed_equals_the_whole_answer(server, client):
 
 def test_videos_in_codec_and_frames_mode(server, client):
     data = (server[1] / "clip.mp4").read_bytes()
-    for url in (_data_url(data, "video/mp4"), "clip.mp4"):
+    for url in (data_url(data, "video/mp4"), "clip.mp4"):
         codec = _ask(client, [_video_part(url), {"type": "text", "text": "What moves?"}])
         frames = _ask(client, [_video_part(url), {"type": "text", "text": "What moves?"}],
                       extra_body={"video_mode": "frames"})
@@ -144,7 +124,7 @@ def test_videos_in_codec_and_frames_mode(server, client):
 
 def test_multi_turn_and_system_messages(client):
     messages = [{"role": "system", "content": "You answer briefly."},
-                {"role": "user", "content": [_image_part(_data_url(_png(3), "image/png")),
+                {"role": "user", "content": [_image_part(data_url(_png(3), "image/png")),
                                              {"type": "text", "text": QUESTION}]},
                 {"role": "assistant", "content": "A square."}, {"role": "user", "content": "What colour?"}]
     reply = client.chat.completions.create(model="tiny-llava", messages=messages, temperature=0, max_tokens=8)
@@ -175,7 +155,7 @@ def test_eight_concurrent_requests_are_all_answered_as_alone(client):
 
 
 def test_a_client_that_leaves_mid_stream_frees_the_server(server, client):
-    base, _, app = server
+    base = server[0]
     before = httpx.get(base + "/health").json()
     body = {"model": "tiny-llava", "messages": [{"role": "user", "content": "Talk."}], "max_tokens": 64,
             "temperature": 1.0, "stream": True}
@@ -195,16 +175,18 @@ def _user(content) -> dict:
 
 
 HI = _user("hi")
+HI_JSON = '{"messages": [{"role": "user", "content": "hi"}]'
+PNG_B64 = data_url(_png(4), "image/png").split(",", 1)[1]
 BAD = [
     ("not json", None, 400, "not valid JSON"),
     ({**HI, "model": "gpt-4"}, None, 404, "does not exist"),
-    ({"messages": []}, None, 400, "non-empty list"),
+    ({"messages": []}, None, 400, "at least 1 item"),
     ({"messages": [{"role": "robot", "content": "hi"}]}, None, 400, "role"),
-    (_user([{"type": "audio_url", "audio_url": {"url": "x"}}]), None, 400, "unsupported content part"),
+    (_user([{"type": "audio_url", "audio_url": {"url": "x"}}]), None, 400, "unsupported type 'audio_url'"),
     (_user([_image_part("https://example.com/cat.png")]), None, 400, "remote URLs are not fetched"),
     (_user([_image_part("data:image/png;base64,!!!")]), None, 400, "not valid base64"),
-    (_user([_image_part(_data_url(b"not a png", "image/png"))]), None, 400, "not readable"),
-    (_user([_video_part(_data_url(b"not a video", "video/mp4"))]), None, 400, "not readable"),
+    (_user([_image_part(data_url(b"not a png", "image/png"))]), None, 400, "not readable"),
+    (_user([_video_part(data_url(b"not a video", "video/mp4"))]), None, 400, "not readable"),
     (_user([_image_part("../secret.txt")]), None, 403, "outside the media"),
     (_user([_image_part("/etc/passwd")]), None, 403, "outside the media"),
     (_user([_image_part("missing.png")]), None, 400, "no such file"),
@@ -212,32 +194,158 @@ BAD = [
     (_user([_video_part("long.mp4")]), None, 413, "limit is 3 s"),
     ({**HI, "max_tokens": 65}, None, 400, "max_tokens"),
     ({**HI, "temperature": 3}, None, 400, "temperature"),
-    ({**HI, "n": 2}, None, 400, "n=1"),
+    ({**HI, "n": 2}, None, 400, "n: Input should be less than or equal to 1"),
     ({**HI, "logit_bias": {}}, None, 400, "unsupported parameter"),
     ({**HI, "video_mode": "pixels"}, None, 400, "video_mode"),
     (_user("Look: <image> what is it?"), None, 400, "may not contain <image>"),
     (_user([{"type": "text", "text": "<image>"}, _image_part("photo.png")]), None, 400, "may not contain"),
     ({"messages": [{"role": "assistant", "content": "hi"}]}, None, 400, "last message must come from"),
     (None, 4 << 20, 413, "larger than 3"),
+    # a stream whose options are not an object (once a 500 that kept its place in the line)
+    ({**HI, "stream": True, "stream_options": "yes"}, None, 400, "stream_options"),
+    ({**HI, "stream_options": {"include_usage": True}}, None, 400, "only allowed when stream is true"),
+    # special paths under the media root
+    (_user([_image_part("loop-a")]), None, 400, "not a usable path"),
+    (_user([_image_part("photo\x00.png")]), None, 400, "NUL byte"),
+    (_user([_image_part("a" * 5000 + ".png")]), None, 400, "not a usable path"),
+    (_user([_image_part("fifo.png")]), None, 400, "no such file"),
+    (_user([_video_part("fifo.png")]), None, 400, "no such file"),
+    # data URLs with odd MIME types (a video's type once named its temporary file)
+    (_user([_video_part("data:video/x/../../y;base64,AAAA")]), None, 400, "data URL must be"),
+    (_user([_video_part("data:video/" + "x" * 300 + ";base64,AAAA")]), None, 400, "data URL must be"),
+    (_user([_image_part("data:image/p\x00ng;base64," + PNG_B64)]), None, 400, "data URL must be"),
+    (_user([_image_part("data:;base64," + PNG_B64)]), None, 400, "data URL must be"),
+    # numbers JSON cannot hold, and nesting beyond any request's shape
+    (HI_JSON + ', "max_tokens": NaN}', None, 400, "max_tokens"),
+    (HI_JSON + ', "temperature": Infinity}', None, 400, "temperature"),
+    (HI_JSON + ', "max_tokens": 1e400}', None, 400, "max_tokens"),
+    (HI_JSON + ', "seed": 1e400}', None, 400, "seed"),
+    (HI_JSON + ', "seed": -Infinity}', None, 400, "seed"),
+    ('{"messages": ' + "[" * 100000 + "]" * 100000 + "}", None, 400, "not valid JSON"),
+    # types are checked, not coerced
+    ({**HI, "stream": "false"}, None, 400, "stream: Input should be a valid boolean"),
+    ({**HI, "n": True}, None, 400, "n: Input should be a valid integer"),
+    ({**HI, "max_tokens": 5.0}, None, 400, "max_tokens"),
+    (_user([{"type": "text", "text": 42}]), None, 400, "messages[0].content[0].text"),
+    (_user([{"type": "text", "text": {"nested": "object"}}]), None, 400, "messages[0].content[0].text"),
+    ({"messages": [{"role": "system", "content": 7}, {"role": "user", "content": "hi"}]}, None, 400,
+     "messages[0].content"),
+    # pixel budgets, read from the headers before decoding
+    (_user([_image_part("many-pixels.png")]), None, 413, "more than the limit of 10,000,000"),
+    (_user([_image_part(data_url(_flat_png((4000, 3000)), "image/png"))]), None, 413, "more than the limit"),
+    (_user([_video_part("wide.mp4")]), None, 413, "320x256"),
 ]
+
+
+def _leftover_temporary_files() -> list[str]:
+    return sorted(f for f in os.listdir(tempfile.gettempdir()) if f.startswith("llava-serve-"))
+
+
+def _post(base: str, body, padding=None):
+    url = base + "/v1/chat/completions"
+    headers = {"content-type": "application/json"}
+    if body == "not json":
+        return httpx.post(url, content=b"{oops", timeout=30, headers=headers)
+    if padding:
+        return httpx.post(url, content=b" " * padding, timeout=30, headers=headers)
+    if isinstance(body, str):
+        return httpx.post(url, content=body.encode(), timeout=30, headers=headers)
+    return httpx.post(url, json=body, timeout=30)
 
 
 @pytest.mark.parametrize("body, padding, status, message", BAD, ids=range(len(BAD)))
 def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(server, client, body, padding, status,
                                                                     message):
     base = server[0]
-    if body == "not json":
-        response = httpx.post(base + "/v1/chat/completions", content=b"{oops", timeout=30,
-                              headers={"content-type": "application/json"})
-    elif padding:
-        response = httpx.post(base + "/v1/chat/completions", content=b" " * padding, timeout=30,
-                              headers={"content-type": "application/json"})
-    else:
-        response = httpx.post(base + "/v1/chat/completions", json=body, timeout=30)
+    before = _leftover_temporary_files()
+    response = _post(base, body, padding)
     assert response.status_code == status, response.text
     error = response.json()["error"]
     assert message in error["message"] and set(error) == {"message", "type", "param", "code"}
+    assert httpx.get(base + "/health").json()["waiting"] == 0
+    assert _leftover_temporary_files() == before
     assert _ask(client, "Still there?").choices[0].message.content
+
+
+def test_bad_streams_never_fill_the_waiting_line(server, client):
+    """More malformed streaming requests than --max-waiting (32): each is refused, none keeps a place."""
+    for _ in range(40):
+        response = _post(server[0], {**HI, "stream": True, "stream_options": ["include_usage"]})
+        assert response.status_code == 400
+    assert httpx.get(server[0] + "/health").json()["waiting"] == 0
+    assert _ask(client, "Still there?").choices[0].message.content
+
+
+def test_an_internal_fault_is_a_500_body_that_frees_its_place_and_files(server, client, monkeypatch):
+    """A fault of the server itself (here: the video check raises what no request should cause) is a 500
+    with the OpenAI error body; the request's place in the line and its temporary video file are freed."""
+    from llava.serve import messages
+
+    def broken(path, param, policy):
+        assert os.path.isfile(path)  # the data URL's bytes were written to a temporary file
+        raise RuntimeError("a bug in the video check")
+
+    monkeypatch.setattr(messages, "_check_video", broken)
+    before = _leftover_temporary_files()
+    video = data_url((server[1] / "clip.mp4").read_bytes(), "video/mp4")
+    for stream in (False, True):
+        response = _post(server[0], {**_user([_video_part(video)]), "stream": stream})
+        assert response.status_code == 500, response.text
+        assert response.json()["error"]["type"] == "server_error"
+        assert set(response.json()["error"]) == {"message", "type", "param", "code"}
+    assert httpx.get(server[0] + "/health").json()["waiting"] == 0
+    assert _leftover_temporary_files() == before
+    monkeypatch.undo()
+    assert _ask(client, [_video_part(video), {"type": "text", "text": "What moves?"}]).choices[0].message.content
+
+
+def test_media_decodes_are_bounded(server, client, monkeypatch):
+    """At most --max-concurrent-decodes (2) requests decode their media at once; the rest wait their turn."""
+    import llava.serve.openai_api as api
+
+    active, most = [0], [0]
+    lock = threading.Lock()
+    real = api.parse_messages
+
+    def counted(*args, **kwargs):
+        with lock:
+            active[0] += 1
+            most[0] = max(most[0], active[0])
+        try:
+            time.sleep(0.2)
+            return real(*args, **kwargs)
+        finally:
+            with lock:
+                active[0] -= 1
+
+    monkeypatch.setattr(api, "parse_messages", counted)
+    content = [_image_part("photo.png"), {"type": "text", "text": QUESTION}]
+    with ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(lambda _: _ask(client, content, max_tokens=2), range(6)))
+    assert all(a.choices[0].message.content is not None for a in answers)
+    assert most[0] == 2
+
+
+def test_the_openapi_schema_declares_the_request(server):
+    schema = httpx.get(server[0] + "/openapi.json").json()
+    operation = schema["paths"]["/v1/chat/completions"]["post"]
+    body = operation["requestBody"]["content"]["application/json"]["schema"]
+    request = _resolve(schema, body)
+    assert {"messages", "stream", "max_tokens", "temperature", "stop", "video_mode"} <= set(request["properties"])
+    assert request["additionalProperties"] is False and request["required"] == ["messages"]
+    assert {"400", "413", "500", "503"} <= set(operation["responses"])
+    for ref in json.dumps(schema).split('"$ref": "')[1:]:  # every reference resolves inside the document
+        _resolve(schema, {"$ref": ref.split('"', 1)[0]})
+
+
+def _resolve(schema: dict, node: dict) -> dict:
+    while "$ref" in node:
+        assert node["$ref"].startswith("#/"), node
+        target = schema
+        for key in node["$ref"][2:].split("/"):
+            target = target[key]
+        node = target
+    return node
 
 
 def test_the_openai_client_raises_on_errors(client):
@@ -249,8 +357,9 @@ def test_the_openai_client_raises_on_errors(client):
 
 def test_the_server_reads_no_files_without_a_media_root():
     from llava.serve.messages import MediaPolicy, RequestError, parse_messages
+    from llava.serve.protocol import UserMessage
 
-    messages = [{"role": "user", "content": [_image_part("/etc/hostname")]}]
+    messages = [UserMessage(role="user", content=[_image_part("/etc/hostname")])]
     with pytest.raises(RequestError, match="reads no local files") as caught:
         parse_messages(messages, "qwen_1_5", processor=None, policy=MediaPolicy())
     assert caught.value.status == 403

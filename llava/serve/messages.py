@@ -1,35 +1,43 @@
 """OpenAI chat ``messages`` -> a conversation and its visual inputs, with the server's media rules.
 
-Content parts: ``{"type": "text"}``, ``{"type": "image_url", "image_url": {"url": ...}}`` and
-``{"type": "video_url", "video_url": {"url": ...}}`` (vLLM's convention for videos). A URL is a
-``data:`` URL (base64) or, when the server has a media root, a ``file://`` URL or a path inside that
-root; nothing else is read from disk and no remote URL is fetched. Each visual's ``<image>``
-placeholders go where its part stands in the message (a codec video takes one per mosaic), and every
-visual goes through the one input layer (``llava.mm_inputs``), as in chat, training and evaluation.
+The messages come validated (``llava.serve.protocol``): roles, part types and field types are
+already right. Here: a URL is a ``data:`` URL (base64) or, when the server has a media root, a
+``file://`` URL or a path inside that root; nothing else is read from disk and no remote URL is
+fetched. Images are opened by ``cv_reader.read_image`` (regular files only, EXIF orientation,
+high-bit-depth scaling) under the policy's pixel budget, checked from the header before decoding;
+a video's frame size is checked the same way from its probe. Each visual's ``<image>``
+placeholders go where its part stands in the message (a codec video takes one per mosaic), and
+every visual goes through the one input layer (``llava.mm_inputs``), as in chat, training and
+evaluation.
 
 Every problem of a request raises :class:`RequestError` with the OpenAI error fields; the server turns
-it into a 4xx answer and keeps serving.
+it into a 4xx answer and keeps serving. Temporary files (data-URL videos) are listed in the caller's
+``temporary`` list as soon as they exist, so the caller removes them whatever happens.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import io
 import os
+import re
 import tempfile
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from PIL import Image, UnidentifiedImageError
+from cv_reader import ImageTooLargeError, default_max_pixels, read_image
+from PIL import Image
 
 from ..constants import DEFAULT_IMAGE_TOKEN
 from ..conversation import Conversation, get_conv_template
 from ..mm_inputs import MediaError, VisualInputs, VisualProcessor
 from ..video_io import probe
+from .protocol import AssistantMessage, ImagePart, SystemMessage, TextPart, UserMessage
 
-ROLES = ("system", "user", "assistant")
+#: ``type/subtype`` of a data URL (RFC 2045 tokens, bounded).
+_MIME = re.compile(r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,63}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,63}")
 
 
 class RequestError(Exception):
@@ -46,38 +54,42 @@ class RequestError(Exception):
 
 @dataclass(frozen=True)
 class MediaPolicy:
-    """What the server may read: ``media_root`` (``None``: data URLs only) and the size limits."""
+    """What the server may read: ``media_root`` (``None``: data URLs only), the size limits and the
+    pixel budgets (an image's ``width * height``; one video frame's, from the stream header)."""
 
     media_root: Path | None = None
     max_media_bytes: int = 64 << 20
     max_video_seconds: float = 600.0
     max_visuals: int = 16
+    max_image_pixels: int = 0  # 0: cv_reader's default (PIL's decompression-bomb threshold)
+    max_video_frame_pixels: int = 3840 * 2160
+
+    def image_pixels(self) -> int:
+        return self.max_image_pixels or default_max_pixels()
 
 
 @dataclass
 class ParsedChat:
     conversation: Conversation
     visual: VisualInputs
-    temporary_files: list[str] = field(default_factory=list)
 
-    def cleanup(self) -> None:
-        for path in self.temporary_files:
-            Path(path).unlink(missing_ok=True)
-        self.temporary_files.clear()
+
+def _too_large(message: str, param: str) -> RequestError:
+    return RequestError(message, param, status=413, code="media_too_large")
 
 
 def _data_url(url: str, param: str, policy: MediaPolicy) -> tuple[bytes, str]:
     header, sep, payload = url.partition(",")
-    if not sep or not header.endswith(";base64"):
-        raise RequestError("a data URL must be data:<mime type>;base64,<data>", param)
+    mime = header[len("data:"):-len(";base64")] if header.endswith(";base64") else ""
+    if not sep or not _MIME.fullmatch(mime):
+        raise RequestError("a data URL must be data:<type>/<subtype>;base64,<data>", param)
     if len(payload) * 3 // 4 > policy.max_media_bytes:
-        raise RequestError(f"media larger than the limit of {policy.max_media_bytes} bytes", param,
-                           status=413, code="media_too_large")
+        raise _too_large(f"media larger than the limit of {policy.max_media_bytes} bytes", param)
     try:
         data = base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError):
         raise RequestError("the data URL's base64 payload is not valid base64", param) from None
-    return data, header[len("data:"):-len(";base64")]
+    return data, mime.lower()
 
 
 def _local_path(url: str, param: str, policy: MediaPolicy) -> Path:
@@ -85,150 +97,141 @@ def _local_path(url: str, param: str, policy: MediaPolicy) -> Path:
         raise RequestError("this server reads no local files (start it with --media-root DIR)", param,
                            status=403, code="local_files_disabled")
     raw = unquote(urlparse(url).path) if url.startswith("file://") else url
+    shown = raw if len(raw) <= 200 else raw[:200] + "..."
     root = policy.media_root.resolve()
-    path = (root / raw).resolve() if not os.path.isabs(raw) else Path(raw).resolve()
+    try:
+        path = (root / raw).resolve()
+        size = path.stat().st_size if path.is_file() else None
+    except (OSError, ValueError, RuntimeError) as error:  # NUL bytes, symlink loops, over-long names
+        why = "it holds a NUL byte" if "\0" in raw else (getattr(error, "strerror", None) or str(error))
+        raise RequestError(f"{shown!r} is not a usable path ({why})", param, code="media_not_found") from None
     if path != root and root not in path.parents:
-        raise RequestError(f"{raw} is outside the media root", param, status=403, code="outside_media_root")
-    if not path.is_file():
-        raise RequestError(f"{raw}: no such file under the media root", param, code="media_not_found")
-    if path.stat().st_size > policy.max_media_bytes:
-        raise RequestError(f"{raw} is larger than the limit of {policy.max_media_bytes} bytes", param,
-                           status=413, code="media_too_large")
+        raise RequestError(f"{shown} is outside the media root", param, status=403, code="outside_media_root")
+    if size is None:
+        raise RequestError(f"{shown}: no such file under the media root", param, code="media_not_found")
+    if size > policy.max_media_bytes:
+        raise _too_large(f"{shown} is larger than the limit of {policy.max_media_bytes} bytes", param)
     return path
 
 
-def _media(url, kind: str, param: str, policy: MediaPolicy, temporary: list[str]):
-    """A PIL image or a video file path for one content part's URL."""
-    if not isinstance(url, str) or not url:
-        raise RequestError(f"{kind}.url must be a non-empty string", param)
-    if url.startswith(("http://", "https://", "ftp://")):
-        raise RequestError("remote URLs are not fetched; send a data URL (or a path under the media root)",
-                           param, code="remote_url")
+def _image(url: str, param: str, policy: MediaPolicy) -> Image.Image:
     if url.startswith("data:"):
-        data, mime = _data_url(url, param, policy)
-        if kind == "image_url":
-            return _open_image(io.BytesIO(data), "the image", param)
-        suffix = "." + mime.split("/", 1)[1] if mime.startswith("video/") else ".mp4"
-        handle, path = tempfile.mkstemp(prefix="llava-serve-", suffix=suffix.replace("quicktime", "mov"))
-        with os.fdopen(handle, "wb") as out:
-            out.write(data)
-        temporary.append(path)
-        return path
-    path = _local_path(url, param, policy)
-    if kind == "image_url":
-        return _open_image(path, path.name, param)
-    return str(path)
-
-
-def _open_image(source, name: str, param: str) -> Image.Image:
+        data, _ = _data_url(url, param, policy)
+        source, name = data, "the image"
+    else:
+        source = _local_path(url, param, policy)
+        name = source.name
     try:
-        with Image.open(source) as image:
-            return image.convert("RGB")
-    except Image.DecompressionBombError as error:
-        raise RequestError(f"{name} has too many pixels ({error})", param, status=413,
-                           code="media_too_large") from None
-    except (UnidentifiedImageError, OSError) as error:
-        why = "not an image format PIL reads" if isinstance(error, UnidentifiedImageError) else str(error)
-        raise RequestError(f"{name} is not readable: {why}", param, code="bad_media") from None
+        return read_image(source, max_pixels=policy.image_pixels(), name=name)
+    except ImageTooLargeError as error:
+        raise _too_large(str(error), param) from None
+    except MediaError as error:
+        raise RequestError(f"{name} is not readable: {error.problem}", param, code="bad_media") from None
+
+
+def _video(url: str, param: str, policy: MediaPolicy, temporary: list[str]) -> str:
+    """A video file's path: the file under the media root, or a temporary copy of a data URL's bytes
+    (listed in ``temporary`` before it is written)."""
+    if not url.startswith("data:"):
+        return str(_local_path(url, param, policy))
+    data, mime = _data_url(url, param, policy)
+    subtype = mime.split("/", 1)[1]
+    suffix = "." + ("mov" if subtype == "quicktime" else subtype) if subtype.isalnum() else ".video"
+    handle, path = tempfile.mkstemp(prefix="llava-serve-", suffix=suffix)
+    temporary.append(path)
+    with os.fdopen(handle, "wb") as out:
+        out.write(data)
+    return path
 
 
 def _check_video(path: str, param: str, policy: MediaPolicy) -> None:
+    """Length and frame size from the stream header, before any frame is decoded."""
     try:
         index = probe(path)
     except MediaError as error:
-        raise RequestError(f"the video is not readable: {error}".replace(path, "<video>"), param,
-                           code="bad_media") from None
+        raise RequestError(f"the video is not readable: {error.problem}", param, code="bad_media") from None
     seconds = index.num_frames / index.fps if index.fps else 0.0
     if seconds > policy.max_video_seconds:
         limit = policy.max_video_seconds
         raise RequestError(f"the video is {seconds:.0f} s long; the limit is {limit:.0f} s", param,
                            status=413, code="video_too_long")
+    if index.width * index.height > policy.max_video_frame_pixels:
+        raise _too_large(f"the video's frames are {index.width}x{index.height}, more than the limit of "
+                         f"{policy.max_video_frame_pixels:,} pixels per frame", param)
 
 
-def _checked_text(text, param: str) -> str:
+def _checked_text(text: str, param: str) -> str:
     """Message text, which must not hold the model's placeholder: visuals come only as parts."""
-    text = str(text)
     if DEFAULT_IMAGE_TOKEN in text:
         raise RequestError(f"the text may not contain {DEFAULT_IMAGE_TOKEN}: send images and videos as "
                            "image_url / video_url parts", param)
     return text
 
 
-def _text_of(content, param: str) -> str:
+def _text_of(content: str | Sequence[TextPart] | None, param: str) -> str:
     if content is None:
         return ""
     if isinstance(content, str):
         return _checked_text(content, param)
-    if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text" for p in content):
-        return "".join(_checked_text(p.get("text", ""), param) for p in content)
-    raise RequestError("system and assistant content must be text", param)
+    return "".join(_checked_text(part.text, f"{param}.content[{j}]") for j, part in enumerate(content))
 
 
-def parse_messages(messages, conv_template: str, processor: VisualProcessor, policy: MediaPolicy,
-                   video_mode: str | None = None) -> ParsedChat:
-    """The conversation (ending in an open assistant turn) and visual inputs of an OpenAI ``messages``."""
-    if not isinstance(messages, list) or not messages:
-        raise RequestError("messages must be a non-empty list", "messages")
+def parse_messages(messages: Sequence[SystemMessage | UserMessage | AssistantMessage], conv_template: str,
+                   processor: VisualProcessor, policy: MediaPolicy, video_mode: str | None = None,
+                   temporary: list[str] | None = None) -> ParsedChat:
+    """The conversation (ending in an open assistant turn) and visual inputs of validated ``messages``.
+
+    Temporary files made on the way are appended to ``temporary``; removing them is the caller's job
+    (they back the visual inputs only until they are decoded, so it can be done right after)."""
+    temporary = [] if temporary is None else temporary
     conv = get_conv_template(conv_template)
-    parsed = ParsedChat(conv, VisualInputs())
     visuals: list[VisualInputs] = []
     turns: list[tuple[str, str]] = []
-    try:
-        for i, message in enumerate(messages):
-            param = f"messages[{i}]"
-            if not isinstance(message, dict) or message.get("role") not in ROLES:
-                raise RequestError(f"{param} must be an object with a role in {ROLES}", param)
-            role, content = message["role"], message.get("content")
-            if role == "system":
-                if i != 0:
-                    raise RequestError("a system message may only come first", param)
-                conv.system = _text_of(content, param)
-                continue
-            if role == "assistant":
-                turns.append(("assistant", _text_of(content, param)))
-                continue
-            turns.append(("user", _user_text(content, param, processor, policy, video_mode, visuals, parsed)))
-        if not turns or turns[-1][0] != "user":
-            raise RequestError("the last message must come from the user", "messages")
-        for role, text in _merged(turns):
-            conv.append_message(conv.roles[0] if role == "user" else conv.roles[1], text)
-        conv.append_message(conv.roles[1], None)
-        parsed.visual = VisualInputs.concat(visuals)
-        return parsed
-    except BaseException:
-        parsed.cleanup()
-        raise
+    for i, message in enumerate(messages):
+        param = f"messages[{i}]"
+        if isinstance(message, SystemMessage):
+            if i != 0:
+                raise RequestError("a system message may only come first", param)
+            conv.system = _text_of(message.content, param)
+        elif isinstance(message, AssistantMessage):
+            turns.append(("assistant", _text_of(message.content, param)))
+        else:
+            turns.append(("user", _user_text(message.content, param, processor, policy, video_mode, visuals,
+                                             temporary)))
+    if not turns or turns[-1][0] != "user":
+        raise RequestError("the last message must come from the user", "messages")
+    for role, text in _merged(turns):
+        conv.append_message(conv.roles[0] if role == "user" else conv.roles[1], text)
+    conv.append_message(conv.roles[1], None)
+    return ParsedChat(conv, VisualInputs.concat(visuals))
 
 
-def _user_text(content, param, processor, policy, video_mode, visuals, parsed) -> str:
+def _user_text(content, param, processor, policy, video_mode, visuals, temporary) -> str:
     if isinstance(content, str):
         return _checked_text(content, param)
-    if not isinstance(content, list) or not content:
-        raise RequestError(f"{param}.content must be a string or a non-empty list of parts", param)
     pieces = []
     for j, part in enumerate(content):
         where = f"{param}.content[{j}]"
-        kind = part.get("type") if isinstance(part, dict) else None
-        if kind == "text":
-            pieces.append(_checked_text(part.get("text", ""), where))
+        if isinstance(part, TextPart):
+            pieces.append(_checked_text(part.text, where))
             continue
-        if kind not in ("image_url", "video_url"):
-            raise RequestError(f"{where}: unsupported content part type {kind!r} "
-                               "(text, image_url and video_url are)", where)
         if len(visuals) >= policy.max_visuals:
             raise RequestError(f"more than {policy.max_visuals} images and videos in one request", where)
-        spec = part.get(kind)
-        url = spec.get("url") if isinstance(spec, dict) else spec
-        media = _media(url, kind, where, policy, parsed.temporary_files)
+        url = part.image_url.url if isinstance(part, ImagePart) else part.video_url.url
+        if url.startswith(("http://", "https://", "ftp://")):
+            raise RequestError("remote URLs are not fetched; send a data URL (or a path under the media root)",
+                               where, code="remote_url")
         try:
-            if kind == "image_url":
-                visual = processor.image(media)
+            if isinstance(part, ImagePart):
+                image = _image(url, where, policy)
+                visual = processor.image(image)
             else:
-                _check_video(media, where, policy)
-                visual = processor.video(media, mode=video_mode)
+                path = _video(url, where, policy, temporary)
+                _check_video(path, where, policy)
+                visual = processor.video(path, mode=video_mode)
         except (MediaError, ValueError) as error:
-            message = f"{where}: {error}".replace(str(media), "<media>")
-            raise RequestError(message, where, code="bad_media") from None
+            problem = error.problem if isinstance(error, MediaError) else str(error)
+            raise RequestError(f"{where}: {problem}", where, code="bad_media") from None
         visuals.append(visual)
         pieces.append(visual.placeholder_text() + "\n")
     return "".join(pieces)

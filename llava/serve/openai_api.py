@@ -16,12 +16,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
+import os
 import threading
 import time
 import uuid
 from pathlib import Path
 
 from fastapi import FastAPI, Request
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -29,41 +32,32 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ..chat import default_conv_template
 from ..cli_options import add_checkpoint_arguments, add_video_arguments, load_checkpoint, video_options
 from ..conversation import get_conv_template
-from ..mm_inputs import VIDEO_MODES, VisualProcessor
+from ..mm_inputs import VisualProcessor
 from .engine import Answer, Busy, ChatEngine, Sampling
 from .messages import MediaPolicy, RequestError, parse_messages
+from .protocol import ChatCompletionRequest, ErrorResponse, InvalidRequest, parse_request
 
 STATIC = Path(__file__).resolve().parent / "static"
-SAMPLING_KEYS = {"temperature", "top_p", "max_tokens", "max_completion_tokens", "stop", "seed"}
-ACCEPTED_KEYS = SAMPLING_KEYS | {"model", "messages", "stream", "stream_options", "n", "video_mode", "user"}
+logger = logging.getLogger("llava.serve")
+ERROR_RESPONSES = {status: {"model": ErrorResponse} for status in (400, 403, 404, 413, 500, 503)}
 
 
 class ServerSettings(argparse.Namespace):
     """The limits and names the app needs (the parsed command line, or set by tests)."""
 
 
-def _sampling(body: dict, max_tokens_limit: int) -> Sampling:
-    def number(key, kind, low, high, default):
-        value = body.get(key, default)
-        if value is None:
-            return default
-        wrong_type = isinstance(value, bool) or not isinstance(value, (int, float))
-        if wrong_type or (kind is int and int(value) != value):
-            raise RequestError(f"{key} must be a {kind.__name__}", key)
-        if not low <= value <= high:
-            raise RequestError(f"{key} must be between {low} and {high}, got {value}", key)
-        return kind(value)
-
-    max_tokens = number("max_completion_tokens", int, 1, max_tokens_limit, None) or number(
-        "max_tokens", int, 1, max_tokens_limit, min(256, max_tokens_limit)
-    )
-    stop = body.get("stop") or []
-    stop = [stop] if isinstance(stop, str) else stop
-    if not isinstance(stop, list) or len(stop) > 4 or not all(isinstance(s, str) and s for s in stop):
-        raise RequestError("stop must be a string or a list of up to 4 non-empty strings", "stop")
-    return Sampling(max_tokens=max_tokens, temperature=number("temperature", float, 0.0, 2.0, 1.0),
-                    top_p=number("top_p", float, 0.0, 1.0, 1.0), stop=stop,
-                    seed=number("seed", int, 0, 2**63 - 1, None))
+def _sampling(request: ChatCompletionRequest, max_tokens_limit: int) -> Sampling:
+    key = "max_completion_tokens" if request.max_completion_tokens is not None else "max_tokens"
+    max_tokens = request.max_completion_tokens or request.max_tokens or min(256, max_tokens_limit)
+    if max_tokens > max_tokens_limit:
+        raise RequestError(f"{key} must be at most {max_tokens_limit} (this server's --max-tokens), got "
+                           f"{max_tokens}", key)
+    if request.stream_options is not None and not request.stream:
+        raise RequestError("stream_options is only allowed when stream is true", "stream_options")
+    temperature = 1.0 if request.temperature is None else request.temperature
+    top_p = 1.0 if request.top_p is None else request.top_p
+    return Sampling(max_tokens=max_tokens, temperature=temperature, top_p=top_p, stop=request.stops,
+                    seed=request.seed)
 
 
 def create_app(tokenizer, model, image_processor, settings) -> FastAPI:
@@ -75,11 +69,15 @@ def create_app(tokenizer, model, image_processor, settings) -> FastAPI:
     policy = MediaPolicy(
         media_root=Path(settings.media_root).resolve() if settings.media_root else None,
         max_media_bytes=int(settings.max_media_mb * (1 << 20)), max_video_seconds=settings.max_video_seconds,
+        max_image_pixels=int(settings.max_image_megapixels * 1e6),
+        max_video_frame_pixels=int(settings.max_video_frame_megapixels * 1e6),
     )
+    decodes = asyncio.Semaphore(settings.max_concurrent_decodes)  # requests decoding media at once
     template = settings.conv_mode or default_conv_template(model.config)
     get_conv_template(template)  # an unknown name fails at start-up
     model_name = settings.served_model_name
     app.state.engine = engine
+    app.openapi = lambda: _openapi(app)
 
     @app.exception_handler(RequestError)
     async def request_error(_, error: RequestError):
@@ -89,6 +87,13 @@ def create_app(tokenizer, model, image_processor, settings) -> FastAPI:
     async def http_error(_, error: StarletteHTTPException):  # unknown routes and methods, in OpenAI's shape
         body = RequestError(str(error.detail), status=error.status_code).body()
         return JSONResponse(body, status_code=error.status_code)
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, error: Exception):  # a fault of the server, not the request
+        logger.error("%s %s failed: %s: %s", request.method, request.url.path, type(error).__name__, error)
+        body = RequestError(f"internal server error ({type(error).__name__}); the server log has the details",
+                            status=500, kind="server_error", code="internal_error").body()
+        return JSONResponse(body, status_code=500)
 
     @app.middleware("http")
     async def limit_body(request: Request, call_next):
@@ -109,50 +114,50 @@ def create_app(tokenizer, model, image_processor, settings) -> FastAPI:
         return {"object": "list", "data": [{"id": model_name, "object": "model", "created": 0,
                                             "owned_by": "llava-ov-encoder"}]}
 
-    @app.get("/")
+    @app.get("/", include_in_schema=False)
     async def page():
         return FileResponse(STATIC / "chat.html", media_type="text/html")
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", responses=ERROR_RESPONSES, openapi_extra=_REQUEST_BODY)
     async def chat_completions(request: Request):
-        body = await _json_body(request, settings.max_body_mb)
-        unknown = sorted(set(body) - ACCEPTED_KEYS)
-        if unknown:
-            raise RequestError(f"unsupported parameter(s): {', '.join(unknown)}", unknown[0])
-        if body.get("model") not in (None, model_name):
-            raise RequestError(f"the model {body.get('model')!r} does not exist; this server serves "
-                               f"{model_name!r}", "model", status=404, code="model_not_found")
-        if body.get("n", 1) != 1:
-            raise RequestError("only n=1 is supported", "n")
-        mode = body.get("video_mode")
-        if mode is not None and mode not in VIDEO_MODES:
-            raise RequestError(f"video_mode must be one of {VIDEO_MODES}", "video_mode")
+        """Answer an OpenAI chat request, whole or streamed (server-sent events)."""
+        try:
+            body = parse_request(await _read_body(request, settings.max_body_mb))
+        except InvalidRequest as error:
+            raise RequestError(str(error), error.param) from None
+        if body.model not in (None, model_name):
+            raise RequestError(f"the model {body.model!r} does not exist; this server serves {model_name!r}",
+                               "model", status=404, code="model_not_found")
         sampling = _sampling(body, settings.max_tokens)
         try:
             release = engine.admit()
         except Busy as error:
             raise RequestError(f"the server is busy: {error}", status=503, kind="server_error",
                                code="busy") from None
+        # From here every way out counts the request out (unless a started stream owns that) and
+        # removes its temporary files.
+        temporary: list[str] = []
+        handed_to_stream = False
         try:
-            parsed = await run_in_threadpool(parse_messages, body.get("messages"), template, processor,
-                                             policy, mode)
-        except BaseException:
-            release()
-            raise
-        created, request_id = int(time.time()), f"chatcmpl-{uuid.uuid4().hex}"
-        cancel = threading.Event()
-        if body.get("stream"):
-            usage = bool((body.get("stream_options") or {}).get("include_usage"))
-            queue, answer, finished = _start_stream(engine, parsed, sampling, cancel, release)
-            return StreamingResponse(
-                _events(queue, answer, finished, cancel, request_id, created, model_name, usage),
-                media_type="text/event-stream",
-            )
-        try:
+            async with decodes:
+                parsed = await run_in_threadpool(parse_messages, body.messages, template, processor, policy,
+                                                 body.video_mode, temporary)
+            _remove(temporary)  # decoded: the visual inputs no longer need the files
+            created, request_id = int(time.time()), f"chatcmpl-{uuid.uuid4().hex}"
+            cancel = threading.Event()
+            if body.stream:
+                usage = body.stream_options is not None and body.stream_options.include_usage
+                queue, answer, finished = _start_stream(engine, parsed, sampling, cancel, release)
+                handed_to_stream = True
+                return StreamingResponse(
+                    _events(queue, answer, finished, cancel, request_id, created, model_name, usage),
+                    media_type="text/event-stream",
+                )
             answer = await run_in_threadpool(_complete, engine, parsed, sampling, cancel)
         finally:
-            parsed.cleanup()
-            release()
+            _remove(temporary)
+            if not handed_to_stream:
+                release()
         return {
             "id": request_id, "object": "chat.completion", "created": created, "model": model_name,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": answer.text},
@@ -163,20 +168,39 @@ def create_app(tokenizer, model, image_processor, settings) -> FastAPI:
     return app
 
 
-async def _json_body(request: Request, max_body_mb: float) -> dict:
+#: The chat route reads its body itself (bounded, parsed by pydantic); its schema is the request model's.
+_REQUEST_BODY = {"requestBody": {"required": True, "content": {"application/json": {
+    "schema": {"$ref": "#/components/schemas/ChatCompletionRequest"}}}}}
+
+
+def _openapi(app: FastAPI) -> dict:
+    """FastAPI's schema of the routes, with the request model and the models it refers to as components."""
+    if app.openapi_schema is None:
+        schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+        request = ChatCompletionRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        components.update(request.pop("$defs", {}))
+        components["ChatCompletionRequest"] = request
+        app.openapi_schema = schema
+    return app.openapi_schema
+
+
+async def _read_body(request: Request, max_body_mb: float) -> bytes:
     raw = bytearray()
     async for chunk in request.stream():  # chunked bodies have no content-length to check up front
         raw += chunk
         if len(raw) > max_body_mb * (1 << 20):
             raise RequestError(f"the request body is larger than {max_body_mb} MB", status=413,
                                code="body_too_large")
-    try:
-        body = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise RequestError(f"the request body is not valid JSON ({error})") from None
-    if not isinstance(body, dict):
-        raise RequestError("the request body must be a JSON object")
-    return body
+    return bytes(raw)
+
+
+def _remove(paths: list[str]) -> None:
+    while paths:
+        try:
+            os.unlink(paths.pop())
+        except FileNotFoundError:
+            pass
 
 
 def _complete(engine: ChatEngine, parsed, sampling: Sampling, cancel: threading.Event) -> Answer:
@@ -213,7 +237,6 @@ def _start_stream(engine, parsed, sampling, cancel, release) -> tuple[asyncio.Qu
         except Exception as error:  # noqa: BLE001 - reported to the client, the server goes on
             put(RequestError(f"generation failed: {error}", status=500, kind="server_error"))
         finally:
-            parsed.cleanup()
             release()
             put(finished)
 
@@ -261,6 +284,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-media-mb", type=float, default=64.0, help="per image or video")
     parser.add_argument("--max-video-seconds", type=float, default=600.0)
     parser.add_argument("--max-waiting", type=int, default=32, help="requests waiting beyond this get a 503")
+    parser.add_argument("--max-concurrent-decodes", type=int, default=2,
+                        help="requests decoding their media at once (the others wait their turn)")
+    parser.add_argument("--max-image-megapixels", type=float, default=50.0,
+                        help="an image's width x height, checked from its header before decoding")
+    parser.add_argument("--max-video-frame-megapixels", type=float, default=8.3,
+                        help="one video frame's width x height (8.3: 3840x2160), checked before decoding")
     return parser
 
 
