@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import base64
+import io
 import socket
 import threading
 import time
@@ -11,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from PIL import Image
 from train_helpers import sharpened
 
 WAIT_S = 60
@@ -24,6 +26,13 @@ def free_port() -> int:
 
 def data_url(data: bytes, mime: str) -> str:
     return f"data:{mime};base64,{base64.b64encode(data).decode()}"
+
+
+def flat_png(size=(40, 56), mode: str = "RGB") -> bytes:
+    """A PNG of one grey level: a few kB, however many pixels ``size`` (width, height) holds."""
+    out = io.BytesIO()
+    Image.new(mode, size, 200).save(out, format="PNG")
+    return out.getvalue()
 
 
 @contextmanager

@@ -18,7 +18,7 @@ import numpy as np
 import openai
 import pytest
 from PIL import Image
-from server_helpers import data_url, serve_tiny
+from server_helpers import data_url, flat_png, serve_tiny
 from train_helpers import write_video
 
 QUESTION = "What is in this picture?"
@@ -33,13 +33,6 @@ def _png(seed: int, size=(48, 80)) -> bytes:
     return out.getvalue()
 
 
-def _flat_png(size) -> bytes:
-    """A PNG of one colour: a few kB that decode to ``size`` pixels."""
-    out = io.BytesIO()
-    Image.new("RGB", size, (30, 140, 60)).save(out, format="PNG")
-    return out.getvalue()
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("server")
@@ -50,7 +43,7 @@ def server(tmp_path_factory):
     write_video(media / "long.mp4", frames=60)  # 5 s at 12 fps: over the 3 s limit
     write_video(media / "wide.mp4", frames=8, width=320, height=256)  # 81,920 pixels a frame: over 0.05 MP
     (media / "big.png").write_bytes(_png(2, size=(700, 700)))  # ~1.4 MB of noise: over 1 MB
-    (media / "many-pixels.png").write_bytes(_flat_png((4000, 3000)))  # 12 MP in a few kB: over 10 MP
+    (media / "many-pixels.png").write_bytes(flat_png((4000, 3000)))  # 12 MP in a few kB: over 10 MP
     (media / "loop-a").symlink_to(media / "loop-b")
     (media / "loop-b").symlink_to(media / "loop-a")
     os.mkfifo(media / "fifo.png")
@@ -232,7 +225,7 @@ BAD = [
      "messages[0].content"),
     # pixel budgets, read from the headers before decoding
     (_user([_image_part("many-pixels.png")]), None, 413, "more than the limit of 10,000,000"),
-    (_user([_image_part(data_url(_flat_png((4000, 3000)), "image/png"))]), None, 413, "more than the limit"),
+    (_user([_image_part(data_url(flat_png((4000, 3000)), "image/png"))]), None, 413, "more than the limit"),
     (_user([_video_part("wide.mp4")]), None, 413, "320x256"),
 ]
 

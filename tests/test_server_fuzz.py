@@ -10,7 +10,6 @@ request is answered.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import tempfile
@@ -19,18 +18,11 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from PIL import Image
-from server_helpers import data_url, serve_tiny
+from server_helpers import data_url, flat_png, serve_tiny
 from train_helpers import write_video
 
 EXAMPLES = 150
 ERROR_FIELDS = {"message", "type", "param", "code"}
-
-
-def _png(size=(40, 56), mode="RGB") -> bytes:
-    out = io.BytesIO()
-    Image.new(mode, size, 200).save(out, format="PNG")
-    return out.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -38,11 +30,11 @@ def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("fuzz")
     media = root / "media"
     media.mkdir()
-    (media / "photo.png").write_bytes(_png())
+    (media / "photo.png").write_bytes(flat_png())
     write_video(media / "clip.mp4", frames=8)
     (media / "loop").symlink_to(media / "loop")
     os.mkfifo(media / "fifo.png")
-    (root / "outside.png").write_bytes(_png())
+    (root / "outside.png").write_bytes(flat_png())
     with serve_tiny(root, "--media-root", str(media), "--codec-frames", "8", "--codec-canvas", "64",
                     "--codec-images", "2", "--frames", "4", "--max-tokens", "4", "--max-media-mb", "1",
                     "--max-image-megapixels", "1", "--max-waiting", "4") as (base, _):
@@ -61,16 +53,16 @@ anything = st.recursive(
 
 def urls(media) -> tuple[st.SearchStrategy, st.SearchStrategy]:
     """``(good, hostile)`` media URLs for the server's media root."""
-    photo = data_url(_png(), "image/png")
+    photo = data_url(flat_png(), "image/png")
     good = st.sampled_from([
-        "photo.png", "clip.mp4", f"file://{media / 'photo.png'}", photo, data_url(_png(mode="I;16"), "image/png"),
+        "photo.png", "clip.mp4", f"file://{media / 'photo.png'}", photo, data_url(flat_png(mode="I;16"), "image/png"),
         data_url((media / "clip.mp4").read_bytes(), "video/mp4"),
     ])
     hostile = st.sampled_from([
         "../outside.png", "/etc/hostname", "loop", "fifo.png", "missing.png", "photo\x00.png", "a" * 5000,
         "http://example.com/x.png", "ftp://x/y", photo.replace("image/png", "image/png/../../x"),
         photo.replace("image/png", "x" * 200), "data:image/png;base64,!!!", "data:;base64,AAAA",
-        data_url(b"not media", "video/mp4"), data_url(_png((1200, 1000)), "image/png"),
+        data_url(b"not media", "video/mp4"), data_url(flat_png((1200, 1000)), "image/png"),
         "data:video/mp4;base64," + "A" * 40, "",
     ]) | anything
     return good, hostile
