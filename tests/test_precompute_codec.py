@@ -149,6 +149,8 @@ def test_two_shards_make_the_packs_of_one(runs):
     assert sum(picked) == 32 and min(picked) > 0
     shard_jsonl = sorted((runs["root_two"] / TASK).glob("packed.jsonl.shard*of02.jsonl"))
     assert [len(p.read_text().splitlines()) for p in shard_jsonl] == picked
+    bad = [_count(_done_line(runs[name].stdout, "stage2"), "bad_records") for name in ("shard0", "shard1")]
+    assert bad == [0, 0]  # the listing's records have no conversations: --packs_only needs none
     one, two = runs["root_one"] / TASK / "packs", runs["root_two"] / TASK / "packs"
     names = sorted(p.name for p in one.iterdir())
     assert sorted(p.name for p in two.iterdir()) == names and len(names) == 32

@@ -4,10 +4,12 @@ resume, checkpoints that load with the same logits as the trained model."""
 from __future__ import annotations
 
 import json
+import os
 import shlex
 
 import pytest
 import torch
+from PIL import Image
 from train_helpers import conversation, probe_inputs, tiny_start, train_args, write_jsonl, write_records
 
 from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
@@ -218,12 +220,16 @@ def test_dataset_reports_modalities_of_every_record_kind(start, records, tmp_pat
 
 
 # ---------------------------------------------------------------- bad records
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
 def test_bad_records_are_replaced_counted_and_named(start, records, tmp_path):
     import numpy as np
 
     root, by_kind = records
     (root / "broken.png").write_bytes(b"not a picture")
     np.save(tmp_path / "short.npy", np.load(by_kind["codec"]["positions_thw"])[:5])
+    if not (root / "bomb.png").exists():
+        Image.new("1", (12_000, 10_000)).save(root / "bomb.png")  # 120 megapixels in a few kB
+        os.mkfifo(root / "fifo.png")  # never written to: a blocking open would hang the data loader
     bad = [
         dict(by_kind["image"], id="missing-image", image="nope.png"),
         dict(by_kind["image"], id="corrupt-image", image="broken.png"),
@@ -231,19 +237,76 @@ def test_bad_records_are_replaced_counted_and_named(start, records, tmp_path):
         {"id": "bad-conversation", "conversations": [{"from": "robot", "value": "hi"}]},
         dict(by_kind["image"], id="placeholders", conversations=conversation("no placeholder", "x")),
         dict(by_kind["codec"], id="positions", positions_thw=str(tmp_path / "short.npy")),
+        dict(by_kind["image"], id="bomb", image="bomb.png"),
+        dict(by_kind["image"], id="fifo", image="fifo.png"),
     ]
     path = write_jsonl(tmp_path / "bad.jsonl", [*bad, by_kind["text"]])
     dataset, tokenizer, model = _dataset(start, records, ["text"], tmp_path)
     dataset = SupervisedDataset(path, tokenizer, dataset.visual, dataset.data_args)
-    sample = dataset[0]  # the six bad records are skipped on the way to the text record
-    assert [b.id for b in sample.bad] == [r["id"] for r in bad]
-    reasons = [b.reason for b in sample.bad]
+    samples = [dataset[i] for i in range(len(bad))]  # each bad record is replaced by the text record
+    assert [[b.id for b in s.bad] for s in samples] == [[r["id"]] for r in bad]  # each by its own index only
+    reasons = [s.bad[0].reason for s in samples]
     assert ("nope.png" in reasons[0] and "cannot read image" in reasons[1]
             and "gone.mp4: file not found" in reasons[2])
     assert "turn 0" in reasons[3] and "0 <image> placeholders but its media take 1" in reasons[4]
     assert ("short.npy: positions has K=5 rows" in reasons[5]
-            and all(b.where.startswith(path + ":") for b in sample.bad))
-    assert sample.visual.modalities == [] and len(dataset[6].bad) == 0
+            and all(s.bad[0].where == f"{path}:{i + 1}" for i, s in enumerate(samples)))
+    assert "12000x10000 is 120,000,000 pixels" in reasons[6] and "not a regular file (a FIFO)" in reasons[7]
+    assert all(s.visual.modalities == [] for s in samples) and len(dataset[len(bad)].bad) == 0
+
+
+def test_placeholders_that_do_not_fit_the_media_and_fields_of_the_wrong_type_are_bad_records(start, records,
+                                                                                              tmp_path):
+    from llava.mm_inputs import VisualProcessor
+
+    root, by_kind = records
+    video, image = by_kind["video"], by_kind["image"]
+    cases = [
+        dict(video, id="two-videos", conversations=conversation("<video>\n<video>\nWhich way?", "Right.")),
+        dict(video, id="video-and-image", conversations=conversation("<video>\n<image>\nWhich way?", "Yes.")),
+        dict(video, id="video-in-answer", conversations=conversation("<video>\nWhich way?", "A <video>.")),
+        dict(image, id="image-and-video-tag", conversations=conversation("<image>\n<video>\nWhat?", "x")),
+        dict(video, id="video-list", video=["clip.mp4"]),
+        dict(image, id="image-number", image=3),
+        dict(image, id="conversations-string", conversations="<image>\nWhat is it?"),
+    ]
+    reasons = ["2 <video> and 0 <image> placeholders", "1 <video> and 1 <image> placeholders",
+               "2 <video> and 0 <image> placeholders", "1 <video> placeholder(s) but the record has no video",
+               "'video' must be a path (a non-empty string), got array",
+               "'image' must be a path or a non-empty array of paths, got number",
+               "'conversations' must be a non-empty array of turns, got string"]
+    one_video = dict(video, id="one-video", conversations=conversation("<video>\nWhich way?", "Right."))
+    dataset, tokenizer, _ = _dataset(start, records, ["text"], tmp_path)
+    path = write_jsonl(tmp_path / "placeholders.jsonl", [*cases, one_video])
+    dataset = SupervisedDataset(path, tokenizer, dataset.visual, dataset.data_args)  # codec videos: 2 mosaics
+    for i, (case, reason) in enumerate(zip(cases, reasons)):
+        sample = dataset[i]
+        assert [b.id for b in sample.bad] == [case["id"]] and reason in sample.bad[0].reason, sample.bad
+        assert dataset.modality_and_length(i)  # the grouped sampler reads every record without failing
+    good = dataset[len(cases)]
+    assert good.bad == [] and int((good.input_ids == IMAGE_TOKEN_INDEX).sum()) == 2
+    assert "<video>" not in tokenizer.decode(good.input_ids[good.input_ids >= 0])
+    frames = VisualProcessor(dataset.visual.image_processor, dataset.visual.config,
+                             video_options(DataArguments(video_mode="frames", frames_upbound=4), 16))
+    dataset = SupervisedDataset(path, tokenizer, frames, dataset.data_args)  # frames: one placeholder
+    assert [b.id for b in dataset[0].bad] == ["two-videos"]
+    good = dataset[len(cases)]
+    assert good.bad == [] and good.visual.modalities == ["video"]
+    assert int((good.input_ids == IMAGE_TOKEN_INDEX).sum()) == 1
+
+
+def test_each_bad_record_is_counted_once(start, records, tmp_path, capsys):
+    """100 records, 7 of them bad and adjacent in pairs, a 10% limit: the run goes on and reports 7%."""
+    root, by_kind = records
+    bad_at = {10, 11, 40, 41, 70, 71, 90}
+    items = [dict(by_kind["image"], id=f"bad{i}", image=f"missing{i}.png") if i in bad_at
+             else dict(by_kind["text"], id=f"text{i}") for i in range(100)]
+    path = write_jsonl(tmp_path / "seven-percent.jsonl", items)
+    summary = train_module.train(train_args(*start, path, str(root), str(tmp_path / "out"),
+                                            "--num_train_epochs", "1", "--per_device_train_batch_size", "10",
+                                            "--bad_record_limit", "0.1"))
+    assert summary["steps"] == 10 and (summary["bad_records"], summary["records_read"]) == (7, 100)
+    assert "[train] bad records: 7 of 100 read" in capsys.readouterr().out
 
 
 def test_too_many_bad_records_stop_the_run_with_a_clear_error(start, records, tmp_path, capsys):

@@ -29,9 +29,13 @@ Every record comes with its provenance (:class:`Record`: file, 1-based start lin
 in its file). A malformed line or an entry that is not a JSON object is logged once
 (logger ``cv_reader.dataset``, WARNING, ``file:line: reason``), skipped and counted by the
 reader; a syntax error inside a JSON array cannot be resynchronised, so the rest of that
-file is given up (logged and counted once) and the next file is read. Configuration
-errors (a bad mixture, a missing file, an unsupported suffix, a ``.json`` file that is
-not an array) raise when the reader is built, before any record is read.
+file is given up (logged and counted once) and the next file is read. A record whose
+fields have the wrong type fails :func:`check_record`, the one field check of the tools
+and the trainer; a tool hands it (or any record it cannot use) back with
+:meth:`DatasetReader.reject`, which logs ``file:line (id <id>): problem`` and counts it
+with the malformed lines. Configuration errors (a bad mixture, a missing file, an
+unsupported suffix, a ``.json`` file that is not an array) raise when the reader is
+built, before any record is read.
 """
 
 from __future__ import annotations
@@ -86,14 +90,17 @@ class Record:
 
 @dataclass(frozen=True)
 class BadRecord:
-    """An entry that was skipped, and why (``str()`` gives ``file:line: reason``)."""
+    """An entry that was skipped, and why (``str()`` gives ``file:line: reason``, or
+    ``file:line (id <id>): reason`` for a record whose ``id`` is known)."""
 
     file: str
     line: int
     reason: str
+    id: object = None
 
     def __str__(self) -> str:
-        return f"{self.file}:{self.line}: {self.reason}"
+        named = "" if self.id is None else f" (id {_shortened(str(self.id))})"
+        return f"{self.file}:{self.line}{named}: {self.reason}"
 
 
 @dataclass(frozen=True)
@@ -253,7 +260,89 @@ def _json_type(value: object) -> str:
         return "boolean"
     if isinstance(value, (int, float)):
         return "number"
-    return {str: "string", list: "array"}.get(type(value), type(value).__name__)
+    return {str: "string", list: "array", dict: "object"}.get(type(value), type(value).__name__)
+
+
+def _shortened(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else f"{text[: limit // 2]}...{text[-limit // 2 :]}"
+
+
+def _described(value: object) -> str:
+    """A value's JSON type as an error names it (empty strings and arrays said so)."""
+    if value == "" or value == []:
+        return f"an empty {_json_type(value)}"
+    return _json_type(value)
+
+
+def _path_problem(field: str, value: object) -> str | None:
+    if isinstance(value, str) and value:
+        return None
+    return f"'{field}' must be a path (a non-empty string), got {_described(value)}"
+
+
+def _images_problem(images: object) -> str | None:
+    if isinstance(images, list) and images:
+        wrong = [p for p in images if not (isinstance(p, str) and p)]
+        if not wrong:
+            return None
+        got = f"an array holding {_described(wrong[0])}"
+    elif isinstance(images, str) and images:
+        return None
+    else:
+        got = _described(images)
+    return f"'image' must be a path or a non-empty array of paths, got {got}"
+
+
+def _turn_problem(index: int, turn: object) -> str | None:
+    if not isinstance(turn, dict):
+        return f"'conversations' turn {index} must be an object, got {_json_type(turn)}"
+    for keys in (("from", "role"), ("value", "content")):
+        key = next((k for k in keys if k in turn), None)
+        if key is None:
+            return f"'conversations' turn {index} has no '{keys[0]}'"
+        if not isinstance(turn[key], str):
+            return f"'conversations' turn {index}: '{key}' must be a string, got {_json_type(turn[key])}"
+    return None
+
+
+def check_record(data: dict, required: tuple[str, ...] = ()) -> None:
+    """Raise ValueError naming the problem if a record's LLaVA fields have the wrong type.
+
+    The one check Stage 1, both Stage-2 modes and the trainer make, so a record is usable
+    by all of them or bad for all of them: ``id`` a string or an integer; ``video`` and
+    ``positions_thw`` a path (non-empty string); ``image`` a path or a non-empty array of
+    paths, never beside a ``video``; ``conversations`` a non-empty array of turns, each an
+    object with a string ``from`` (or ``role``) and ``value`` (or ``content``). A field that
+    is absent or ``null`` is not checked, unless it is in ``required`` (then it is missing).
+    What the values mean (the files, the speakers, the placeholders) is checked where they
+    are used.
+    """
+    for name in required:
+        if data.get(name) is None:
+            raise ValueError(f"'{name}' is missing")
+    sid = data.get("id")
+    if sid is not None and (isinstance(sid, bool) or not isinstance(sid, (str, int))):
+        raise ValueError(f"'id' must be a string or an integer, got {_json_type(sid)}")
+    for name in ("video", "positions_thw"):
+        problem = None if data.get(name) is None else _path_problem(name, data[name])
+        if problem:
+            raise ValueError(problem)
+    images = data.get("image")
+    if images is not None:
+        if data.get("video") is not None:
+            raise ValueError("a record has either 'image' or 'video', not both")
+        problem = _images_problem(images)
+        if problem:
+            raise ValueError(problem)
+    conversations = data.get("conversations")
+    if conversations is not None:
+        if not isinstance(conversations, list) or not conversations:
+            got = _described(conversations)
+            raise ValueError(f"'conversations' must be a non-empty array of turns, got {got}")
+        for index, turn in enumerate(conversations):
+            problem = _turn_problem(index, turn)
+            if problem:
+                raise ValueError(problem)
 
 
 def _entry(value: object, path: str, line: int, index: int) -> Record | BadRecord:
@@ -439,6 +528,14 @@ class DatasetReader:
                     if left == 0 and source.strategy == "first":  # the rest is never read
                         return
 
+    def reject(self, record: Record, problem: str) -> None:
+        """Count ``record`` as bad: the tool reading it found it unusable (``problem`` says why).
+
+        Logged and listed in the summary like a malformed line, with the record's id, so a
+        tool reports every bad record of its pass in one counter, ``bad_records``.
+        """
+        self._bad(BadRecord(record.file, record.line, problem, record.data.get("id")))
+
     def _bad(self, entry: BadRecord) -> None:
         log.warning("%s", entry)
         self.bad_records += 1
@@ -463,6 +560,7 @@ __all__ = [
     "DatasetReader",
     "Record",
     "Source",
+    "check_record",
     "expand_braces",
     "iter_entries",
     "parse_strategy",

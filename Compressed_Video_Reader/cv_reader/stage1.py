@@ -6,7 +6,8 @@ Outputs per sample (upstream names, docs/formats.md#stage-1-outputs), written at
 Failures go to the per-shard failure log, unsupported codecs to their own log; the run
 goes on with the other samples and ends with a summary. The dataset is read by
 :class:`cv_reader.dataset.DatasetReader` (JSONL, JSON array, brace list, YAML mixture): a
-malformed record is logged with its ``file:line``, skipped and counted (``bad_records``).
+malformed record, or one with a field of the wrong type (``check_record``), is logged with
+its ``file:line`` and id, skipped and counted (``bad_records``).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from .batch import (
     sweep_stale_tmp,
 )
 from .camera import MODES as MV_COMPENSATE_MODES
-from .dataset import DatasetReader
+from .dataset import DatasetReader, check_record
 from .decode import build_index
 from .errors import UnsupportedCodecError
 from .pipeline import LLAVA_CODEC, Stage1Params, select_patches, stage1_meta
@@ -131,8 +132,9 @@ def params_from_args(args: argparse.Namespace) -> Stage1Params:
 
 
 def process_sample(task: tuple) -> tuple:
-    """Worker: compute and write one sample. Returns (status, sample_id, video, detail)."""
-    sample_id, video, path, out_root, key, pdict, allowed = task
+    """Worker: compute and write one sample. Returns (status, sample_id, video, detail); a
+    failure's detail ends with the record's ``file:line`` (``where``)."""
+    sample_id, video, path, out_root, key, pdict, allowed, where = task
     try:
         p = Stage1Params(**pdict)
         index = build_index(path, allowed)
@@ -147,9 +149,9 @@ def process_sample(task: tuple) -> tuple:
         return ("ok", sample_id, video, sel.k)
     except UnsupportedCodecError as exc:
         return ("unsupported", sample_id, video, exc.codec, one_line(exc))
-    except Exception as exc:  # noqa: BLE001 - a batch tool logs and goes on
+    except Exception as exc:  # noqa: BLE001 - a batch tool logs and goes on (a MediaError: this record only)
         tb = traceback.format_exc(limit=3)
-        return ("fail", sample_id, video, one_line(f"{type(exc).__name__}: {exc}"), tb)
+        return ("fail", sample_id, video, one_line(f"{type(exc).__name__}: {exc}") + f" ({where})", tb)
 
 
 def _tasks(
@@ -167,7 +169,7 @@ def _tasks(
         except (TypeError, ValueError):
             row = record.index
         sid, video = item.get("id"), item.get("video")
-        if sid is None or not video:
+        if sid is None or video is None:
             stats["skip"] += 1
             continue
         key = shard_key(video, sid, row)
@@ -176,6 +178,11 @@ def _tasks(
             continue
         if args.max_samples > 0 and stats["picked"] >= args.max_samples:
             return
+        try:
+            check_record(item)
+        except ValueError as exc:
+            reader.reject(record, str(exc))
+            continue
         stats["picked"] += 1
         prefix = stage1_prefix(args.out_root, sid, video, key)
         if not args.overwrite and done.complete(prefix):
@@ -189,6 +196,7 @@ def _tasks(
             key,
             pdict,
             allowed,
+            record.where,
         )
 
 

@@ -53,7 +53,7 @@ from .batch import (
     shard_of,
     sweep_stale_tmp,
 )
-from .dataset import DatasetReader
+from .dataset import DatasetReader, check_record
 from .mosaic import LAYOUTS, pack_mosaics
 from .pipeline import LLAVA_CODEC, load_canvases
 
@@ -87,8 +87,10 @@ exit status:
                   without it; the failure log names each one) or the run cannot start;
                   2 for a bad command line. A video without a complete pack fails unless
                   --skip_missing_packs; a pack without positions_thw.npy, or with another
-                  mosaic count than --num_images, always fails. Bad dataset lines are
-                  skipped and counted (bad_records=) and do not change the status.
+                  mosaic count than --num_images, always fails. Bad records (malformed
+                  lines, fields of the wrong type, a video record without conversations
+                  or whose placeholders do not fit its pack) are logged with their
+                  file:line, skipped and counted (bad_records=) and do not change the status.
 """
 
 
@@ -155,6 +157,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--skip_missing", action="store_true", help="pack: skip samples without Stage-1 outputs")
     ap.add_argument(
+        "--packs_only",
+        action="store_true",
+        help="pack: the packs are the product (e.g. a benchmark's videos): records need no conversations, "
+        "and the JSONL lists each pack with the record's other fields",
+    )
+    ap.add_argument(
         "--skip_missing_packs",
         action="store_true",
         help="rewrite: leave video records without a complete pack out of the JSONL, counted skip= "
@@ -190,34 +198,79 @@ def apply_preset(args: argparse.Namespace) -> argparse.Namespace:
     return args
 
 
-def rewrite_conversations(convs: list, num_images: int) -> list:
-    """The video's placeholder in the first human turn becomes ``num_images`` ``<image>`` lines.
+VIDEO_TOKEN, IMAGE_TOKEN = "<video>", "<image>"
+#: Why pack mode skips a video record without conversations (a bad record, unless --packs_only).
+NO_CONVERSATIONS = "'conversations' is missing (a training record needs them; --packs_only packs without)"
+_HUMAN = ("human", "user")
 
-    The placeholder is the first ``<video>``, or else a lone ``<image>`` (LLaVA-Video-style
-    annotations write the video as one ``<image>``); a turn with neither gets the lines in front.
-    A turn with several ``<image>`` and no ``<video>`` is left as it is (already one per mosaic).
+
+def _text_key(turn: object) -> str | None:
+    """The key of a turn's text (``value``, or ``content`` in role/content records) when it is a string."""
+    if isinstance(turn, dict):
+        key = "value" if "value" in turn else "content"
+        if isinstance(turn.get(key), str):
+            return key
+    return None
+
+
+def placeholder_counts(convs: list) -> tuple[int, int]:
+    """``(<video> tags, <image> tags)`` in the text of every turn (any speaker: training counts them all)."""
+    texts = [turn[key] for turn in convs if (key := _text_key(turn))]
+    return sum(t.count(VIDEO_TOKEN) for t in texts), sum(t.count(IMAGE_TOKEN) for t in texts)
+
+
+def _first_human(convs: list) -> int | None:
+    """Index of the first human turn with a string text, or None."""
+    for i, turn in enumerate(convs):
+        if _text_key(turn) and str(turn.get("from", turn.get("role", ""))).lower() in _HUMAN:
+            return i
+    return None
+
+
+def check_video_placeholders(convs: list, num_images: int) -> None:
+    """Raise ValueError unless ``convs`` holds the placeholders of one video of ``num_images`` mosaics.
+
+    They fit when the turns hold, all together, one ``<video>`` or one ``<image>`` (LLaVA-Video
+    style), ``num_images`` ``<image>`` and no ``<video>`` (already one per mosaic), or none (the
+    lines then go in front of the first human turn, which must exist). Anything else (two
+    ``<video>``, a ``<video>`` and an ``<image>``, another count of ``<image>``) would leave text
+    whose placeholders do not match the record's media, so the record is bad.
     """
-    if not isinstance(convs, list):
-        return convs
-    tokens = "\n".join(["<image>"] * int(num_images))
-    out, done = [], False
-    for turn in convs:
-        if (
-            not done
-            and isinstance(turn, dict)
-            and turn.get("from") == "human"
-            and isinstance(turn.get("value"), str)
-        ):
-            turn = dict(turn)
-            v = turn["value"]
-            if "<video>" in v:
-                turn["value"] = v.replace("<video>", tokens, 1)
-            elif v.count("<image>") == 1:
-                turn["value"] = v.replace("<image>", tokens, 1)
-            elif "<image>" not in v:
-                turn["value"] = tokens + "\n" + v
-            done = True
-        out.append(turn)
+    videos, images = placeholder_counts(convs)
+    if videos + images == 1 or (videos == 0 and images == num_images):
+        return
+    if videos + images == 0:
+        if _first_human(convs) is None:
+            raise ValueError("the conversation has no human turn to put the video's placeholders in")
+        return
+    raise ValueError(
+        f"the conversation has {videos} {VIDEO_TOKEN} and {images} {IMAGE_TOKEN} placeholders, but the "
+        f"record has one video ({num_images} mosaics): expected one {VIDEO_TOKEN} or {IMAGE_TOKEN}, "
+        f"{num_images} {IMAGE_TOKEN}, or none"
+    )
+
+
+def rewrite_conversations(convs: list, num_images: int) -> list:
+    """The video's placeholder becomes ``num_images`` ``<image>`` lines (a new list; ``convs`` is unchanged).
+
+    The placeholder is the conversation's one ``<video>`` or lone ``<image>``, in whichever turn it
+    is; turns without one get the lines in front of the first human turn; ``num_images``
+    ``<image>`` are left as they are. Other placeholder counts raise ValueError
+    (:func:`check_video_placeholders`).
+    """
+    check_video_placeholders(convs, num_images)
+    videos, images = placeholder_counts(convs)
+    out = [dict(turn) if isinstance(turn, dict) else turn for turn in convs]
+    tokens = "\n".join([IMAGE_TOKEN] * int(num_images))
+    if videos + images == 1:
+        tag = VIDEO_TOKEN if videos else IMAGE_TOKEN
+        turn = next(t for t in out if (key := _text_key(t)) and tag in t[key])
+        key = _text_key(turn)
+        turn[key] = turn[key].replace(tag, tokens, 1)
+    elif videos + images == 0:
+        turn = out[_first_human(out)]
+        key = _text_key(turn)
+        turn[key] = tokens + "\n" + turn[key]
     return out
 
 
@@ -261,8 +314,9 @@ def complete_pack(sample_dir: Path) -> tuple[dict | None, str]:
 
 
 def pack_sample(task: tuple) -> tuple:
-    """Worker: pack one sample. Returns (status, payload) with status ok | skip | fail."""
-    item, opts, meta_hit = task
+    """Worker: pack one sample. Returns (status, payload) with status ok (payload: the JSONL line) |
+    skip | fail (the reason ends with the record's ``file:line``, ``where``)."""
+    item, where, opts, meta_hit = task
     sid, video = str(item.get("id")), str(item.get("video"))
     try:
         vp = Path(video)
@@ -312,19 +366,24 @@ def pack_sample(task: tuple) -> tuple:
             rec["positions_thw"] = str(pos_path)
         atomic_write_json(marker, rec)  # last: marks the pack complete
         return ("ok", _record(item, rec, n))
-    except Exception as exc:  # noqa: BLE001 - a batch tool logs and goes on
+    except Exception as exc:  # noqa: BLE001 - a batch tool logs and goes on (a MediaError: this record only)
         return (
             "fail",
-            f"{sid}\t{video}\t{one_line(f'{type(exc).__name__}: {exc}')}",
+            f"{sid}\t{video}\t{one_line(f'{type(exc).__name__}: {exc}')} ({where})",
             traceback.format_exc(limit=3),
         )
 
 
 def _record(item: dict, pack: dict, n: int) -> str:
-    """The JSONL line of a packed video record (both modes): ``video`` replaced by the pack."""
+    """The JSONL line of a packed video record (both modes): ``video`` replaced by the pack.
+
+    The record's fields and placeholders were checked (``check_record``,
+    :func:`check_video_placeholders`); a record without conversations (``--packs_only``) keeps none.
+    """
     out = {k: v for k, v in item.items() if k not in ("video", "_row_idx", "image", "positions_thw")}
     out["id"] = item.get("id")
-    out["conversations"] = rewrite_conversations(item.get("conversations", []), n)
+    if item.get("conversations") is not None:
+        out["conversations"] = rewrite_conversations(item["conversations"], n)
     out["image"] = pack["image"]
     if "positions_thw" in pack:
         out["positions_thw"] = pack["positions_thw"]
@@ -339,6 +398,8 @@ def rewrite_record(item: dict, where: str, opts: dict) -> tuple:
     the reason ending with the record's ``file:line``. A missing or incomplete pack is
     skippable; a pack without positions or with another mosaic count than
     ``num_images`` always fails, because re-packing, not leaving the video out, is the fix.
+    ``bad``: the problem of a record whose conversations do not fit the pack's mosaic count
+    (a bad record, not a failure: the record, not the pack, is wrong).
     """
     sid, video = item.get("id"), str(item.get("video"))
 
@@ -369,6 +430,10 @@ def rewrite_record(item: dict, where: str, opts: dict) -> tuple:
                 f"--num_images {opts['num_images']} --overwrite (after Stage 1 with --keep_frames_equiv "
                 f"{opts['num_images']}) or leave out --num_images"
             )
+        try:
+            check_video_placeholders(item["conversations"], n)
+        except ValueError as exc:
+            return ("bad", str(exc))
         return ("ok", _record(item, pack, n))
     except Exception as exc:  # noqa: BLE001 - a batch tool logs and goes on
         return failed(f"{type(exc).__name__}: {exc}") + (traceback.format_exc(limit=3),)
@@ -405,7 +470,7 @@ def _tasks(args: argparse.Namespace, stats: dict, reader: DatasetReader) -> Iter
         stats["bad_records"] = reader.bad_records
         item = record.data
         sid, video = item.get("id"), item.get("video")
-        if sid is None or not video:
+        if sid is None or video is None:
             stats["skip"] += 1
             continue
         if shard_of(shard_key(video, sid, _row(item, record)), args.num_shards) != args.shard_id:
@@ -413,8 +478,18 @@ def _tasks(args: argparse.Namespace, stats: dict, reader: DatasetReader) -> Iter
             continue
         if args.max_samples > 0 and stats["picked"] >= args.max_samples:
             return
+        try:
+            check_record(item)
+            if item.get("conversations") is not None:
+                check_video_placeholders(item["conversations"], args.num_images)
+        except ValueError as exc:
+            reader.reject(record, str(exc))
+            continue
+        if item.get("conversations") is None and not args.packs_only:
+            reader.reject(record, NO_CONVERSATIONS)
+            continue
         stats["picked"] += 1
-        yield (item, opts, index.find(sid, video))
+        yield (item, record.where, opts, index.find(sid, video))
 
 
 def _rewrite_results(args: argparse.Namespace, stats: dict, reader: DatasetReader) -> Iterator[tuple]:
@@ -422,7 +497,9 @@ def _rewrite_results(args: argparse.Namespace, stats: dict, reader: DatasetReade
 
     Records without a ``video`` come back as ``("pass", their JSON line)``. Every record
     is sharded (video records by pack mode's key, the others by the same key with an
-    empty video), so the outputs of all shards hold each record exactly once.
+    empty video), so the outputs of all shards hold each record exactly once. Bad records
+    (a field of the wrong type; a video record without conversations or whose placeholders
+    do not fit its pack) are rejected through the reader: logged, counted, left out.
     """
     opts = dict(
         out_image_root=args.out_image_root,
@@ -439,11 +516,20 @@ def _rewrite_results(args: argparse.Namespace, stats: dict, reader: DatasetReade
             continue
         if args.max_samples > 0 and stats["picked"] >= args.max_samples:
             return
+        try:  # a video record's placeholders are checked against its pack (rewrite_record)
+            check_record(item, required=() if video is None else ("conversations",))
+        except ValueError as exc:
+            reader.reject(record, str(exc))
+            continue
         stats["picked"] += 1
-        if video:
-            yield rewrite_record(item, record.where, opts)
-        else:
+        if video is None:
             yield ("pass", json.dumps(item, ensure_ascii=False))
+            continue
+        result = rewrite_record(item, record.where, opts)
+        if result[0] == "bad":
+            reader.reject(record, result[1])
+        else:
+            yield result
 
 
 def _check_mode_args(args: argparse.Namespace) -> None:

@@ -18,10 +18,11 @@ no ``image`` / ``video``                              none (text only)
 
 Videos are decoded in the data-loader workers, so raw videos train without Stage 1/2.
 Paths are relative to ``--image_folder`` / ``--video_folder``; ``positions_thw`` is used as
-written (upstream's rule). A record that cannot be used (missing or corrupt media, a malformed
-conversation, placeholders that do not match its media, positions that do not fit the
-mosaics) is replaced by the next good one and reported with the batch (``bad_records``), so
-the trainer can count it, log it once and enforce ``--bad_record_limit``.
+written (upstream's rule). A record that cannot be used (a field of the wrong type, missing or
+corrupt media, a malformed conversation, placeholders that do not match its media, positions
+that do not fit the mosaics) is replaced by the next good one and reported with the batch
+(``bad_records``) by its own index only, so the trainer counts each record read once, logs it
+once and enforces ``--bad_record_limit``.
 """
 
 from __future__ import annotations
@@ -31,8 +32,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
-from cv_reader.dataset import DatasetReader
-from cv_reader.stage2 import rewrite_conversations
+from cv_reader.dataset import DatasetReader, check_record
+from cv_reader.stage2 import VIDEO_TOKEN, placeholder_counts, rewrite_conversations
 from torch.utils.data import Dataset
 
 from ..constants import DEFAULT_IMAGE_TOKEN, IGNORE_INDEX, IMAGE_TOKEN_INDEX
@@ -63,7 +64,7 @@ class Sample:
     input_ids: torch.Tensor
     labels: torch.Tensor
     visual: VisualInputs
-    bad: list[BadRecord] = field(default_factory=list)  # records skipped on the way to this one
+    bad: list[BadRecord] = field(default_factory=list)  # the record asked for, if this sample replaces it
 
 
 def video_options(data_args: DataArguments, patch_size: int) -> VideoOptions:
@@ -79,8 +80,9 @@ def video_options(data_args: DataArguments, patch_size: int) -> VideoOptions:
 
 
 def expand_video_placeholder(conversations: list, count: int) -> list:
-    """A raw video's placeholder becomes the ``count`` placeholders its input takes (as Stage 2 writes)."""
-    return rewrite_conversations(conversations, count) if count > 1 else conversations
+    """A raw video's placeholder becomes the ``count`` placeholders its input takes (as Stage 2 writes);
+    ValueError when the conversation's placeholders do not fit one video."""
+    return rewrite_conversations(conversations, count)
 
 
 class SupervisedDataset(Dataset):
@@ -116,21 +118,33 @@ class SupervisedDataset(Dataset):
         return len(self.records)
 
     def __getitem__(self, index: int) -> Sample:
-        bad: list[BadRecord] = []
+        """Record ``index``'s sample, or, when it is bad, the next good record's with ``bad`` naming it.
+
+        Only the record asked for is reported: the bad records passed on the way to the
+        replacement are reported when their own index is asked for, so every record read is
+        counted once, whatever the sampler's order.
+        """
+        first: BadRecord | None = None
         for attempt in range(self.max_attempts):
             i = (index + attempt) % len(self.records)
             try:
                 sample = self.build(i)
             except RECORD_ERRORS as error:
-                record = self.records[i]
-                reason = f"{type(error).__name__}: {error}"
-                bad.append(BadRecord(str(record.get("id", f"#{i}")), self.where[i], " ".join(reason.split())))
+                if first is None:
+                    first = self.bad_record(i, error)
                 continue
-            sample.bad = bad
+            sample.bad = [] if first is None else [first]
             return sample
         raise RuntimeError(
-            f"{self.max_attempts} records in a row from {self.where[index]} are unusable; first: {bad[0]}"
+            f"{self.max_attempts} records in a row from {self.where[index]} are unusable; first: {first}"
         )
+
+    def bad_record(self, i: int, error: Exception) -> BadRecord:
+        """Record ``i`` as a :class:`BadRecord` that says why ``error`` made it unusable."""
+        record = self.records[i]
+        sid = record.get("id")
+        reason = " ".join(f"{type(error).__name__}: {error}".split())
+        return BadRecord(f"#{i}" if sid is None else str(sid), self.where[i], reason)
 
     # ------------------------------------------------------------------ one record
     def where_of(self, i: int) -> str:
@@ -139,12 +153,23 @@ class SupervisedDataset(Dataset):
     def conversation_and_media(self, i: int) -> tuple[list, VisualInputs]:
         """Record ``i``'s turns, with its video placeholder expanded as its input needs, and its inputs."""
         record, where = self.records[i], self.where_of(i)
-        conversations = record.get("conversations")
-        if not isinstance(conversations, list) or not conversations:
-            raise ValueError(f"{where}: 'conversations' must be a non-empty list of turns")
+        try:
+            check_record(record, required=("conversations",))
+        except ValueError as exc:
+            raise ValueError(f"{where}: {exc}") from None
+        conversations = record["conversations"]
         visual = self.media(record)
-        if "video" in record:
-            conversations = expand_video_placeholder(conversations, visual.num_placeholders)
+        if record.get("video") is not None:
+            try:
+                conversations = expand_video_placeholder(conversations, visual.num_placeholders)
+            except ValueError as exc:
+                raise ValueError(f"{where}: {exc}") from None
+        elif placeholder_counts(conversations)[0]:
+            videos = placeholder_counts(conversations)[0]
+            raise ValueError(
+                f"{where}: the conversation has {videos} {VIDEO_TOKEN} placeholder(s) but the record has "
+                "no video"
+            )
         if self.plain and len(visual):  # LLaVA pre-training: the caption follows the placeholders alone
             conversations = [dict(conversations[0], value=visual.placeholder_text()), *conversations[1:]]
         return conversations, visual
@@ -180,20 +205,15 @@ class SupervisedDataset(Dataset):
         return Sample(input_ids, labels, visual)
 
     def media(self, record: dict) -> VisualInputs:
+        """The visual inputs of a record whose fields passed ``check_record``."""
         images, video = record.get("image"), record.get("video")
-        if images is not None and video is not None:
-            raise ValueError("a record has either 'image' or 'video', not both")
         if video is not None:
-            if not isinstance(video, str):
-                raise ValueError(f"'video' must be one path, got {type(video).__name__}")
             return self.visual.video(self._path(video, self.data_args.video_folder))
         if images is None:
             return VisualInputs()
         paths = [images] if isinstance(images, str) else list(images)
-        if not paths or not all(isinstance(p, str) for p in paths):
-            raise ValueError(f"'image' must be a path or a list of paths, got {images!r}")
         paths = [self._path(p, self.data_args.image_folder) for p in paths]
-        if "positions_thw" in record:
+        if record.get("positions_thw") is not None:
             return self.visual.codec_pack(paths, record["positions_thw"])
         if len(paths) > 1 and len(paths) == self.data_args.images_as_clip:
             return self.visual.clip(paths)
@@ -214,8 +234,15 @@ class SupervisedDataset(Dataset):
 
     # ------------------------------------------------------------------ for the grouped sampler
     def modality_and_length(self, i: int) -> tuple[str, int]:
-        """``(text | image | video, estimated tokens)`` of record ``i``, from the record alone (no I/O)."""
+        """``(text | image | video, estimated tokens)`` of record ``i``, from the record alone (no I/O).
+
+        A record whose fields have the wrong type counts as a short text: it is reported bad when read.
+        """
         record = self.records[i]
+        try:
+            check_record(record)
+        except ValueError:
+            return "text", 1
         words = sum(len(str(turn.get("value", "")).split()) for turn in record.get("conversations") or []
                     if isinstance(turn, dict))
         per_image = self._tokens_per_image()

@@ -68,7 +68,7 @@ fi
 TAG=$(printf 'shard%02dof%02d' "$SHARD_ID" "$NUM_SHARDS")
 
 stage1_flags=(--preset llava --num_shards "$NUM_SHARDS" --shard_id "$SHARD_ID" --num_workers "$NUM_WORKERS")
-stage2_flags=(--mode pack --preset llava --skip_missing --num_shards "$NUM_SHARDS" --shard_id "$SHARD_ID"
+stage2_flags=(--mode pack --preset llava --skip_missing --packs_only --num_shards "$NUM_SHARDS" --shard_id "$SHARD_ID"
               --num_workers "$NUM_WORKERS")
 if [ -n "${CODEC_FRAMES:-}" ]; then
   stage1_flags+=(--sequence_length "$CODEC_FRAMES"); stage2_flags+=(--T "$CODEC_FRAMES")

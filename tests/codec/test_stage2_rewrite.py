@@ -351,6 +351,17 @@ def test_mode_flag_errors_stop_before_any_work(packs, mixed, tmp_path):
     ],
 )
 def test_the_video_placeholder_becomes_one_line_per_mosaic(value, expected):
-    convs = [{"from": "human", "value": value}, {"from": "gpt", "value": "<video> stays in answers"}]
+    convs = [{"from": "human", "value": value}, {"from": "gpt", "value": "A square moves."}]
     out = stage2.rewrite_conversations(convs, 3)
     assert out[0]["value"] == expected and out[1] == convs[1] and convs[0]["value"] == value
+
+
+def test_the_one_placeholder_is_expanded_in_the_turn_that_holds_it():
+    convs = [
+        {"from": "human", "value": "Hi."},
+        {"from": "gpt", "value": "Hi."},
+        {"from": "human", "value": "<video>\nWhat happens?"},
+        {"from": "gpt", "value": "A square moves."},
+    ]
+    out = stage2.rewrite_conversations(convs, 2)
+    assert out[0] == convs[0] and out[2]["value"] == "<image>\n<image>\nWhat happens?"
