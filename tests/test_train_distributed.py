@@ -4,26 +4,20 @@ loads with exactly the trained in-memory model's logits."""
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-from pathlib import Path
-
 import deepspeed  # noqa: F401  (the dev and train extras install it; a missing one fails here)
 import pytest
 import torch
-from train_helpers import probe_inputs, tiny_start, train_args, write_jsonl, write_records
+from train_helpers import (
+    REPO,
+    probe_inputs,
+    tiny_start,
+    train_args,
+    two_process_run,
+    write_jsonl,
+    write_records,
+)
 
 from llava.model.builder import load_pretrained_model
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -43,11 +37,7 @@ def test_two_process_deepspeed_run_saves_a_checkpoint_with_the_trained_logits(se
     argv = train_args(llm, encoder, data, str(root / "records"), str(out), "--max_steps", "3",
                       "--deepspeed", str(REPO / "scripts" / f"{stage}.json"), "--use_cpu", "True",
                       "--ddp_backend", "gloo")
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-               "--master_port", str(_free_port()),
-               str(REPO / "tests" / "distributed_sft.py"), str(root / "records"), "--", *argv]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, cwd=REPO)
+    result = two_process_run(root / "records", argv)
     assert result.returncode == 0, result.stderr[-4000:]
     assert "[train] done: 3 steps, 12 samples" in result.stdout  # 2 ranks x 2 samples x 3 steps
     tokenizer, model, _, _ = load_pretrained_model(str(out), torch_dtype=torch.float32)

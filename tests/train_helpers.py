@@ -4,6 +4,10 @@ record kind (real files), and tiny models with lively answers."""
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import av
@@ -14,6 +18,7 @@ from PIL import Image
 from llava.model.tiny import save_tiny_parts
 from llava.video_io import LLAVA_CODEC
 
+REPO = Path(__file__).resolve().parents[1]
 CODEC = LLAVA_CODEC.replace(sequence_length=8, square_size=64, keep_frames_equiv=2)
 CODEC_FLAGS = ["--codec_frames", "8", "--codec_canvas", "64", "--codec_images", "2"]
 
@@ -119,3 +124,21 @@ def probe_inputs(records_root: Path, model, tokenizer) -> dict:
     visual = VisualProcessor(processor, model.config)(str(Path(records_root) / "image1.png"))
     ids = torch.tensor([[*tokenizer("look ").input_ids, IMAGE_TOKEN_INDEX, *tokenizer(" at it").input_ids]])
     return dict(input_ids=ids, **visual.model_kwargs())
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def two_process_run(records_root: Path, argv: list[str], kill: str | None = None,
+                    timeout: int = 600) -> subprocess.CompletedProcess:
+    """``torchrun --nproc_per_node 2 tests/distributed_sft.py``: a real 2-process run of train.py with
+    ``argv`` (``kill``: a rule of tests/kill_while_saving.py); its output is captured, not checked."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+               "--master_port", str(free_port()), str(REPO / "tests" / "distributed_sft.py"),
+               str(records_root), *(["--kill", kill] if kill else []), "--", *argv]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO,
+                          check=False)

@@ -6,8 +6,8 @@
 or ``torchrun`` / ``deepspeed llava/train/train.py ...`` for several processes. This file only
 orchestrates; the parts live beside it: ``arguments`` (flags), ``model_setup`` (model, tokenizer,
 what trains, LoRA), ``data`` (records -> samples, collation), ``sampler`` (modality grouping),
-``trainer`` (optimizer groups, bad records, saving). A run resumes from the newest
-``OUTPUT/checkpoint-*`` with the same data order, and ends with a summary of what it did.
+``trainer`` (optimizer groups, bad records, saving). A run resumes from the newest complete
+``OUTPUT/checkpoint-*`` (``checkpoints``) with the same data order, and ends with a summary of what it did.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from transformers.integrations import is_deepspeed_zero3_enabled
 import llava  # noqa: F401  (registers the LLaVA and OV-Encoder classes)
 from llava.model.builder import load_image_processor
 from llava.train.arguments import DataArguments, ModelArguments, TrainingArguments, check_arguments
+from llava.train.checkpoints import IncompleteCheckpoint, check_resumable, newest_complete
 from llava.train.data import make_data_module
 from llava.train.model_setup import apply_lora, build_model, build_tokenizer, projector_only, select_trainable
 from llava.train.trainer import LLaVATrainer, TooManyBadRecords
@@ -105,11 +106,10 @@ def train(argv: list[str] | None = None) -> dict:
 
 
 def run(trainer: LLaVATrainer, kind: str) -> dict:
-    """Train (resuming from the newest checkpoint if there is one), save, summarise."""
+    """Train (resuming from the newest complete checkpoint if there is one), save, summarise."""
     args = trainer.args
     output_dir = Path(args.output_dir)
-    resume = args.resume_from_checkpoint or (True if list(output_dir.glob("checkpoint-*")) else None)
-    result = trainer.train(resume_from_checkpoint=resume)
+    result = trainer.train(resume_from_checkpoint=resume_checkpoint(args))
     trainer.save_state()
     model = trainer.accelerator.unwrap_model(trainer.model)
     (model.base_model.model if hasattr(model, "peft_config") else model).config.use_cache = True
@@ -118,6 +118,25 @@ def run(trainer: LLaVATrainer, kind: str) -> dict:
     if args.should_log:
         print(_summary_text(summary), flush=True)
     return summary
+
+
+def resume_checkpoint(args: TrainingArguments) -> str | None:
+    """``--resume_from_checkpoint`` if it is complete (:class:`SetupError` if not), else the newest
+    complete ``OUTPUT/checkpoint-*`` or None; logs the newer folders it skipped and why."""
+    if args.resume_from_checkpoint:
+        try:
+            return str(check_resumable(args.resume_from_checkpoint, args.world_size))
+        except IncompleteCheckpoint as error:
+            raise SetupError(str(error)) from error
+    folder, skipped = newest_complete(args.output_dir, args.world_size)
+    if args.should_log:
+        for path, reason in skipped:
+            logger.warning("skipping %s: incomplete (%s)", path, reason)
+        if folder is not None:
+            logger.info("resuming from %s", folder)
+        elif skipped:
+            logger.warning("no complete checkpoint in %s: training from the start", args.output_dir)
+    return str(folder) if folder is not None else None
 
 
 def _summary(trainer: LLaVATrainer, result, kind: str) -> dict:

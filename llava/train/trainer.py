@@ -11,6 +11,9 @@
   ``mm_projector.bin`` when only the projector trains, or the LoRA adapter plus
   ``non_lora_trainables.bin``; the config, tokenizer and image processor go with every kind, so
   ``load_pretrained_model`` and the chat CLI load any checkpoint of the run.
+* **Complete checkpoints**: ``checkpoint-N`` gets :data:`~llava.train.checkpoints.MARKER` last, once
+  every rank wrote its part; ``--save_total_limit`` rotates after that and counts complete ones only
+  (:mod:`llava.train.checkpoints`).
 * **Counters** for the closing summary: samples, LM tokens (text + visual, padding excluded).
 """
 
@@ -24,6 +27,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from transformers import Trainer
+from transformers.trainer import TRAINING_ARGS_NAME
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..model.weights import (
     NON_LORA_FILES,
@@ -33,6 +38,7 @@ from ..model.weights import (
     load_projector_weights,
     load_weights_file,
 )
+from . import checkpoints
 from .sampler import ModalityGroupedSampler
 
 logger = logging.getLogger("llava.train")
@@ -124,8 +130,8 @@ class LLaVATrainer(Trainer):
     # ------------------------------------------------------------------ a training step
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         bad = inputs.pop("bad_records", [])
-        if model.training:
-            self._count_records(bad, read=inputs["input_ids"].shape[0] + len(bad))
+        if model.training:  # one row per dataset index asked for; a bad one names only itself
+            self._count_records(bad, read=inputs["input_ids"].shape[0])
         loss, outputs = super().compute_loss(
             model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch
         )
@@ -136,6 +142,8 @@ class LLaVATrainer(Trainer):
         return (loss, outputs) if return_outputs else loss
 
     def _count_records(self, bad, read: int) -> None:
+        """Add a batch's ``read`` records (the dataset indices it asked for) and its ``bad`` ones (each
+        reported by its own index only) to the counts of all ranks; stop the run past the limit."""
         for record in bad:
             key = (record.id, record.where)
             if key not in self.bad_seen:
@@ -158,6 +166,30 @@ class LLaVATrainer(Trainer):
             )
 
     # ------------------------------------------------------------------ saving and resuming
+    def _save_checkpoint(self, model, trial) -> None:
+        """The Trainer's ``checkpoint-N``, marked complete once every rank wrote its part, then the
+        rotation (the Trainer's own would run before that, and count incomplete folders)."""
+        run_dir = self._get_output_dir(trial=trial)
+        folder = Path(run_dir) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        if self.args.should_save and folder.exists():
+            logger.info("replacing %s (left by an earlier run, perhaps killed while saving it)", folder)
+            checkpoints.discard(folder)  # never mix its files with this save's
+        self.accelerator.wait_for_everyone()
+        limit, self.args.save_total_limit = self.args.save_total_limit, None
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self.args.save_total_limit = limit
+        self.accelerator.wait_for_everyone()  # every rank's optimizer part and RNG state are written
+        if not self.args.should_save:
+            return
+        if (folder / TRAINING_ARGS_NAME).exists():  # it was written with the limit lifted
+            torch.save(self.args, folder / TRAINING_ARGS_NAME)
+        checkpoints.mark_complete(folder, self.state.global_step, self.args.world_size)
+        keep = self.state.best_model_checkpoint
+        for old in checkpoints.rotate(run_dir, limit, self.args.world_size, keep=keep):
+            logger.info("deleted %s (--save_total_limit %d)", old, limit)
+
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         output_dir = output_dir or self.args.output_dir
         model = self.accelerator.unwrap_model(self.model)
