@@ -3,8 +3,28 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
 
 import pytest
+
+
+def import_by_path(path: str | Path, name: str) -> ModuleType:
+    """The module in ``path``, imported once under ``name``: a task's utils.py as lmms-eval's
+    ``!function`` loads it, or a playground script (not a package). Registered in ``sys.modules``
+    (dataclasses need their module there); a failed import leaves nothing registered."""
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(path))
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[name]
+            raise
+    return sys.modules[name]
 
 
 @contextlib.contextmanager

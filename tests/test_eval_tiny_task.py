@@ -18,9 +18,9 @@ import lmms_eval  # the dev and eval extras install it; a missing one fails here
 import numpy as np
 import pytest
 from PIL import Image
-from task_helpers import offline_task_media
+from task_helpers import import_by_path, offline_task_media
 
-from llava.script_import import import_script
+from llava.synthetic import tiny_sft
 
 ROOT = Path(__file__).resolve().parents[1]
 TASKS_DIR = ROOT / "llava" / "eval" / "tasks"
@@ -29,8 +29,7 @@ NAMES = ("tiny_ov_image_mc", "tiny_ov_video_mc", "tiny_ov_free")
 
 
 # By path, as lmms-eval's ``!function`` loads it.
-utils = import_script(TASK_DIR / "utils.py", "tiny_ov_utils")
-md = utils.md
+utils = import_by_path(TASK_DIR / "utils.py", "tiny_ov_utils")
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +62,7 @@ def _dominant_colour(pixels: np.ndarray) -> str:
     flat = pixels.reshape(-1, 3).astype(np.float64)
     saturation = flat.max(1) - flat.min(1)
     mean = flat[saturation > 0.6 * saturation.max()].mean(0)
-    return min(md.PALETTE, key=lambda word: float(np.sum((mean - md.PALETTE[word]) ** 2)))
+    return min(tiny_sft.PALETTE, key=lambda word: float(np.sum((mean - tiny_sft.PALETTE[word]) ** 2)))
 
 
 def test_task_manager_discovers_tasks_and_group(manager):
@@ -100,7 +99,7 @@ def test_answers_are_balanced():
     docs = utils.make_docs()
     for name in NAMES:
         answers = Counter(doc["answer"] for doc in docs if doc["task"] == name)
-        assert answers == {colour: utils.PER_TASK // 4 for colour in md.COLOURS}
+        assert answers == {colour: utils.PER_TASK // 4 for colour in tiny_sft.COLOURS}
     clips = [doc for doc in docs if doc["task"] == "tiny_ov_video_mc"]
     for key in ("encoder", "direction"):
         pairs = Counter((doc["answer"], doc[key]) for doc in clips)
@@ -110,15 +109,15 @@ def test_answers_are_balanced():
 
 def test_requests_ask_the_training_questions(tasks):
     """The context is the training prompt's question; the four continuations are the bare colour words."""
-    image = md.TASKS["colour"].question
-    questions = {"tiny_ov_image_mc": image, "tiny_ov_video_mc": md.CLIP_QUESTION, "tiny_ov_free": image}
-    assert md.CLIP_QUESTION == md.TASKS["video_colour"].question
+    image = tiny_sft.TASKS["colour"].question
+    questions = {"tiny_ov_image_mc": image, "tiny_ov_video_mc": tiny_sft.CLIP_QUESTION, "tiny_ov_free": image}
+    assert tiny_sft.CLIP_QUESTION == tiny_sft.TASKS["video_colour"].question
     for name, task in tasks.items():
         task.build_all_requests(limit=2)
         for request in task.instances:
             assert request.args[0] == questions[name]
         if task.OUTPUT_TYPE == "multiple_choice":
-            assert [r.args[1] for r in task.instances] == list(md.COLOURS) * 2
+            assert [r.args[1] for r in task.instances] == list(tiny_sft.COLOURS) * 2
         else:
             kwargs = task.instances[0].args[1]
             assert kwargs["max_new_tokens"] == 8 and kwargs["until"] == ["<|im_end|>"]
@@ -143,7 +142,7 @@ def test_video_visuals_are_decodable_clips_of_the_answer(tasks, media):
         with av.open(path) as container:
             codec = container.streams.video[0].codec_context.name
             frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
-        assert codec == md.ENCODERS[doc["encoder"]]
+        assert codec == tiny_sft.ENCODERS[doc["encoder"]]
         assert len(frames) == 16 and frames[0].shape == (64, 64, 3)
         assert _dominant_colour(frames[0]) == doc["answer"], doc["id"]
         codecs[codec] += 1
@@ -152,7 +151,7 @@ def test_video_visuals_are_decodable_clips_of_the_answer(tasks, media):
 
 def test_rendering_is_deterministic_and_cached(tasks, media, tmp_path, monkeypatch):
     docs = utils.make_docs()
-    picks = [docs[0]] + [next(d for d in docs if d["encoder"] == encoder) for encoder in md.ENCODERS]
+    picks = [docs[0]] + [next(d for d in docs if d["encoder"] == encoder) for encoder in tiny_sft.ENCODERS]
     for doc in picks:  # into the module's cache (through lmms-eval's copy of utils.py)
         tasks[doc["task"]].doc_to_visual(doc)
     first = {doc["id"]: utils.render_image(doc) if doc["shape"] else utils.render_video(doc) for doc in picks}

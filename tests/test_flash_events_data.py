@@ -17,9 +17,9 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-from task_helpers import offline_task_media
+from task_helpers import import_by_path, offline_task_media
 
-from llava.script_import import import_script
+from llava.synthetic import flash_events as gen  # the videos' generator
 from llava.video_io import LLAVA_CODEC, load_codec_inputs, sample_frame_indices
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,15 +31,14 @@ SATURATED = 60  # max - min over RGB above which a pixel counts as coloured (the
 
 
 # By path, as lmms-eval's ``!function`` loads it.
-utils = import_script(TASK_DIR / "utils.py", "flash_events_utils")
-md = utils.md
+utils = import_by_path(TASK_DIR / "utils.py", "flash_events_utils")
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
-    """make_dataset's output for the default seed, with small splits."""
+    """The generator's dataset for the default seed, with small splits."""
     out = tmp_path_factory.mktemp("flash") / "data"
-    md.make_dataset(out, train=TRAIN, test=TEST)
+    gen.make_dataset(out, train=TRAIN, test=TEST)
     return out
 
 
@@ -81,7 +80,7 @@ def _event_frames(event: dict) -> set[int]:
 def test_videos_decode_with_both_codecs_and_records_match(dataset, info):
     assert info["counts"] == {"train": TRAIN, "test": TEST} and info["frames"] == 128
     codecs = Counter()
-    for split in md.SPLITS:
+    for split in gen.SPLITS:
         records = [json.loads(line) for line in (dataset / f"{split}.jsonl").read_text().splitlines()]
         assert len(records) == 2 * info["counts"][split]
         for event, pair in zip(info["videos"][split], zip(records[::2], records[1::2])):
@@ -89,13 +88,13 @@ def test_videos_decode_with_both_codecs_and_records_match(dataset, info):
             assert [r["answer"] for r in pair] == [event["colour"], event["quadrant"]]
             for record in pair:
                 human, gpt = record["conversations"]
-                assert human["value"] == "<image>\n" + md.QUESTIONS[record["task"]][0]
+                assert human["value"] == "<image>\n" + gen.QUESTIONS[record["task"]][0]
                 assert (
                     gpt["value"] == record["answer"] in record["choices"]
                     and record["video"] == event["video"]
                 )
             codec, frames = _decode(dataset / event["video"])
-            assert codec == md.ENCODERS[event["encoder"]] and frames.shape == (128, 64, 64, 3)
+            assert codec == gen.ENCODERS[event["encoder"]] and frames.shape == (128, 64, 64, 3)
             codecs[codec] += 1
     assert codecs["h264"] == codecs["hevc"] == (TRAIN + TEST) // 2
 
@@ -110,27 +109,27 @@ def test_flash_is_in_exactly_its_frames_and_quadrant(dataset, info):
         flash = sorted(_event_frames(event))
         assert not np.delete(per_frame, flash).any(), (event["index"], per_frame)
         assert (per_frame[flash] > 0.8 * event["side"] ** 2).all(), (event["index"], per_frame[flash])
-        row, col = divmod(md.QUADRANTS.index(event["quadrant"]), 2)
+        row, col = divmod(gen.QUADRANTS.index(event["quadrant"]), 2)
         half = event["size"] // 2
         inside = coloured[flash][:, row * half : (row + 1) * half, col * half : (col + 1) * half].sum()
         assert inside == per_frame[flash].sum()
         pixels = rgb[flash][coloured[flash]].mean(0)
-        nearest = min(md.PALETTE, key=lambda word: float(np.sum((pixels - md.PALETTE[word]) ** 2)))
+        nearest = min(gen.PALETTE, key=lambda word: float(np.sum((pixels - gen.PALETTE[word]) ** 2)))
         assert nearest == event["colour"]
 
 
 def test_answers_are_balanced():
-    test = md.plan_videos(md.DEFAULT_SEED, "test", md.DEFAULT_TEST)
+    test = gen.plan_videos(gen.DEFAULT_SEED, "test", gen.DEFAULT_TEST)
     for key in ("colour", "quadrant", "encoder"):
         counts = Counter(event[key] for event in test)
         assert len(counts) in (2, 4) and len(set(counts.values())) == 1, (key, counts)
     assert len(Counter((e["colour"], e["quadrant"], e["encoder"]) for e in test)) == 32
-    assert {e["length"] for e in test} == set(md.LENGTHS)
+    assert {e["length"] for e in test} == set(gen.LENGTHS)
 
 
 def test_same_call_same_bytes(dataset, tmp_path):
     again = tmp_path / "again"
-    md.make_dataset(again, train=TRAIN, test=1)  # the train split depends on its own size only
+    gen.make_dataset(again, train=TRAIN, test=1)  # the train split depends on its own size only
     names = [p.relative_to(dataset) for p in sorted((dataset / "videos" / "train").iterdir())]
     assert len(names) == TRAIN
     for name in [Path("train.jsonl"), *names]:
@@ -142,8 +141,8 @@ def test_data_jsonl_is_reproducible():
     lines = (TASK_DIR / "data.jsonl").read_text(encoding="utf-8").splitlines()
     docs = [json.loads(line) for line in lines]
     assert docs == utils.make_docs()
-    # make_dataset's default test split (what `make_dataset.py --out DIR` writes), two docs per video
-    plan = md.plan_videos(md.DEFAULT_SEED, "test", md.DEFAULT_TEST, md.DEFAULT_FRAMES, md.DEFAULT_SIZE)
+    # the generator's default test split (what `make_dataset.py --out DIR` writes), two docs per video
+    plan = gen.plan_videos(gen.DEFAULT_SEED, "test", gen.DEFAULT_TEST, gen.DEFAULT_FRAMES, gen.DEFAULT_SIZE)
     assert (
         [{key: doc[key] for key in utils.EVENT_KEYS} for doc in docs[::2]]
         == plan
@@ -158,16 +157,16 @@ def test_tasks_ask_the_training_questions_over_the_test_videos(tasks, media, tmp
         kind = name.removeprefix("flash_events_")
         assert task.OUTPUT_TYPE == "generate_until"
         docs = task.test_docs()
-        assert len(docs) == md.DEFAULT_TEST and {doc["task"] for doc in docs} == {kind}
+        assert len(docs) == gen.DEFAULT_TEST and {doc["task"] for doc in docs} == {kind}
         task.build_all_requests(limit=2)
-        assert [r.args[0] for r in task.instances] == [md.QUESTIONS[kind][0]] * 2
+        assert [r.args[0] for r in task.instances] == [gen.QUESTIONS[kind][0]] * 2
         kwargs = [r.args[1] for r in task.instances]
         assert all(k["temperature"] == 0 and k["until"] == ["<|im_end|>"] for k in kwargs)
         for doc in list(docs)[:3]:
             (path,) = task.doc_to_visual(doc)
             assert Path(path).parent == media
             expected = tmp_path / f"{doc['id']}.mp4"
-            md.render_video(expected, {key: doc[key] for key in utils.EVENT_KEYS})
+            gen.render_video(expected, {key: doc[key] for key in utils.EVENT_KEYS})
             assert Path(path).read_bytes() == expected.read_bytes(), doc["id"]
     assert len(list(media.iterdir())) == 3  # both tasks' docs of one video share its file; no temps
 
@@ -183,7 +182,7 @@ def test_codec_selection_reaches_the_flash_and_uniform_frames_miss_it(dataset, i
     The codec path does not catch every flash (a finding, not tuned away): see the README.
     """
     params = LLAVA_CODEC.replace(sequence_length=64, square_size=64, keep_frames_equiv=4)
-    uniform = set(sample_frame_indices(128, md.FPS, frames_upbound=4).tolist())
+    uniform = set(sample_frame_indices(128, gen.FPS, frames_upbound=4).tolist())
     assert uniform == {0, 42, 84, 127}
     codec_caught = uniform_caught = 0
     events = info["videos"]["train"] + info["videos"]["test"]
@@ -195,8 +194,8 @@ def test_codec_selection_reaches_the_flash_and_uniform_frames_miss_it(dataset, i
         overlaps = (h * 16 < y + side) & (h * 16 + 16 > y) & (w * 16 < x + side) & (w * 16 + 16 > x)
         codec_caught += bool((in_event & overlaps).any())
     # Uniform sampling needs no decoding: over the default splits' 264 plans (analytic, from the indices).
-    plans = md.plan_videos(md.DEFAULT_SEED, "train", md.DEFAULT_TRAIN) + md.plan_videos(
-        md.DEFAULT_SEED, "test", md.DEFAULT_TEST
+    plans = gen.plan_videos(gen.DEFAULT_SEED, "train", gen.DEFAULT_TRAIN) + gen.plan_videos(
+        gen.DEFAULT_SEED, "test", gen.DEFAULT_TEST
     )
     uniform_caught = sum(bool(_event_frames(event) & uniform) for event in plans)
     codec_rate, uniform_rate = codec_caught / len(events), uniform_caught / len(plans)
@@ -218,5 +217,5 @@ def test_a_reply_is_scored_by_the_choice_it_gives():
     assert utils.process_results(where, ["Top-left!"]) == {"acc": 1.0}
     assert utils.process_results(where, ["top"]) == {"acc": 0.0}
     assert utils.process_results(where, ["top right"]) == {"acc": 0.0}
-    assert utils.chosen("bottom right", md.QUESTIONS["where"][1]) == "bottom right"
-    assert utils.chosen("somewhere", md.QUESTIONS["where"][1]) is None
+    assert utils.chosen("bottom right", gen.QUESTIONS["where"][1]) == "bottom right"
+    assert utils.chosen("somewhere", gen.QUESTIONS["where"][1]) is None

@@ -15,8 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-
-from llava.script_import import import_script
+from task_helpers import import_by_path
 
 REPO = Path(__file__).resolve().parents[1]
 RUN = REPO / "playground" / "flash_events" / "run.py"
@@ -45,7 +44,7 @@ def quick_run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def runner():
-    return import_script(RUN, "_flash_events_run")
+    return import_by_path(RUN, "_flash_events_run")
 
 
 def test_results_cover_both_modes_at_every_budget(quick_run):
@@ -99,7 +98,7 @@ def test_flash_reached_is_what_the_reader_selects(quick_run, runner, monkeypatch
     out, _ = quick_run
     media = out / "media"
     monkeypatch.setenv("FLASH_EVENTS_MEDIA", str(media))
-    utils = import_script(REPO / "llava/eval/tasks/flash_events/utils.py", "_flash_events_task_utils")
+    utils = import_by_path(REPO / "llava/eval/tasks/flash_events/utils.py", "_flash_events_task_utils")
     docs = runner.test_docs(runner.SIZES["quick"].limit)
     for budget in BUDGETS:
         assets = out / "codec" / f"B{budget}" / "assets"

@@ -28,6 +28,7 @@ from llava.constants import IGNORE_INDEX
 from llava.mm_inputs import VisualInputs, VisualProcessor
 from llava.model.tiny import build_tiny_model
 from llava.preprocess import tokenize_conversation
+from llava.synthetic import tiny_sft as md
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN, HELDOUT = 8, 4  # per task: balanced over 3 and 4 classes, both codecs in each split, still fast
@@ -44,7 +45,7 @@ def _load(name: str):
     return module
 
 
-md = _load("make_dataset")
+cli = _load("make_dataset")  # the command line; the dataset itself is llava.synthetic.tiny_sft
 score = _load("score")
 
 
@@ -337,7 +338,7 @@ def test_same_seed_same_files_other_seed_other_records(data, tmp_path):
         "--heldout-per-task",
         str(HELDOUT),
     ]
-    assert md.main(argv) == 0
+    assert cli.main(argv) == 0
     other_train = [r.data for r in DatasetReader(other / "train.yaml")]
     mine_files, theirs_files = _fingerprint(data["root"]), _fingerprint(other)
     assert [r["id"] for r in other_train] == [r["id"] for r in data["train"]]

@@ -48,11 +48,11 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(REPO), str(REPO / "Compressed_Video_Reader")]  # this checkout's code
 
-from llava.script_import import import_script  # noqa: E402
+# The lmms-eval tasks' utils (the test docs and their cached videos; a folder of the package without
+# an __init__.py, imported as a namespace package) and the videos' generator.
+from llava.eval.tasks.flash_events import utils  # noqa: E402
+from llava.synthetic import flash_events as flash  # noqa: E402
 
-# The lmms-eval tasks' utils: the test docs and their videos; ``utils.md`` is make_dataset.
-utils = import_script(REPO / "llava/eval/tasks/flash_events/utils.py", "_flash_events_task_utils")
-md = utils.md
 TASKS = ("flash_events_colour", "flash_events_where")
 GROUP = "flash_events"
 MODES = ("codec", "uniform")
@@ -155,7 +155,7 @@ class Runner:
             "--num_workers",
             str(self.workers),
             "--square_size",
-            str(md.DEFAULT_SIZE),
+            str(flash.DEFAULT_SIZE),
         ]
         self.command(
             f"stage1_b{budget}",
@@ -209,7 +209,7 @@ class Runner:
                     "OUT_ROOT": str(root),
                     "CODEC_FRAMES": str(CODEC_FRAMES),
                     "CODEC_IMAGES": str(budget),
-                    "CODEC_CANVAS": str(md.DEFAULT_SIZE),
+                    "CODEC_CANVAS": str(flash.DEFAULT_SIZE),
                     "NUM_WORKERS": str(self.workers),
                     "FLASH_EVENTS_MEDIA": str(media),
                     "PYTHON": self.python,
@@ -251,7 +251,7 @@ class Runner:
                 "--codec_frames",
                 str(CODEC_FRAMES),
                 "--codec_canvas",
-                str(md.DEFAULT_SIZE),
+                str(flash.DEFAULT_SIZE),
                 "--codec_images",
                 str(budget),
                 "--mm_tunable_parts",
@@ -303,7 +303,7 @@ class Runner:
         if scores_path.is_file():
             return json.loads(scores_path.read_text())
         shutil.rmtree(folder, ignore_errors=True)
-        codec = f"codec_frames={CODEC_FRAMES},codec_images={budget},codec_canvas={md.DEFAULT_SIZE}"
+        codec = f"codec_frames={CODEC_FRAMES},codec_images={budget},codec_canvas={flash.DEFAULT_SIZE}"
         env = {
             "MODEL_PATH": str(ckpt),
             "TASKS": GROUP,
@@ -359,7 +359,7 @@ def flash_reached(mode: str, budget: int, docs: list[dict], assets: Path | None)
     for doc in docs:
         event = range(doc["start"], doc["start"] + doc["length"])
         if mode == "uniform":
-            frames = sample_frame_indices(doc["frames"], md.FPS, budget, None, True)
+            frames = sample_frame_indices(doc["frames"], flash.FPS, budget, None, True)
             hits += any(int(f) in event for f in frames)
             continue
         asset = found.find(utils.render_video(doc), TASKS[0])
@@ -389,7 +389,7 @@ def input_patches(mode: str, budget: int, base: Path, video: Path) -> int:
         "codec" if mode == "codec" else "frames",
         budget,
         force_sample=True,
-        codec=codec_options(CODEC_FRAMES, budget, md.DEFAULT_SIZE, PATCH),
+        codec=codec_options(CODEC_FRAMES, budget, flash.DEFAULT_SIZE, PATCH),
     )
     pixels = VisualProcessor(processor, None, video=options)([str(video)]).images[0]
     frames, height, width = pixels.shape[1:]
@@ -406,7 +406,7 @@ def results_table(rows: list[dict]) -> str:
         head += [f"{mode} acc", f"{mode} colour", f"{mode} where", f"{mode} reached"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for budget in budgets:
-        cells = [str(budget), str(budget * (md.DEFAULT_SIZE // PATCH) ** 2)]
+        cells = [str(budget), str(budget * (flash.DEFAULT_SIZE // PATCH) ** 2)]
         for mode in modes:
             r = next(r for r in rows if r["mode"] == mode and r["budget"] == budget)
             cells += [
@@ -563,9 +563,8 @@ def main(argv: list[str] | None = None) -> int:
         if "codec" in args.modes:
             train_codec = run.codec_train(data, budget)
             assets = run.codec_test(budget, media)
-        patches = {
-            mode: input_patches(mode, budget, base, data / md.video_name("train", 0)) for mode in args.modes
-        }
+        first_video = data / flash.video_name("train", 0)
+        patches = {mode: input_patches(mode, budget, base, first_video) for mode in args.modes}
         if len(set(patches.values())) != 1:
             raise SystemExit(
                 f"[flash] budget {budget}: the modes read different numbers of patches {patches}"

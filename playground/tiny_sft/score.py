@@ -6,7 +6,8 @@
 ``preds.jsonl`` has one ``{"id": ..., "prediction": "..."}`` per line (the generated text as
 it came out of the model). Why normalise: a tiny model may answer "Red.", "red<|im_end|>" or
 "right, it moves right"; the task asks for one word, so the first word, lowercased and without
-punctuation or special tokens, is what is compared. Chance levels come from each held-out
+punctuation or special tokens, is what is compared (``llava.synthetic.tiny_sft.normalise``, which
+the ``tiny_ov_free`` lmms-eval task uses too). Chance levels come from each held-out
 record's ``choices`` (1 / number of classes), so the numbers say at a glance whether the model
 learnt anything.
 """
@@ -15,29 +16,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
-import string
 import sys
 from pathlib import Path
 
 from cv_reader.batch import atomic_write_bytes
 
-_SPECIAL_TOKEN = re.compile(r"<\|[^|<>]*\|>")  # <|im_end|>, <|endoftext|>, <|im_start|> ...
-_STRIP = string.punctuation + "\u2018\u2019\u201c\u201d\u00ab\u00bb"
-
-
-def normalise(text: str | None) -> str:
-    """The first word of ``text``, lowercased, without special tokens or surrounding punctuation.
-
-    ``"Red."`` -> ``"red"``, ``"  left<|im_end|>"`` -> ``"left"``, ``"- 3!"`` -> ``"3"``; no word -> ``""``.
-    """
-    if text is None:
-        return ""
-    for word in _SPECIAL_TOKEN.sub(" ", str(text)).lower().split():
-        word = word.strip(_STRIP)
-        if word:
-            return word
-    return ""
+from llava.synthetic.tiny_sft import normalise  # the tiny_ov_free task scores with it too
 
 
 def read_heldout(path: str | Path) -> list[dict]:

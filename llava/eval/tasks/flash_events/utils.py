@@ -1,21 +1,22 @@
-"""Offline lmms-eval tasks over playground/flash_events' held-out videos.
+"""Offline lmms-eval tasks over the flash-event videos' held-out split (``llava.synthetic.flash_events``).
 
     python llava/eval/tasks/flash_events/utils.py --write-data   # regenerate data.jsonl (same every time)
     python -m lmms_eval --include_path llava/eval/tasks --tasks flash_events ...
 
 ``flash_events_colour`` ("What colour was the flash?") and ``flash_events_where`` ("Where did
-the flash appear?") ask make_dataset's questions, with its prompt text and answer words, about
-the videos of its **test split for the default seed and sizes** (``make_dataset.py --out DIR``
-with no options writes the same test videos, byte for byte), so a model trained on that
-``train.jsonl`` is scored on held-out videos.
+the flash appear?") ask the dataset's questions, with its prompt text and answer words, about
+the videos of its **test split for the default seed and sizes**
+(``playground/flash_events/make_dataset.py --out DIR`` with no options writes the same test
+videos, byte for byte), so a model trained on that ``train.jsonl`` is scored on held-out videos.
 
 Why not read ``DIR/test.jsonl``: ``DIR`` is chosen by the user, while lmms-eval resolves
 ``dataset_kwargs.data_files`` relative to the YAML. So ``data.jsonl`` (committed, text only)
 holds per doc its id, question kind, answer and the video's event parameters
-(``plan_videos``), and the video is rendered on first use with make_dataset's own
+(``plan_videos``), and the video is rendered on first use with the generator's own
 ``render_video`` into ``$FLASH_EVENTS_MEDIA`` (default ``~/.cache/llava-ov/flash_events``),
 written atomically and reused afterwards. A file's name carries a hash of the parameters and
 of the generator's sources, so a changed doc or generator gets a new file, never a stale one.
+Everything comes from the package, so the tasks work from an installed wheel as from a checkout.
 """
 
 from __future__ import annotations
@@ -29,26 +30,26 @@ import sys
 import tempfile
 from pathlib import Path
 
-from llava.script_import import import_script
+from llava.synthetic import flash_events as flash
+from llava.synthetic import tiny_sft
 
-GENERATOR = Path(__file__).resolve().parents[4] / "playground" / "flash_events" / "make_dataset.py"
 DATA = Path(__file__).with_name("data.jsonl")
 DEFAULT_MEDIA = "~/.cache/llava-ov/flash_events"
 
-
-md = import_script(GENERATOR, "_flash_events_make_dataset")
-#: The rendered bytes depend on these two sources (render_frames here, encode_clip in tiny_sft).
-_SOURCES = hashlib.sha256(GENERATOR.read_bytes() + md.TINY_SFT.read_bytes()).hexdigest()
+#: The rendered bytes depend on these two sources (render_frames there, encode_clip in tiny_sft).
+_SOURCES = hashlib.sha256(b"".join(Path(m.__file__).read_bytes() for m in (flash, tiny_sft))).hexdigest()
 #: The keys of a doc's video parameters (``plan_videos``' entries).
 EVENT_KEYS = tuple("index colour quadrant encoder start length x y side frames size seed".split())
 
 
 # ---------------------------------------------------------------------------- docs
 def make_docs() -> list[dict]:
-    """Two docs per video of make_dataset's default test split (colour, then where), as its records."""
+    """Two docs per video of the default test split (colour, then where), as the dataset's records."""
     docs = []
-    for event in md.plan_videos(md.DEFAULT_SEED, "test", md.DEFAULT_TEST, md.DEFAULT_FRAMES, md.DEFAULT_SIZE):
-        for record in md.records("test", event):
+    sizes = (flash.DEFAULT_TEST, flash.DEFAULT_FRAMES, flash.DEFAULT_SIZE)
+    plan = flash.plan_videos(flash.DEFAULT_SEED, "test", *sizes)
+    for event in plan:
+        for record in flash.records("test", event):
             doc = {key: record[key] for key in ("id", "task", "answer", "video")}
             doc.update({key: event[key] for key in EVENT_KEYS})
             docs.append(doc)
@@ -78,7 +79,7 @@ def media_dir() -> Path:
 
 
 def render_video(doc: dict) -> Path:
-    """The doc's MP4 in the media cache, rendered first (``md.render_video``) if absent.
+    """The doc's MP4 in the media cache, rendered first (``flash.render_video``) if absent.
 
     Both docs of a video share one file. The temp file is renamed into place (``os.replace``),
     so neither a crash nor a concurrent rank rendering the same video leaves a partial file.
@@ -91,7 +92,7 @@ def render_video(doc: dict) -> Path:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".mp4", dir=path.parent)
         os.close(fd)
         try:
-            md.render_video(tmp, event)
+            flash.render_video(tmp, event)
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -107,7 +108,7 @@ def doc_to_visual(doc: dict) -> list[str]:
 
 def doc_to_text(doc: dict) -> str:
     """The training prompt's question, without the ``<image>`` placeholder (the model adds it)."""
-    return md.QUESTIONS[doc["task"]][0]
+    return flash.QUESTIONS[doc["task"]][0]
 
 
 def doc_to_target(doc: dict) -> str:
@@ -130,7 +131,7 @@ def chosen(reply: str, choices) -> str | None:
 
 def process_results(doc: dict, results: list[str]) -> dict:
     """``acc``: 1.0 when the greedy reply gives the right choice (a reply naming no choice is wrong)."""
-    return {"acc": float(chosen(results[0], md.QUESTIONS[doc["task"]][1]) == doc["answer"])}
+    return {"acc": float(chosen(results[0], flash.QUESTIONS[doc["task"]][1]) == doc["answer"])}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -138,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--write-data", action="store_true", help=f"write {DATA.name} next to this file")
     if not parser.parse_args(argv).write_data:
         parser.error("nothing to do (pass --write-data)")
-    print(f"wrote {write_data()} ({md.DEFAULT_TEST} test videos, two questions each, seed {md.DEFAULT_SEED})")
+    videos = f"{flash.DEFAULT_TEST} test videos, two questions each, seed {flash.DEFAULT_SEED}"
+    print(f"wrote {write_data()} ({videos})")
     return 0
 
 

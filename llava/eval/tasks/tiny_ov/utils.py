@@ -3,22 +3,24 @@
     python llava/eval/tasks/tiny_ov/utils.py --write-data      # regenerate data.jsonl (same file every time)
     python -m lmms_eval --include_path llava/eval/tasks --tasks tiny_ov ...
 
-The tiny model was trained on playground/tiny_sft/make_dataset.py's colour questions; these tasks
-ask the same questions, with the same prompt text, over fresh draws of the same media:
+The tiny model was trained on ``llava.synthetic.tiny_sft``'s colour questions (the data of
+``playground/tiny_sft/make_dataset.py``); these tasks ask the same questions, with the same prompt
+text, over fresh draws of the same media:
 
 * ``tiny_ov_image_mc``: a 64 px image of one coloured shape (``draw_shape_image``), the ``colour``
   task's question, scored as multiple choice over the four colours (``acc``, chance 0.25);
 * ``tiny_ov_video_mc``: a 16-frame clip of a moving coloured square (``moving_square_frames`` +
   ``encode_clip``, half H.264, half HEVC), ``CLIP_QUESTION``, multiple choice;
 * ``tiny_ov_free``: the image question answered freely, scored by the first word of the reply
-  (``score.normalise``, as the tiny run's held-out scorer does) against the answer (``exact_match``).
+  (``normalise``, as the tiny run's held-out scorer does) against the answer (``exact_match``).
 
 ``data.jsonl`` holds text only: per doc its id, task, answer and the parameters its media are
 drawn from (``seed`` for a fresh ``np.random.default_rng``, canvas, shape / frames, direction,
 encoder), made by ``make_docs`` from ``EVAL_SEED``. The media are rendered on first use with
-make_dataset's own functions into ``$TINY_OV_MEDIA`` (default ``~/.cache/llava-ov/tiny_ov``),
+the generator's own functions into ``$TINY_OV_MEDIA`` (default ``~/.cache/llava-ov/tiny_ov``),
 written atomically and reused afterwards; a file's name carries a hash of its parameters and of
-make_dataset.py, so a changed doc or generator gets a new file instead of a stale one.
+the generator's source, so a changed doc or generator gets a new file instead of a stale one.
+Everything comes from the package, so the tasks work from an installed wheel as from a checkout.
 """
 
 from __future__ import annotations
@@ -36,9 +38,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from llava.script_import import import_script
+from llava.synthetic import tiny_sft
+from llava.synthetic.tiny_sft import normalise
 
-TINY_SFT = Path(__file__).resolve().parents[4] / "playground" / "tiny_sft"
 DATA = Path(__file__).with_name("data.jsonl")
 DEFAULT_MEDIA = "~/.cache/llava-ov/tiny_ov"
 IMAGE_MC, VIDEO_MC, FREE = "tiny_ov_image_mc", "tiny_ov_video_mc", "tiny_ov_free"
@@ -51,11 +53,9 @@ CANVAS, FRAMES = 64, 16  # the tiny preset's canvas and clip length
 FIELDS = ("id", "task", "answer", "seed", "canvas", "shape", "frames", "direction", "encoder")
 
 
-md = import_script(TINY_SFT / "make_dataset.py", "_tiny_sft_make_dataset")
-score = import_script(TINY_SFT / "score.py", "_tiny_sft_score")
-IMAGE_QUESTION = md.TASKS["colour"].question
-QUESTIONS = {IMAGE_MC: IMAGE_QUESTION, VIDEO_MC: md.CLIP_QUESTION, FREE: IMAGE_QUESTION}
-_GENERATOR = hashlib.sha256(Path(md.__file__).read_bytes()).hexdigest()
+IMAGE_QUESTION = tiny_sft.TASKS["colour"].question
+QUESTIONS = {IMAGE_MC: IMAGE_QUESTION, VIDEO_MC: tiny_sft.CLIP_QUESTION, FREE: IMAGE_QUESTION}
+_GENERATOR = hashlib.sha256(Path(tiny_sft.__file__).read_bytes()).hexdigest()
 
 
 # ---------------------------------------------------------------------------- docs
@@ -72,9 +72,9 @@ def make_docs(per_task: int = PER_TASK, seed: int = EVAL_SEED) -> list[dict]:
     for index, task in enumerate(TASK_NAMES):
         rng = np.random.default_rng([seed, index])
         if task == VIDEO_MC:
-            plan = itertools.product(md.DIRECTIONS, md.ENCODERS, md.COLOURS)
+            plan = itertools.product(tiny_sft.DIRECTIONS, tiny_sft.ENCODERS, tiny_sft.COLOURS)
         else:
-            plan = itertools.product(md.SHAPES, md.COLOURS)
+            plan = itertools.product(tiny_sft.SHAPES, tiny_sft.COLOURS)
         for i, combo in enumerate(itertools.islice(itertools.cycle(plan), per_task)):
             doc = dict.fromkeys(FIELDS)
             doc.update(id=f"{task}-{i:03d}", task=task, answer=combo[-1], seed=int(rng.integers(2**31)))
@@ -145,7 +145,7 @@ def render_image(doc: dict) -> Path:
 
     def write(path: Path) -> None:
         rng = np.random.default_rng(doc["seed"])
-        pixels = md.draw_shape_image(doc["shape"], doc["answer"], rng, doc["canvas"])
+        pixels = tiny_sft.draw_shape_image(doc["shape"], doc["answer"], rng, doc["canvas"])
         Image.fromarray(pixels).save(path, format="PNG", optimize=False)
 
     return _cached(doc, ".png", write)
@@ -156,8 +156,9 @@ def render_video(doc: dict) -> Path:
 
     def write(path: Path) -> None:
         rng = np.random.default_rng(doc["seed"])
-        frames = md.moving_square_frames(doc["answer"], doc["direction"], rng, doc["canvas"], doc["frames"])
-        md.encode_clip(path, frames, doc["encoder"])
+        colour, direction = doc["answer"], doc["direction"]
+        frames = tiny_sft.moving_square_frames(colour, direction, rng, doc["canvas"], doc["frames"])
+        tiny_sft.encode_clip(path, frames, doc["encoder"])
 
     return _cached(doc, ".mp4", write)
 
@@ -177,8 +178,8 @@ def doc_to_text(doc: dict) -> str:
 
 
 def doc_to_choice(doc: dict) -> list[str]:
-    """The four colour words, in make_dataset's order."""
-    return list(md.COLOURS)
+    """The four colour words, in the generator's order."""
+    return list(tiny_sft.COLOURS)
 
 
 def doc_to_target(doc: dict) -> str:
@@ -188,7 +189,7 @@ def doc_to_target(doc: dict) -> str:
 
 def process_results(doc: dict, results: list[str]) -> dict:
     """tiny_ov_free: 1.0 if the reply's first word (normalised as the held-out scorer does) is the answer."""
-    return {"exact_match": float(score.normalise(results[0]) == doc["answer"])}
+    return {"exact_match": float(normalise(results[0]) == doc["answer"])}
 
 
 def main(argv: list[str] | None = None) -> int:
