@@ -224,7 +224,7 @@ def make_inputs(args):
 
     def collate(indices: list[int], pack: bool) -> dict:
         batch = DataCollator(pad, pack=pack)([samples[i] for i in indices])
-        batch.pop("bad_records")
+        batch.pop("report")
         return to_device(batch, args.device)
 
     single = [collate([i], False) for i in range(len(samples))]

@@ -11,8 +11,8 @@ import torch
 
 from .constants import DEFAULT_IMAGE_TOKEN
 from .conversation import conv_templates, get_conv_template
+from .generation import StopRule
 from .mm_inputs import VisualInputs
-from .mm_utils import KeywordsStoppingCriteria
 from .model.language_model import llava_lm_for_model_type
 from .preprocess import tokenize_prompt
 
@@ -58,21 +58,20 @@ class ChatSession:
         self.conv.append_message(self.conv.roles[0], question)
         self.conv.append_message(self.conv.roles[1], None)
         input_ids = tokenize_prompt(self.conv, self.tokenizer)[None].to(self.model.device)
-        stop = self.conv.stop_str or self.tokenizer.eos_token
+        stop = StopRule.of(self.conv, self.tokenizer)  # the template's stop string
         kwargs = dict(
             max_new_tokens=self.max_new_tokens,
             do_sample=self.temperature > 0,
             streamer=streamer,
-            eos_token_id=self.tokenizer.convert_tokens_to_ids(stop),
             pad_token_id=self.tokenizer.pad_token_id,
-            stopping_criteria=[KeywordsStoppingCriteria([stop], self.tokenizer, None)],
+            **stop.generate_kwargs(self.tokenizer),
             **self.visual.model_kwargs(),  # every turn re-sends the history, placeholders included
         )
         if self.temperature > 0:
             kwargs["temperature"] = self.temperature
         with torch.inference_mode():
             output = self.model.generate(input_ids, **kwargs)
-        answer = self.tokenizer.decode(output[0], skip_special_tokens=True).strip()
+        answer = stop.cut(self.tokenizer.decode(output[0], skip_special_tokens=True)).strip()
         self.conv.messages[-1][-1] = answer
         self.turns += 1
         return answer

@@ -158,6 +158,17 @@ class Conversation:
         """The full prompt string for the current messages."""
         return "".join(text for text, _ in self.segments())
 
+    def stop_string(self) -> str:
+        """The text that ends an assistant answer: ``stop_str`` when set (LLaVA-NeXT's field), else the
+        separator that closes a reply (``sep`` for ChatML; ``sep2``, or ``sep``, for ``plain``), which is
+        what training supervises as the end of every answer. Generation stops here in every entry point
+        (``llava.generation.StopRule``)."""
+        if self.stop_str:
+            return self.stop_str
+        if self.sep_style == SeparatorStyle.PLAIN and self.sep2 is not None:
+            return self.sep2
+        return self.sep
+
     def to_messages(self) -> list[dict[str, str]]:
         """Hugging Face chat format (``[{"role", "content"}]``) for ``tokenizer.apply_chat_template``.
 

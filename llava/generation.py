@@ -1,22 +1,64 @@
-"""Batched inference on a loaded LLaVA-OV model: answers to many prompts, log-likelihoods of continuations.
+"""Batched inference on a loaded LLaVA-OV model: answers to many prompts, log-likelihoods of continuations,
+and where an answer ends.
 
 Used by the held-out predictor (``llava.eval.predict``) and the lmms-eval model
 (``llava.eval.lmms_model``). A prompt is its token ids (``llava.preprocess.tokenize_prompt``) and its
 visual inputs (``llava.mm_inputs``); a batch left-pads the ids and concatenates the visual inputs, so
-every sample of a batch gets what it would get alone.
+every sample of a batch gets what it would get alone. ``StopRule`` is the one place that decides where a
+generated answer ends, for these two and for the chat session and the server too.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from transformers import StoppingCriteriaList
 
+from .conversation import Conversation, get_conv_template
 from .mm_inputs import VisualInputs
+from .mm_utils import KeywordsStoppingCriteria
 
 Prompt = tuple[torch.Tensor, VisualInputs]
+
+
+@dataclass(frozen=True)
+class StopRule:
+    """Where a generated answer ends: the conversation template's stop string (``Conversation.stop_string``).
+
+    Every entry point that generates takes it from here, so an answer ends where the template's training
+    samples end (ChatML at ``<|im_end|>``, ``plain`` at its ``"\\n"`` separator). ``token_id`` is the stop
+    string's id when it is one token: ``generate`` ends a row on it (``eos_token_id``). The string is
+    also caught in the decoded text, since a tokenizer may merge it with its neighbours or spell it with
+    several tokens, and ``cut`` removes it and what follows from the answer.
+    """
+
+    text: str
+    token_id: int | None
+
+    @classmethod
+    def of(cls, template: str | Conversation, tokenizer) -> StopRule:
+        """The rule of ``template`` (a registered name or a ``Conversation``) for ``tokenizer``."""
+        conv = get_conv_template(template) if isinstance(template, str) else template
+        text = conv.stop_string()
+        ids = tokenizer(text, add_special_tokens=False).input_ids
+        return cls(text, ids[0] if len(ids) == 1 else None)
+
+    def generate_kwargs(self, tokenizer) -> dict:
+        """``generate`` arguments that end each row at the stop string (of an output of new tokens only,
+        as the LLaVA models' ``generate`` returns)."""
+        kwargs: dict = {"stopping_criteria": StoppingCriteriaList([
+            KeywordsStoppingCriteria([self.text], tokenizer, None)])}
+        if self.token_id is not None:
+            kwargs["eos_token_id"] = self.token_id
+        return kwargs
+
+    def cut(self, text: str) -> str:
+        """``text`` up to the stop string (the answer without it and without what came after it)."""
+        return text.split(self.text, 1)[0]
 
 
 @contextmanager
@@ -39,21 +81,24 @@ def _left_padded(sequences: Sequence[torch.Tensor], pad_id: int) -> tuple[torch.
     return batch, mask
 
 
-def generate_batch(model, tokenizer, prompts: Sequence[Prompt], stop: str = "<|im_end|>",
+def generate_batch(model, tokenizer, prompts: Sequence[Prompt], template: str | Conversation,
                    **generate_kwargs) -> list[str]:
-    """The answer to each prompt (special tokens removed, stripped), from one ``generate`` call.
+    """The answer to each prompt (cut at the stop string, special tokens removed, stripped), from one
+    ``generate`` call.
 
-    ``generate_kwargs`` go to ``model.generate`` (``max_new_tokens``, ``do_sample``, ``temperature``,
-    ``top_p``, ``num_beams``, ...); generation of a row ends at ``stop``'s token.
+    ``template`` is the conversation template the prompts were rendered with: each row ends at its stop
+    string (``StopRule``). ``generate_kwargs`` go to ``model.generate`` (``max_new_tokens``,
+    ``do_sample``, ``temperature``, ``top_p``, ``num_beams``, ...).
     """
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     ids, mask = _left_padded([p[0] for p in prompts], pad_id)
     visual = VisualInputs.concat(p[1] for p in prompts).to(model.device)
-    kwargs = dict(eos_token_id=tokenizer.convert_tokens_to_ids(stop), pad_token_id=pad_id, **generate_kwargs)
+    stop = StopRule.of(template, tokenizer)
+    kwargs = dict(pad_token_id=pad_id, **stop.generate_kwargs(tokenizer), **generate_kwargs)
     with left_padding(model), torch.inference_mode():
         output = model.generate(ids.to(model.device), attention_mask=mask.to(model.device), **kwargs,
                                 **visual.model_kwargs())
-    return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in output]
+    return [stop.cut(tokenizer.decode(row, skip_special_tokens=True)).strip() for row in output]
 
 
 def continuation_logprobs(
@@ -86,4 +131,4 @@ def continuation_logprobs(
     return results
 
 
-__all__ = ["Prompt", "continuation_logprobs", "generate_batch", "left_padding"]
+__all__ = ["Prompt", "StopRule", "continuation_logprobs", "generate_batch", "left_padding"]

@@ -13,7 +13,7 @@ list of frames (PIL / arrays; lmms-eval)   video     ``[C, T, H, W]``
 video path, video mode ``frames``          video     ``[C, T, H, W]``, ``frames_upbound`` uniform frames
 video path, video mode ``codec``           codec     ``[C, N, S, S]`` mosaics + ``[K, 3]`` ``(t, h, w)``
                                                      positions, computed online by ``cv_reader``
-codec pack (mosaics + positions_thw.npy)   codec     the same, read from a Stage-2 pack
+codec pack (mosaics + positions_thw.npy)   codec     the same, read from a Stage-2 pack at its own canvas
 ``CodecPatches``                           codec     the same
 N images as one clip (``clip()``)          codec     ``[C, N, H, W]`` at uniform ``t`` (upstream's 8-image records)
 =========================================  ========  ==================================================
@@ -24,8 +24,12 @@ mosaic (``N``), as Stage-2 records and the upstream code lay them out:
 
 Video and codec entries keep the image processor's ``pixel_values_videos`` layout end to end
 (it is also the encoder's). ``image_sizes`` are ``(width, height)``, the convention stated in
-``llava.mm_utils``. Codec inputs use the LLaVA codec configuration (``cv_reader.LLAVA_CODEC``)
-unless :class:`VideoOptions` says otherwise. Image files are opened by ``cv_reader.read_image``
+``llava.mm_utils``. Videos encoded here use the LLaVA codec configuration (``cv_reader.LLAVA_CODEC``)
+unless :class:`VideoOptions` says otherwise; a Stage-2 pack is data, read at its own canvas, frames
+and mosaic count whatever the configuration (``codec_pack``), and every codec input is checked
+against the encoder: its patch size and its temporal RoPE grid. ``token_count`` says how many
+tokens inputs take once spliced, from their shapes alone (the trainer's sample lengths). Image
+files are opened by ``cv_reader.read_image``
 (regular files only, a pixel limit checked before decoding, EXIF orientation applied,
 high-bit-depth samples scaled to 8 bits). Unusable media raise a :class:`~cv_reader.MediaError`
 subclass naming the file and the problem.
@@ -38,6 +42,7 @@ subclass naming the file and the problem.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -54,16 +59,26 @@ from cv_reader import (
     MediaError,
     Stage1Params,
     VideoReadError,
+    open_regular_file,
     read_image,
     to_rgb8,
 )
-from PIL import Image
+from cv_reader.pack import PackGeometry, check_pack, read_pack
+from PIL import Image, UnidentifiedImageError
 
 from .constants import DEFAULT_IMAGE_TOKEN
-from .mm_utils import process_images
+from .mm_utils import (
+    anyres_tile_size,
+    get_anyres_image_grid_shape,
+    parse_anyres_max,
+    parse_grid_pinpoints,
+    process_images,
+    select_best_resolution,
+    unpad_image,
+)
 from .model.llava_arch import placeholder_count
 from .model.multimodal_encoder.tower import grid_positions, temporal_slots
-from .video_io import VideoFrames, load_codec_inputs, load_video_frames
+from .video_io import VideoFrames, VideoTiming, codec_timing, load_codec_inputs, load_video_frames
 
 VIDEO_MODES = ("codec", "frames")
 _IMAGE_SUFFIXES = frozenset(Image.registered_extensions())
@@ -161,6 +176,23 @@ def codec_options(frames: int, images: int, canvas: int, patch_size: int) -> Sta
 def is_image_path(path: str | os.PathLike) -> bool:
     """True when the file name has an image suffix PIL knows (otherwise it is read as a video)."""
     return Path(path).suffix.lower() in _IMAGE_SUFFIXES
+
+
+#: EXIF orientations that turn an image a quarter turn (``read_image`` applies them: width and height swap).
+_QUARTER_TURNS = frozenset({5, 6, 7, 8})
+
+
+def read_image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """``(width, height)`` of the upright image ``read_image`` would give, from the header alone (no
+    decoding): what a dataset needs to count an image's tokens before reading it."""
+    with open_regular_file(path, ImageReadError, "image") as handle:
+        try:
+            image = Image.open(handle)
+            width, height = image.size
+            turned = image.getexif().get(0x0112) in _QUARTER_TURNS
+        except (OSError, ValueError, SyntaxError, UnidentifiedImageError) as exc:
+            raise ImageReadError(path, f"cannot read image ({exc})") from None
+    return (height, width) if turned else (width, height)
 
 
 class VisualProcessor:
@@ -263,21 +295,57 @@ class VisualProcessor:
 
     def video(self, path: str | os.PathLike, mode: str | None = None) -> VisualInputs:
         """One video file, as uniform ``frames`` or online ``codec`` patches (default: the options' mode)."""
+        return self._video(path, mode, timed=False)[0]
+
+    def timed_video(
+        self, path: str | os.PathLike, mode: str | None = None
+    ) -> tuple[VisualInputs, VideoTiming]:
+        """:meth:`video` and the times of the frames it sampled: the uniform frames', or the ``T`` frames
+        the codec sampled its patches from (``--add_time_instruction``)."""
+        return self._video(path, mode, timed=True)
+
+    def _video(self, path, mode: str | None, timed: bool) -> tuple[VisualInputs, VideoTiming | None]:
         options = self.video_options if mode is None else replace(self.video_options, mode=mode)
         if options.mode == "frames":
             clip = load_video_frames(path, options.frames_upbound, options.fps, options.force_sample)
-            return self.frames(clip)
+            return self.frames(clip), clip.timing
         self._check_codec_patch()
-        return self.codec(load_codec_inputs(path, params=options.codec))
+        codec = load_codec_inputs(path, params=options.codec)
+        return self.codec(codec, where=str(path)), codec_timing(path, codec) if timed else None
 
-    def codec(self, codec: CodecPatches) -> VisualInputs:
-        """Codec mosaics + positions (computed or read) as one ``codec`` entry."""
-        self._check_codec_patch()
+    def codec(self, codec: CodecPatches, where: str = "codec input") -> VisualInputs:
+        """Codec mosaics + positions (computed or read) as one ``codec`` entry.
+
+        Checked against the encoder (``where`` names the input in errors): the mosaics are cut in its
+        patch size (:func:`cv_reader.pack.check_pack`), and every ``t`` lies on its temporal RoPE grid
+        (``rope_temporal_size`` slots). ``t`` is used as written (upstream's rule, the same for a pack
+        and for the video encoded here at that ``T``), so a pack of more frames than the grid holds is
+        refused here, naming the file, rather than failing in the encoder in the middle of a step.
+        """
+        check_pack(codec.mosaics, codec.positions, self.image_processor.patch_size, "zero", where)
+        grid_t = self.temporal_grid()
+        if grid_t is not None and len(codec.positions) and int(codec.positions[:, 0].max()) >= grid_t:
+            span = int(codec.positions[:, 0].max()) + 1
+            raise CodecInputError(
+                where,
+                f"positions t must be < {grid_t}, the encoder's temporal RoPE grid (rope_temporal_size), "
+                f"but they span {span} frames: make the codec inputs with at most {grid_t} frames (Stage 1 "
+                f"--sequence_length, --codec_frames)"
+            )
         mosaics = list(codec.mosaics)
         processed = self.image_processor(videos=[mosaics], do_resize=False, return_tensors="pt")
         pixels = processed["pixel_values_videos"][0]
         side = int(codec.mosaics.shape[1])
         return VisualInputs([pixels], ["codec"], [(side, side)], [torch.as_tensor(codec.positions).long()])
+
+    def temporal_grid(self) -> int | None:
+        """The encoder's temporal RoPE grid (``rope_temporal_size``; None: unbounded or unknown)."""
+        vision = getattr(self.config, "vision_config", None)
+        if isinstance(vision, dict):
+            size = vision.get("rope_temporal_size")
+        else:
+            size = getattr(vision, "rope_temporal_size", None)
+        return int(size) if size else None
 
     def _check_codec_patch(self) -> None:
         codec_patch, encoder_patch = self.video_options.codec.patch_size, self.image_processor.patch_size
@@ -291,16 +359,95 @@ class VisualProcessor:
     def codec_pack(
         self, mosaic_paths: Sequence[str | os.PathLike], positions_path: str | os.PathLike
     ) -> VisualInputs:
-        """A precomputed Stage-2 pack, checked against the codec configuration."""
-        return self.codec(
-            load_codec_inputs(
-                mosaic_paths=mosaic_paths, positions_path=positions_path, params=self.video_options.codec
+        """A precomputed Stage-2 pack, read at its own canvas, frames and mosaic count (the codec options
+        govern only videos encoded here) and checked against itself and the encoder (:meth:`codec`)."""
+        pack = read_pack(mosaic_paths, positions_path, self.image_processor.patch_size)
+        return self.codec(pack, where=str(positions_path))
+
+    def codec_geometry(self, entry: torch.Tensor) -> PackGeometry:
+        """The geometry of a ``codec`` entry ``[C, N, S, S]``: ``N`` mosaics of ``S`` px, encoder patches."""
+        return PackGeometry(int(entry.shape[1]), int(entry.shape[-1]), int(self.image_processor.patch_size))
+
+    # ------------------------------------------------------------------ lengths in tokens
+    def token_count(self, visual: VisualInputs) -> int:
+        """Tokens the model splices in for all of ``visual``'s placeholders, from shapes (and a codec
+        input's positions, for a merging projector) alone: nothing is encoded.
+
+        These are the model's arrangement rules (``llava.model.llava_arch``: one token per patch, a
+        ``spatial_merge`` projector's groups, video pooling, anyres tiles unpadded with a newline per
+        row, the one-token newline); ``tests/test_sample_lengths.py`` holds this count equal to the
+        model's for every kind of input and arrangement.
+        """
+        return sum(
+            self.entry_tokens(tuple(entry.shape), modality, size, positions)
+            for entry, modality, size, positions in zip(
+                visual.images, visual.modalities, visual.image_sizes, visual.patch_positions
             )
         )
+
+    def entry_tokens(
+        self, shape: Sequence[int], modality: str, image_size: tuple[int, int] | None = None, positions=None
+    ) -> int:
+        """Tokens of one entry of ``shape`` (see :meth:`token_count`). A ``codec`` entry without
+        ``positions`` (a pack not read yet) is counted as if every mosaic were one frame, which is exact
+        unless the projector merges tokens."""
+        config, patch = self.config, self.image_processor.patch_size
+        merge = int(config.mm_spatial_merge_size) if config.mm_projector_type == "spatial_merge" else 1
+        unpad = "unpad" in (config.mm_patch_merge_type or "")
+        newline = int(unpad and (modality == "image" or config.mm_newline_position == "one_token"))
+
+        def grid(height: int, width: int) -> tuple[int, int]:  # a frame's token grid after the projector
+            return -(-(height // patch) // merge), -(-(width // patch) // merge)
+
+        if modality == "image" and len(shape) == 3:
+            rows, cols = grid(shape[1], shape[2])
+            return rows * cols + newline
+        if modality == "image":  # anyres: [1 + tiles, C, tile, tile]
+            rows, cols = grid(shape[2], shape[3])
+            if shape[0] == 1 or not unpad:
+                return shape[0] * rows * cols + newline
+            tiles_w, tiles_h = get_anyres_image_grid_shape(image_size, config.image_grid_pinpoints, shape[-1])
+            kept = unpad_image(torch.empty(0, tiles_h * rows, tiles_w * cols), image_size).shape[1:]
+            kept_rows, kept_cols = int(kept[0]), int(kept[1])
+            max_tiles = parse_anyres_max(config.image_aspect_ratio)
+            if max_tiles:
+                scale = math.sqrt(kept_rows * kept_cols / (max_tiles * rows * cols))
+                if scale > 1.1:
+                    kept_rows, kept_cols = int(kept_rows / scale), int(kept_cols / scale)
+            return rows * cols + kept_rows * (kept_cols + 1)
+        frames = shape[1]
+        rows, cols = grid(shape[2], shape[3])
+        if modality == "video":
+            stride = config.mm_spatial_pool_stride
+            if stride and stride != 1:
+                rows, cols = -(-rows // stride), -(-cols // stride)
+            return frames * rows * cols + newline
+        if positions is None or merge == 1:
+            return (frames * rows * cols if positions is None else len(positions)) + newline
+        positions = torch.as_tensor(positions)
+        groups = torch.stack((positions[:, 0], positions[:, 1] // merge, positions[:, 2] // merge), -1)
+        return int(torch.unique(groups, dim=0).shape[0]) + newline
+
+    def image_shape(self, size: tuple[int, int]) -> tuple[int, ...]:
+        """The shape of :meth:`image`'s entry for an image of ``size`` = ``(width, height)``, without its
+        pixels (``llava.mm_utils.process_images``: native resolution, ``pad`` or ``anyres`` tiles)."""
+        width, height = size
+        aspect = getattr(self.config, "image_aspect_ratio", None)
+        processor = self.image_processor
+        if aspect == "anyres" or parse_anyres_max(aspect) is not None:
+            tile = anyres_tile_size(processor, self.config)
+            best_w, best_h = select_best_resolution(
+                size, parse_grid_pinpoints(self.config.image_grid_pinpoints, tile)
+            )
+            return (1 + (best_w // tile) * (best_h // tile), 3, tile, tile)
+        if aspect == "pad":
+            height = width = max(width, height)
+        return (3, *processor.target_size(height, width))
 
 
 __all__ = [
     "VIDEO_MODES",
+    "PackGeometry",
     "CodecInputError",
     "ImageReadError",
     "MediaError",
@@ -311,4 +458,5 @@ __all__ = [
     "codec_options",
     "is_image_path",
     "read_image",
+    "read_image_size",
 ]

@@ -10,6 +10,15 @@ the model every visual position), labelled ``IGNORE_INDEX``. ``<image>`` becomes
 Training and inference tokenise the same way, segment by segment (``tokenize_conversation`` /
 ``tokenize_prompt``), so the ids of a generation prompt are exactly the prefix of the training
 ids of the same conversation with its answer.
+
+Records become conversations in one place, ``record_conversation``, with upstream's rules:
+
+* a ``system`` turn (ShareGPT-style sets, upstream's Qwen preprocessing) may come first and is the
+  conversation's system prompt, rendered as the template renders one (ChatML: its system block with
+  that text instead of the default; ``plain``: the text in front); anywhere else it is an error;
+* a lone ``<image>`` in the first human turn is moved to its front, followed by a newline, as
+  LLaVA-NeXT's ``preprocess_multimodal`` does (``"What is <image> this?"`` ->
+  ``"<image>\\nWhat is  this?"``); several placeholders stay where they are.
 """
 
 from __future__ import annotations
@@ -18,27 +27,84 @@ from collections.abc import Sequence
 
 import torch
 
-from .constants import IGNORE_INDEX
+from .constants import DEFAULT_IMAGE_TOKEN, IGNORE_INDEX
 from .conversation import Conversation, Segment, get_conv_template
 from .mm_utils import bos_prefix, tokenizer_image_token
 
 ROLE_ALIASES = {"human": 0, "user": 0, "gpt": 1, "assistant": 1}
+SYSTEM_ROLE = "system"
 
 
-def _turns(conversations: Sequence[dict], where: str) -> list[tuple[int, str]]:
-    """``(speaker, text)`` of each record turn; speaker 0 = user, 1 = assistant."""
-    turns = []
+def _turns(conversations: Sequence[dict], where: str) -> tuple[str | None, list[tuple[int, str]]]:
+    """``(system text or None, [(speaker, text)])`` of a record; speaker 0 = user, 1 = assistant.
+
+    Only the first turn may be a system turn: a later one has no place in the templates (they render
+    one system prompt, before the turns), so the record is refused rather than silently reordered.
+    """
+    system, turns = None, []
     for index, turn in enumerate(conversations):
         speaker = str(turn.get("from", turn.get("role", ""))).lower() if isinstance(turn, dict) else ""
         text = turn.get("value", turn.get("content")) if isinstance(turn, dict) else None
+        if speaker == SYSTEM_ROLE and isinstance(text, str):
+            if index != 0:
+                raise ValueError(
+                    f"{where}: turn {index} is a system turn; only the first turn may be one (it becomes "
+                    "the system prompt): move it to the front or drop it"
+                )
+            system = text
+            continue
         if speaker not in ROLE_ALIASES or not isinstance(text, str):
             raise ValueError(
-                f"{where}: turn {index} needs 'from' (human|gpt) and a string 'value', got {turn!r}"
+                f"{where}: turn {index} needs 'from' (human|gpt, or system first) and a string 'value', "
+                f"got {turn!r}"
             )
         turns.append((ROLE_ALIASES[speaker], text))
     if not turns:
-        raise ValueError(f"{where}: empty conversation")
-    return turns
+        raise ValueError(f"{where}: empty conversation" if system is None else
+                         f"{where}: no human or gpt turn after the system turn")
+    return system, turns
+
+
+def place_image_first(text: str) -> str:
+    """A lone ``<image>`` moved to the front of ``text``, followed by a newline: LLaVA-NeXT's
+    ``preprocess_multimodal`` rule (the text around it is stripped; text already starting with it, or
+    with several placeholders, is returned unchanged)."""
+    if text.count(DEFAULT_IMAGE_TOKEN) != 1 or text.startswith(DEFAULT_IMAGE_TOKEN):
+        return text
+    rest = text.replace(DEFAULT_IMAGE_TOKEN, "").strip()
+    return (DEFAULT_IMAGE_TOKEN + "\n" + rest).strip()
+
+
+def record_conversation(
+    conversations: Sequence[dict], template: str | Conversation = "qwen_1_5", where: str = "sample",
+    question_only: bool = False,
+) -> Conversation:
+    """LLaVA ``conversations`` as a ``Conversation`` of ``template``: the one place records become turns.
+
+    A first ``system`` turn is the system prompt; a lone ``<image>`` of the first human turn goes to
+    its front (``place_image_first``). ``question_only`` keeps the turns up to the first human one and
+    leaves an assistant turn open: the generation prompt of the record's first question, whose ids
+    are the prefix of the record's training ids. Errors name the record (``where``) and the turn.
+    """
+    conv = _template(template)
+    system, turns = _turns(conversations, where)
+    if system is not None:
+        conv.system = system
+    first_human = next((index for index, (speaker, _) in enumerate(turns) if speaker == 0), None)
+    if first_human is not None:
+        turns[first_human] = (0, place_image_first(turns[first_human][1]))
+    if question_only:
+        if first_human is None:
+            raise ValueError(f"{where}: no human turn to answer")
+        turns = [*turns[: first_human + 1], (1, None)]
+    for index, (speaker, text) in enumerate(turns):
+        if conv.roles[0] == conv.roles[1] and speaker != index % 2:
+            raise ValueError(
+                f"{where}: turn {index} is {('human', 'gpt')[speaker]!r}, but template {conv.version!r} "
+                "tells the speakers apart by position only, so turns must alternate human, gpt, human, ..."
+            )
+        conv.append_message(conv.roles[speaker], text)
+    return conv
 
 
 def _template(template: str | Conversation) -> Conversation:
@@ -77,18 +143,11 @@ def tokenize_conversation(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """LLaVA ``conversations`` (``[{"from": "human"|"gpt", "value": ...}]``) -> 1-D ids and labels.
 
-    ``role`` / ``content`` and ``user`` / ``assistant`` are accepted too. ``template`` is a
-    registered name or an empty ``Conversation`` (e.g. a LLaVA-NeXT pre-wrapped one). Errors
-    name the record (``where``) and the turn.
+    ``role`` / ``content`` and ``user`` / ``assistant`` are accepted too, and a first ``system`` turn
+    (``record_conversation``). ``template`` is a registered name or an empty ``Conversation`` (e.g. a
+    LLaVA-NeXT pre-wrapped one). Errors name the record (``where``) and the turn.
     """
-    conv = _template(template)
-    for index, (speaker, text) in enumerate(_turns(conversations, where)):
-        if conv.roles[0] == conv.roles[1] and speaker != index % 2:
-            raise ValueError(
-                f"{where}: turn {index} is {('human', 'gpt')[speaker]!r}, but template {conv.version!r} "
-                "tells the speakers apart by position only, so turns must alternate human, gpt, human, ..."
-            )
-        conv.append_message(conv.roles[speaker], text)
+    conv = record_conversation(conversations, template, where)
     try:
         segments = conv.segments()
     except ValueError as exc:
@@ -109,4 +168,11 @@ def tokenize_prompt(conv: Conversation, tokenizer) -> torch.Tensor:
     return torch.tensor(input_ids, dtype=torch.long)
 
 
-__all__ = ["ROLE_ALIASES", "tokenize_conversation", "tokenize_prompt"]
+__all__ = [
+    "ROLE_ALIASES",
+    "SYSTEM_ROLE",
+    "place_image_first",
+    "record_conversation",
+    "tokenize_conversation",
+    "tokenize_prompt",
+]

@@ -10,8 +10,11 @@ Everything video goes through one path:
 * decoding: ``cv_reader.read_frames`` decodes only the wanted frames' GOP segments, so memory
   is bounded by the frames returned, not by the video's length;
 * codec inputs: one result type, :class:`CodecPatches`, computed online by
-  ``cv_reader.codec_patchify`` or read from a Stage-2 pack, both with the LLaVA codec
-  configuration :data:`LLAVA_CODEC` unless told otherwise (``docs/formats.md``).
+  ``cv_reader.codec_patchify`` with the LLaVA codec configuration :data:`LLAVA_CODEC` unless told
+  otherwise, or read from a Stage-2 pack at the pack's own canvas, frames and mosaic count
+  (``docs/formats.md``);
+* timing: :class:`VideoTiming` (the sampled frames' times and the video's length, both modes) and
+  :func:`time_instruction`, LLaVA-NeXT's ``--add_time_instruction`` text.
 """
 
 from __future__ import annotations
@@ -32,9 +35,35 @@ from cv_reader import (
     codec_patchify,
     probe,
     read_frames,
-    read_pack,
     sample_frame_ids_uniform,
 )
+from cv_reader.pack import read_pack
+
+#: The codec parameters a pack has its own values of: they apply to videos encoded online only.
+PACK_OWN = ("square_size", "sequence_length", "keep_frames_equiv")
+
+
+@dataclass(frozen=True)
+class VideoTiming:
+    """When the sampled frames of a video are (seconds, frame index / average fps, as LLaVA-NeXT
+    computes them) and how long the video lasts (frame count / average fps)."""
+
+    frame_times: np.ndarray  # float64 [T]
+    duration: float
+
+    def frame_time_str(self) -> str:
+        """LLaVA-NeXT's time-instruction string, e.g. ``"0.00s,1.50s,3.00s"``."""
+        return ",".join(f"{t:.2f}s" for t in self.frame_times)
+
+
+def time_instruction(timing: VideoTiming) -> str:
+    """LLaVA-NeXT's ``--add_time_instruction`` text for a video, word for word (its missing space after
+    the frame list included, so a checkpoint trained upstream reads the prompt it learnt)."""
+    return (
+        f"The video lasts for {timing.duration:.2f} seconds, and {len(timing.frame_times)} frames are "
+        f"uniformly sampled from it. These frames are located at {timing.frame_time_str()}.Please answer "
+        "the following questions related to this video."
+    )
 
 
 @dataclass
@@ -48,9 +77,13 @@ class VideoFrames:
     fps: float  # average frames per second of the video
     total_frames: int
 
+    @property
+    def timing(self) -> VideoTiming:
+        return VideoTiming(self.frame_times, self.duration)
+
     def frame_time_str(self) -> str:
         """LLaVA-NeXT's time-instruction string, e.g. ``"0.00s,1.50s,3.00s"``."""
-        return ",".join(f"{t:.2f}s" for t in self.frame_times)
+        return self.timing.frame_time_str()
 
 
 def sample_frame_indices(
@@ -122,20 +155,40 @@ def load_codec_inputs(
 ) -> CodecPatches:
     """Codec inputs of one video: computed from ``video_path``, or read from a Stage-2 pack.
 
-    ``params`` is the codec configuration (default :data:`LLAVA_CODEC`); keyword
-    ``overrides`` change single parameters (``sequence_length=16, square_size=64``). A pack
-    (``mosaic_paths`` + ``positions_path``) is checked against the configuration: mosaic
-    side, patch size, K for the padding policy, positions inside the canvas grid and the
-    ``sequence_length`` frames.
+    ``params`` is the codec configuration of videos encoded here (default :data:`LLAVA_CODEC`);
+    keyword ``overrides`` change single parameters (``sequence_length=16, square_size=64``). A
+    pack (``mosaic_paths`` + ``positions_path``) is data: it is read at its own canvas, frames and
+    mosaic count and checked against itself (``cv_reader.pack.check_pack``: square mosaics of one
+    size, a multiple of ``params.patch_size`` (the encoder's), K for ``params.padding_policy``,
+    positions inside its patch grid); overriding what a pack has its own value of
+    (``square_size``, ``sequence_length``, ``keep_frames_equiv``) is refused, not ignored.
     """
-    params = params.replace(**overrides)
     if video_path is not None and (mosaic_paths is not None or positions_path is not None):
         raise ValueError("pass either video_path or mosaic_paths + positions_path, not both")
     if video_path is not None:
-        return codec_patchify(video_path, params)
+        return codec_patchify(video_path, params.replace(**overrides))
     if mosaic_paths is None or positions_path is None:
         raise ValueError("precomputed codec inputs need both mosaic_paths and positions_path")
-    return read_pack(mosaic_paths, positions_path, params)
+    own = sorted(set(overrides) & set(PACK_OWN))
+    if own:
+        raise ValueError(
+            f"a pack is read at its own canvas, frames and mosaic count: {', '.join(own)} apply to videos "
+            "encoded online only"
+        )
+    params = params.replace(**overrides)
+    return read_pack(mosaic_paths, positions_path, params.patch_size, params.padding_policy)
+
+
+def codec_timing(video_path: str | os.PathLike, codec: CodecPatches) -> VideoTiming:
+    """The times of the ``T`` frames the codec sampled from ``video_path`` (its ``frame_ids``), as
+    :class:`VideoTiming`; the video is probed again for its frame rate (demuxed, not decoded)."""
+    if codec.frame_ids is None:
+        raise ValueError(f"{video_path}: these codec inputs carry no frame ids (packs record no frame times)")
+    index = probe(video_path)
+    if not index.fps > 0:
+        raise VideoReadError(video_path, "the video stream declares no frame rate")
+    frame_ids = np.asarray(codec.frame_ids, dtype=np.float64)
+    return VideoTiming(frame_ids / index.fps, index.num_frames / index.fps)
 
 
 __all__ = [
@@ -145,8 +198,11 @@ __all__ = [
     "MediaError",
     "VideoFrames",
     "VideoReadError",
+    "VideoTiming",
+    "codec_timing",
     "load_codec_inputs",
     "load_video_frames",
     "probe",
     "sample_frame_indices",
+    "time_instruction",
 ]

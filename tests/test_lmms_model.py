@@ -14,6 +14,7 @@ from lmms_eval.api.instance import GenerationResult, Instance  # the dev and eva
 from PIL import Image
 from train_helpers import sharpened, write_video
 
+from llava.mm_inputs import VisualInputs
 from llava.video_io import LLAVA_CODEC, load_codec_inputs
 
 TASK, SPLIT = "tiny", "test"
@@ -301,3 +302,38 @@ def test_bad_model_args_are_refused_by_name(checkpoint):
         _model(checkpoint, torch_dtype="int8")
     with pytest.raises(ValueError, match="codec_offline_root"):
         _model(checkpoint, codec_offline_root="/nonexistent/assets")
+
+
+@pytest.mark.parametrize("template, answer",
+                         [("qwen_1_5", "Yes.\nNo"), ("qwen3", "Yes.\nNo"), ("plain", "Yes.")])
+def test_answers_stop_where_the_template_says(checkpoint, template, answer):
+    """The stop string is the conversation template's (plain: its "\\n" separator), not always <|im_end|>;
+    lmms-eval's ``until`` strings still cut after it."""
+    from train_helpers import scripted
+
+    model = _model(checkpoint, conv_template=template)
+    scripted(model.model, model.tokenizer, "Yes.\nNo<|im_end|>More\nAgain")
+    prompt = (model._prompt("Say yes.", VisualInputs()), VisualInputs())
+    assert model._generate([prompt, prompt], {"max_new_tokens": 12}) == [answer] * 2
+    assert model._generate([prompt], {"max_new_tokens": 12, "until": ["s."]}) == ["Ye"]
+
+
+def test_assets_of_another_canvas_are_read_at_their_own(checkpoint, media, tmp_path, capsys):
+    """Stage-2 packs made at another canvas, frame count and mosaic count than the model args' online codec
+    options (T 16, 32 px, 4 mosaics vs T 8, 64 px, 2) are assets all the same, counted by geometry."""
+    from train_helpers import stage2_pack
+
+    _, _, videos = media
+    packs = tmp_path / "root" / "tiny" / "packs"
+    record = stage2_pack(tmp_path, videos[0], "a", frames=16, canvas=32, images=4, out_image_root=packs)
+    model = _model(checkpoint, codec_offline_root=str(tmp_path / "root"))
+    inputs = model._video(videos[0], "tiny")
+    assert inputs.images[0].shape == (3, 4, 32, 32) and inputs.placeholder_counts == [4]
+    assert torch.equal(inputs.patch_positions[0], torch.as_tensor(np.load(record["positions_thw"])).long())
+    model._video(videos[1], "tiny")  # no asset: online, at the model args' options
+    assert (model.stats.from_assets, model.stats.online, model.stats.failed) == (1, 1, [])
+    summary = model.stats.summary()
+    assert "codec assets by geometry: 4 mosaics of 32x32 px (2x2 patches of 16 px): 1" in summary
+    _attach(model, [{"q": "What moves?", "visual": [videos[0]]}])
+    assert len(model.generate_until(_generate_requests(model.task_dict[TASK][SPLIT]))) == 1
+    assert model.stats.failed == [] and model.stats.from_assets == 2

@@ -168,3 +168,74 @@ def test_bad_template_arguments_are_named(tokenizer):
         tokenize_conversation(RECORDS, tokenizer, finished)
     with pytest.raises(ValueError, match="conv must be a Conversation"):
         tokenize_prompt(MULTI, tokenizer)
+
+
+# ---------------------------------------------------------------- system turns (ShareGPT-style records)
+SYSTEM_RECORDS = [{"from": "system", "value": "You are a pirate. Answer in one word."}, *RECORDS]
+
+
+@pytest.mark.parametrize("name", sorted(conv_templates))
+def test_a_first_system_turn_is_the_system_prompt(tokenizer, name):
+    """Rendered as the template renders a system prompt: its system block, with the record's text."""
+    conv = get_conv_template(name)
+    conv.system = SYSTEM_RECORDS[0]["value"]
+    for index, record in enumerate(RECORDS):
+        conv.append_message(conv.roles[index % 2], record["value"])
+    ids, labels = tokenize_conversation(SYSTEM_RECORDS, tokenizer, name, where="record-1")
+    assert decode(tokenizer, ids) == conv.get_prompt()
+    assert decode(tokenizer, ids).count("You are a pirate.") == 1
+    assert "You are a helpful assistant." not in decode(tokenizer, ids)  # instead of the default
+    assert supervised_spans(tokenizer, ids, labels) == [text for text, keep in conv.segments() if keep]
+
+
+def test_a_system_turn_renders_as_upstream_chatml(tokenizer):
+    role_content = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+                    {"role": "assistant", "content": "Hello."}]
+    for name, think in (("qwen_1_5", ""), ("qwen3", "<think>\n\n</think>\n\n")):
+        ids, _ = tokenize_conversation(role_content, tokenizer, name)
+        assert decode(tokenizer, ids) == (
+            "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
+            f"<|im_start|>assistant\n{think}Hello.<|im_end|>\n"
+        ), name
+
+
+def test_a_system_turn_that_is_not_first_is_a_bad_record(tokenizer):
+    late = [*RECORDS[:2], {"from": "system", "value": "Now be brief."}, *RECORDS[2:]]
+    with pytest.raises(ValueError, match=r"record-5: turn 2 is a system turn; only the first turn may be"):
+        tokenize_conversation(late, tokenizer, where="record-5")
+    with pytest.raises(ValueError, match="record-6: no human or gpt turn"):
+        tokenize_conversation(SYSTEM_RECORDS[:1], tokenizer, where="record-6")
+
+
+def test_plain_counts_the_turns_after_the_system_turn(tokenizer):
+    """The plain template tells speakers apart by position: the system turn does not shift it."""
+    ids, labels = tokenize_conversation([SYSTEM_RECORDS[0], *RECORDS[:2]], tokenizer, "plain")
+    assert supervised_spans(tokenizer, ids, labels) == ["A red ball.\n"]
+
+
+# ---------------------------------------------------------------- <image> placement (upstream's rule)
+def upstream_preprocess_multimodal(value: str) -> str:
+    """LLaVA-NeXT ``llava/train/train.py:preprocess_multimodal`` on one turn (no mmtag, no im_start_end)."""
+    if value.count("<image>") == 1 and not value.startswith("<image>"):
+        value = value.replace("<image>", "").strip()
+        value = ("<image>" + "\n" + value).strip()
+    return value
+
+
+@pytest.mark.parametrize("question", [
+    "What is <image> this?",  # -> "<image>\nWhat is  this?" (the double space stays, as upstream)
+    "Describe it.\n<image>",
+    "  <image>  ",
+    "<image>What is it?",  # already first: left alone
+    "<image>\nWhat is it?",
+    "Compare <image> and <image>.",  # several placeholders stay where they are
+    "No image here.",
+])
+def test_a_lone_image_in_the_first_human_turn_moves_to_the_front_as_upstream(tokenizer, question):
+    records = [{"from": "human", "value": question}, {"from": "gpt", "value": "Yes."},
+               {"from": "human", "value": "And <image> here?"}, {"from": "gpt", "value": "No."}]
+    ids, _ = tokenize_conversation(records, tokenizer, "qwen_1_5")
+    text = decode(tokenizer, ids)
+    assert f"<|im_start|>user\n{upstream_preprocess_multimodal(question)}<|im_end|>" in text
+    assert "<|im_start|>user\nAnd <image> here?<|im_end|>" in text  # only the first human turn
+    assert upstream_preprocess_multimodal("What is <image> this?") == "<image>\nWhat is  this?"

@@ -72,7 +72,7 @@ def _dataset(start, records, kinds, tmp_path, **data):
     root, by_kind = records
     path = write_jsonl(tmp_path / "data.jsonl", [by_kind[k] for k in kinds])
     data_args = DataArguments(data_path=path, image_folder=str(root), video_folder=str(root), codec_frames=8,
-                              codec_images=2, codec_canvas=64, **data)
+                              codec_images=2, codec_canvas=64, **{"images_as_clip": 8, **data})
     model_args = ModelArguments(model_name_or_path=start[0], vision_tower=start[1],
                                 mm_projector_type="mlp2x_gelu")
     training_args = TrainingArguments(output_dir=str(tmp_path / "out"), report_to="none",
@@ -124,8 +124,7 @@ def test_flags_build_the_arguments_and_refuse_unsupported_options(tmp_path, no_d
     assert data_args.image_aspect_ratio == "anyres" and training_args.gradient_accumulation_steps == 16
     assert training_args.deepspeed == "scripts/zero3.json"
     for bad, message in [("--bits 4", "--bits"), ("--mm_use_im_patch_token True", "--mm_use_im_patch_token"),
-                         ("--mm_tunable_parts mm_vision_resampler", "unknown part"),
-                         ("--video_mode codec --add_time_instruction True", "--add_time_instruction")]:
+                         ("--mm_tunable_parts mm_vision_resampler", "unknown part")]:
         with pytest.raises(ValueError, match=message):
             train_module.parse_args(["--model_name_or_path", "m", "--data_path", "d", "--output_dir",
                                      str(tmp_path), "--report_to", "none", *shlex.split(bad)])
@@ -161,9 +160,9 @@ def test_every_record_kind_through_dataset_and_collator(start, records, tmp_path
     batch = DataCollator(tokenizer.pad_token_id)(samples)
     assert batch["input_ids"].shape == batch["labels"].shape == batch["attention_mask"].shape
     assert batch["attention_mask"].sum(1).tolist() == [len(s.input_ids) for s in samples]
-    assert len(batch["images"]) == sum(len(s.visual) for s in samples) and batch["bad_records"] == []
+    assert len(batch["images"]) == sum(len(s.visual) for s in samples) and batch["report"].bad == []
     model.train()
-    assert torch.isfinite(model(**{k: v for k, v in batch.items() if k != "bad_records"}).loss)
+    assert torch.isfinite(model(**{k: v for k, v in batch.items() if k != "report"}).loss)
 
 
 def test_two_codec_samples_in_one_batch_equal_each_alone(start, records, tmp_path):
@@ -182,10 +181,10 @@ def test_two_codec_samples_in_one_batch_equal_each_alone(start, records, tmp_pat
     collate = DataCollator(tokenizer.pad_token_id)
     model.train()
     with torch.no_grad():
-        together = model(**{k: v for k, v in collate(samples).items() if k != "bad_records"}).loss
+        together = model(**{k: v for k, v in collate(samples).items() if k != "report"}).loss
         sums, counts = 0.0, 0
         for sample in samples:
-            batch = {k: v for k, v in collate([sample]).items() if k != "bad_records"}
+            batch = {k: v for k, v in collate([sample]).items() if k != "report"}
             n = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
             sums, counts = sums + model(**batch).loss * n, counts + n
     model.eval()
@@ -220,6 +219,23 @@ def test_dataset_reports_modalities_of_every_record_kind(start, records, tmp_pat
 
 
 # ---------------------------------------------------------------- bad records
+def test_plain_pretraining_keeps_a_system_turn_and_captions_after_the_placeholders(start, records, tmp_path):
+    """LLaVA pre-training (``plain``) replaces the first human turn by the placeholders alone; a first
+    system turn stays the system prompt (in front) instead of being overwritten."""
+    root, by_kind = records
+    record = dict(by_kind["image"], conversations=[{"from": "system", "value": "Describe."},
+                                                   *by_kind["image"]["conversations"]])
+    path = write_jsonl(tmp_path / "plain.jsonl", [record])
+    dataset, tokenizer, _ = _dataset(start, records, ["text"], tmp_path)
+    dataset = SupervisedDataset(path, tokenizer, dataset.visual, dataset.data_args, template="plain")
+    sample = dataset[0]
+    assert sample.bad == [] and int((sample.input_ids == IMAGE_TOKEN_INDEX).sum()) == 1
+    text = tokenizer.decode(sample.input_ids[sample.input_ids >= 0])
+    caption = by_kind["image"]["conversations"][1]["value"]
+    assert text.startswith("Describe.") and caption in text
+    assert by_kind["image"]["conversations"][0]["value"].replace("<image>", "").strip() not in text
+
+
 @pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
 def test_bad_records_are_replaced_counted_and_named(start, records, tmp_path):
     import numpy as np

@@ -201,12 +201,9 @@ def write_codec_files(tmp_path, num: int = 2, side: int = 32, patch: int = 16, p
     return mosaics, positions, paths, positions_path
 
 
-SMALL = dict(square_size=32, sequence_length=64)  # the packs written here: 32 px canvases
-
-
 def test_precomputed_codec_inputs_round_trip(tmp_path):
     mosaics, positions, paths, positions_path = write_codec_files(tmp_path)
-    inputs = load_codec_inputs(mosaic_paths=paths, positions_path=positions_path, **SMALL)
+    inputs = load_codec_inputs(mosaic_paths=paths, positions_path=positions_path)  # a 32 px pack as it is
     assert inputs.mosaics.dtype == np.uint8 and inputs.mosaics.shape == (2, 32, 32, 3)
     np.testing.assert_array_equal(inputs.mosaics, mosaics)
     assert inputs.positions.dtype == np.int32 and inputs.positions.shape == (8, 3)
@@ -214,22 +211,29 @@ def test_precomputed_codec_inputs_round_trip(tmp_path):
     assert inputs.frame_ids is None and inputs.num_images == 2
 
 
-def test_packs_are_checked_against_the_llava_codec_configuration(tmp_path):
+def test_a_pack_is_read_at_its_own_geometry_not_the_configurations(tmp_path):
+    """The LLaVA configuration (576 px, T 64, 8 mosaics) governs videos encoded online; a 32 px pack of 2
+    mosaics is read as it is, and overriding what a pack has its own value of is refused, not ignored."""
     assert (LLAVA_CODEC.sequence_length, LLAVA_CODEC.keep_frames_equiv, LLAVA_CODEC.square_size) == (64, 8, 576)
     assert (LLAVA_CODEC.patch_size, LLAVA_CODEC.padding_policy, LLAVA_CODEC.keep_first_full_frame) == (16, "zero", True)
     _, _, paths, positions_path = write_codec_files(tmp_path)
-    with pytest.raises(CodecInputError, match="expected square_size=576"):
-        load_codec_inputs(mosaic_paths=paths, positions_path=positions_path)
+    inputs = load_codec_inputs(mosaic_paths=paths, positions_path=positions_path, params=LLAVA_CODEC)
+    assert inputs.mosaics.shape == (2, 32, 32, 3)
+    assert inputs.meta == {"num_images": 2, "square_size": 32, "patch_size": 16, "frames": 2,
+                           "padding_policy": "zero"}
+    for own in ("square_size", "sequence_length", "keep_frames_equiv"):
+        with pytest.raises(ValueError, match=f"own canvas, frames and mosaic count: {own} apply to videos"):
+            load_codec_inputs(mosaic_paths=paths, positions_path=positions_path, **{own: 32})
 
 
 def test_int64_positions_and_other_patch_sizes(tmp_path):
     grid = 4
     positions = np.array([(0, h, w) for h in range(grid) for w in range(grid)], dtype=np.int64)
     _, _, paths, positions_path = write_codec_files(tmp_path, num=1, positions=positions)
-    inputs = load_codec_inputs(mosaic_paths=paths, positions_path=positions_path, patch_size=8, square_size=32)
+    inputs = load_codec_inputs(mosaic_paths=paths, positions_path=positions_path, patch_size=8)
     assert inputs.positions.dtype == np.int32 and inputs.positions.shape == (16, 3)
     with pytest.raises(CodecInputError, match="K=16"):
-        load_codec_inputs(mosaic_paths=paths, positions_path=positions_path, **SMALL)  # patch 16 -> K=4
+        load_codec_inputs(mosaic_paths=paths, positions_path=positions_path)  # patch 16 -> K=4
 
 
 @pytest.mark.parametrize(
@@ -246,41 +250,40 @@ def test_int64_positions_and_other_patch_sizes(tmp_path):
 def test_bad_positions_are_rejected(tmp_path, positions, match):
     _, _, paths, positions_path = write_codec_files(tmp_path, positions=positions)
     with pytest.raises(CodecInputError, match=match):
-        load_codec_inputs(mosaic_paths=paths, positions_path=positions_path, **SMALL)
+        load_codec_inputs(mosaic_paths=paths, positions_path=positions_path)
 
 
 def test_pickled_positions_never_load(tmp_path):
     _, _, paths, positions_path = write_codec_files(tmp_path)
     np.save(positions_path, np.array([{"t": 0}, [1, 2, 3]], dtype=object), allow_pickle=True)
     with pytest.raises(CodecInputError, match="pickle|numeric"):
-        load_codec_inputs(mosaic_paths=paths, positions_path=positions_path, **SMALL)
+        load_codec_inputs(mosaic_paths=paths, positions_path=positions_path)
 
 
-def test_padding_policy_exclude_and_sequence_length(tmp_path):
+def test_padding_policy_exclude(tmp_path):
+    """A pack records no frame count: its t is only known non-negative (it spans max(t) + 1 frames)."""
     positions = np.array([(0, 0, 0), (0, 0, 1), (5, 1, 0), (5, 1, 1)], dtype=np.int32)
     _, _, paths, positions_path = write_codec_files(tmp_path, positions=positions)
-    inputs = load_codec_inputs(mosaic_paths=paths, positions_path=positions_path, padding_policy="exclude", **SMALL)
-    assert inputs.positions.shape == (4, 3)
-    with pytest.raises(CodecInputError, match="sequence_length=4"):
-        load_codec_inputs(
-            mosaic_paths=paths, positions_path=positions_path, padding_policy="exclude", square_size=32,
-            sequence_length=4,
-        )
+    inputs = load_codec_inputs(mosaic_paths=paths, positions_path=positions_path, padding_policy="exclude")
+    assert inputs.positions.shape == (4, 3) and inputs.meta["frames"] == 6
+    with pytest.raises(CodecInputError, match="K=4 rows but 2 mosaics of 2x2 patches need K=8"):
+        load_codec_inputs(mosaic_paths=paths, positions_path=positions_path)  # padding zero
     with pytest.raises(ValueError, match="padding_policy"):
-        load_codec_inputs(mosaic_paths=paths, positions_path=positions_path, padding_policy="drop", **SMALL)
+        load_codec_inputs(mosaic_paths=paths, positions_path=positions_path, padding_policy="drop")
 
 
 def test_bad_mosaics_are_rejected(tmp_path):
     _, _, paths, positions_path = write_codec_files(tmp_path)
     Image.new("RGB", (32, 16)).save(paths[1])
     with pytest.raises(CodecInputError, match="mosaic_1.png: mosaic is 32x16; mosaics must be square"):
-        load_codec_inputs(mosaic_paths=paths, positions_path=positions_path, **SMALL)
+        load_codec_inputs(mosaic_paths=paths, positions_path=positions_path)
     with pytest.raises(CodecInputError, match="missing.png: mosaic image not found"):
-        load_codec_inputs(mosaic_paths=[tmp_path / "missing.png"], positions_path=positions_path, **SMALL)
+        load_codec_inputs(mosaic_paths=[tmp_path / "missing.png"], positions_path=positions_path)
     with pytest.raises(CodecInputError, match="missing.npy: positions file not found"):
-        load_codec_inputs(mosaic_paths=paths[:1], positions_path=tmp_path / "missing.npy", **SMALL)
-    with pytest.raises(CodecInputError, match="square_size=64"):
-        load_codec_inputs(mosaic_paths=paths[:1], positions_path=positions_path, square_size=64)
+        load_codec_inputs(mosaic_paths=paths[:1], positions_path=tmp_path / "missing.npy")
+    Image.new("RGB", (40, 40)).save(paths[0])
+    with pytest.raises(CodecInputError, match="side 40 is not a multiple of the encoder's 16px patches"):
+        load_codec_inputs(mosaic_paths=paths[:1], positions_path=positions_path)
 
 
 def test_codec_input_arguments_are_checked(tmp_path, clip):
@@ -290,7 +293,7 @@ def test_codec_input_arguments_are_checked(tmp_path, clip):
     with pytest.raises(ValueError, match="both mosaic_paths and positions_path"):
         load_codec_inputs(mosaic_paths=paths)
     with pytest.raises(ValueError, match="single path"):
-        load_codec_inputs(mosaic_paths=str(paths[0]), positions_path=positions_path, **SMALL)
+        load_codec_inputs(mosaic_paths=str(paths[0]), positions_path=positions_path)
     with pytest.raises(TypeError, match="unknown codec parameter"):
         load_codec_inputs(clip, canvas=64)
 

@@ -33,6 +33,36 @@ def sharpened(model):
     return model
 
 
+class _Script:
+    """A logits processor that makes greedy decoding write ``ids`` (then repeat the last id)."""
+
+    def __init__(self, ids: list[int]):
+        self.ids, self.start = ids, None
+
+    def __call__(self, input_ids, scores):
+        if self.start is None:
+            self.start = input_ids.shape[1]
+        step = min(input_ids.shape[1] - self.start, len(self.ids) - 1)
+        forced = torch.full_like(scores, float("-inf"))
+        forced[:, self.ids[step]] = 0
+        return forced
+
+
+def scripted(model, tokenizer, text: str):
+    """``model`` whose greedy ``generate`` writes ``text`` and goes on repeating its last token: where the
+    answer ends is then decided only by the caller's stop settings (eos, stopping criteria)."""
+    from transformers import LogitsProcessorList
+
+    ids = tokenizer(text, add_special_tokens=False).input_ids
+    generate = type(model).generate
+
+    def generate_scripted(*args, **kwargs):
+        return generate(model, *args, logits_processor=LogitsProcessorList([_Script(ids)]), **kwargs)
+
+    model.generate = generate_scripted
+    return model
+
+
 def write_video(path: Path, frames: int = 16, width: int = 64, height: int = 48, codec: str = "libx264",
                 seed: int = 0):
     """A clip with a bright square moving right over a noisy background."""
@@ -101,14 +131,15 @@ def tiny_start(root: Path) -> tuple[str, str]:
 
 
 def train_args(llm: str, encoder: str, data: str, folder: str, out: str, *extra: str) -> list[str]:
-    """The flags of a small CPU run (extra flags win: they come last)."""
+    """The flags of a small CPU run (extra flags win: they come last); the 8-frame ``clip`` record kind
+    is a clip (``--images_as_clip 8``, upstream's video records)."""
     return [
         "--model_name_or_path", llm, "--vision_tower", encoder, "--data_path", data, "--image_folder", folder,
         "--video_folder", folder, "--output_dir", out, "--mm_projector_type", "mlp2x_gelu",
         "--per_device_train_batch_size", "2", "--learning_rate", "1e-3", "--logging_steps", "1",
         "--report_to", "none", "--save_strategy", "no", "--dataloader_num_workers", "0",
         "--mm_tunable_parts", "mm_vision_tower,mm_mlp_adapter,mm_language_model", "--seed", "0",
-        "--disable_tqdm", "True", *CODEC_FLAGS, *extra,
+        "--disable_tqdm", "True", "--images_as_clip", "8", *CODEC_FLAGS, *extra,
     ]
 
 
@@ -142,3 +173,25 @@ def two_process_run(records_root: Path, argv: list[str], kill: str | None = None
     env = dict(os.environ, OMP_NUM_THREADS="1")
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO,
                           check=False)
+
+
+def stage2_pack(root: Path, video: Path, record_id: str, frames: int, canvas: int, images: int,
+                out_image_root: Path | None = None) -> dict:
+    """One video through the real Stage 1 + Stage 2 (``--preset llava``) at ``frames`` (T), ``canvas``
+    (S) and ``images`` (N): its packed training record (``image``: N mosaic paths, ``positions_thw``)."""
+    from cv_reader import stage1, stage2
+
+    work = root / f"stages-{record_id}"
+    work.mkdir(parents=True, exist_ok=True)
+    dataset = work / "videos.jsonl"
+    dataset.write_text(json.dumps({"id": record_id, "video": str(video),
+                                   "conversations": conversation("<video>\nWhich way?", "Right.")}) + "\n")
+    geometry = ["--square_size", str(canvas)]
+    assert stage1.main(["--dataset_path", str(dataset), "--out_root", str(work / "stage1"),
+                        "--preset", "llava", "--num_workers", "1", "--sequence_length", str(frames),
+                        "--keep_frames_equiv", str(images), *geometry]) == 0
+    out = work / "packed.jsonl"
+    assert stage2.main(["--input_dataset", str(dataset), "--out_jsonl", str(out), "--visidx_root",
+                        str(work / "stage1"), "--out_image_root", str(out_image_root or work / "packs"),
+                        "--preset", "llava", "--T", str(frames), "--num_images", str(images), *geometry]) == 0
+    return json.loads(out.read_text())

@@ -14,10 +14,11 @@ Formats of ``path``:
 * ``.yaml`` / ``.yml``: a mixture ``datasets: [{json_path: ..., sampling_strategy: ...}]``.
   ``sampling_strategy`` is ``all`` (the default), ``first:N``, ``end:N`` or ``random:N``
   where N is a record count or a percentage (``first:10%`` takes ``ceil(10 * len / 100)``
-  records, as LLaVA-NeXT computes it). A relative ``json_path`` is resolved against the
-  YAML file's folder (LLaVA-NeXT resolves it against the working directory), so a
-  mixture and its files can move together. ``json_path`` may itself be a brace list;
-  each file it names is sampled on its own.
+  records, as LLaVA-NeXT computes it). A relative ``json_path`` is looked for in the
+  YAML file's folder first (so a mixture and its files can move together), then in the
+  working directory (LLaVA-NeXT's rule, so upstream mixtures read as they are); when
+  neither exists the error names both paths tried. ``json_path`` may itself be a brace
+  list; each file it names is resolved and sampled on its own.
 
 ``end``, ``random`` and percentages need the record count: the file is read once to count
 and once to yield, so no file is ever held whole. ``random:N`` picks N records uniformly
@@ -217,16 +218,35 @@ def _mixture_sources(yaml_path: str) -> list[Source]:
             name, amount, percent = parse_strategy(strategy)
         except ValueError as exc:
             raise ValueError(f"{where}: {exc}") from None
-        full = os.path.normpath(os.path.join(folder, os.path.expanduser(rel.strip())))
-        for p in expand_braces(full):
-            if Path(p).suffix.lower() in MIXTURE_SUFFIXES:
-                raise ValueError(f"{where}: json_path {p} is a mixture; a mixture lists .json/.jsonl files")
+        for named in expand_braces(os.path.expanduser(rel.strip())):
+            if Path(named).suffix.lower() in MIXTURE_SUFFIXES:
+                raise ValueError(
+                    f"{where}: json_path {named} is a mixture; a mixture lists .json/.jsonl files"
+                )
             try:
+                p = _mixture_file(named, folder)
                 _check_data_file(p)
             except (OSError, ValueError) as exc:
                 raise type(exc)(f"{where}: {exc}") from None
             sources.append(Source(p, name, amount, percent))
     return sources
+
+
+def _mixture_file(path: str, yaml_folder: str) -> str:
+    """Where a mixture's ``json_path`` is: as written when absolute; a relative one in the YAML's folder,
+    else in the working directory (upstream's rule). FileNotFoundError naming both when neither exists."""
+    in_folder = os.path.normpath(os.path.join(yaml_folder, path))
+    if os.path.isabs(path) or os.path.exists(in_folder):
+        return in_folder
+    in_cwd = os.path.abspath(path)
+    if os.path.exists(in_cwd):
+        return in_cwd
+    if os.path.abspath(in_folder) == in_cwd:  # the YAML is in the working directory: one place to look
+        raise FileNotFoundError(f"dataset file not found: {in_folder}")
+    raise FileNotFoundError(
+        f"dataset file not found: {path}, tried {in_folder} (relative to the YAML's folder) and {in_cwd} "
+        "(relative to the working directory)"
+    )
 
 
 def _check_data_file(path: str) -> None:

@@ -3,17 +3,52 @@
 Why here: the codec reader owns the pack format (``docs/formats.md``), so reading it back
 and checking that mosaics and positions describe the same patches live next to the code
 that writes them. Every problem raises :class:`CodecInputError` naming the file.
+
+A pack is data: it is read at its **own** geometry, whatever configuration a caller encodes
+videos with. Its canvas ``S`` is the mosaics' side, ``N`` their count, the patch grid
+``S / P`` for the encoder's patch size ``P``, and ``K`` the rows of its positions. Its frame
+count ``T`` is not recorded anywhere in the pack (``pack.json`` lists only the files, and
+upstream's assets have no ``pack.json``; the Stage-1 ``meta.json`` that knows ``T`` stays
+under ``--visidx_root``), so a pack is only known to span ``max(t) + 1`` frames: ``t`` is
+checked non-negative, and below a bound only where the caller has one (the encoder's temporal
+RoPE grid, ``llava.mm_inputs``).
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
+from PIL import Image
+
 from .errors import CodecInputError, ImageReadError
-from .images import check_regular_file, read_image
+from .images import check_regular_file, open_regular_file, read_image
 from .pipeline import LLAVA_CODEC, CodecPatches, Stage1Params
+
+
+@dataclass(frozen=True)
+class PackGeometry:
+    """What a pack's files say about it: ``N`` mosaics of ``S`` x ``S`` pixels cut in ``P`` px patches."""
+
+    num_images: int
+    square_size: int
+    patch_size: int
+
+    @property
+    def grid(self) -> int:
+        """Patches per canvas side (``S / P``)."""
+        return self.square_size // self.patch_size
+
+    @property
+    def tokens(self) -> int:
+        """``K`` under padding ``zero`` (every slot of every mosaic): ``N * (S / P)**2``."""
+        return self.num_images * self.grid * self.grid
+
+    def __str__(self) -> str:
+        s, g = self.square_size, self.grid
+        return f"{self.num_images} mosaics of {s}x{s} px ({g}x{g} patches of {self.patch_size} px)"
 
 
 def load_mosaics(paths: Sequence[str | os.PathLike]) -> np.ndarray:
@@ -58,50 +93,112 @@ def load_positions(path: str | os.PathLike) -> np.ndarray:
     return positions.astype(np.int32)
 
 
-def check_codec_inputs(
-    mosaics: np.ndarray, positions: np.ndarray, params: Stage1Params = LLAVA_CODEC, where: str = "codec input"
-) -> None:
-    """Check that mosaics and positions describe the same patches under ``params``.
+def check_pack(
+    mosaics: np.ndarray,
+    positions: np.ndarray,
+    patch_size: int = LLAVA_CODEC.patch_size,
+    padding_policy: str = "zero",
+    where: str = "codec input",
+) -> PackGeometry:
+    """Check that a pack agrees with itself; returns its geometry.
 
-    Checked: the mosaic side equals ``square_size`` and is a multiple of ``patch_size``; K is
-    ``N * grid**2`` under padding ``zero`` (at most that, a multiple of N, under ``exclude``);
-    every ``(h, w)`` is on the canvas grid and every ``t`` below ``sequence_length``.
+    Checked, at the pack's own canvas: the mosaics are square and of one size (``[N, S, S, 3]``),
+    ``S`` is a multiple of ``patch_size`` (the encoder's: it cuts the mosaics), K is ``N * grid**2``
+    under padding ``zero`` (at most that, a multiple of N, under ``exclude``), every ``(h, w)`` is
+    on the ``grid x grid`` patch grid and every ``t`` non-negative.
     """
+    if padding_policy not in ("zero", "exclude"):
+        raise ValueError(f"padding_policy must be 'zero' or 'exclude', got {padding_policy!r}")
+    if mosaics.ndim != 4 or mosaics.shape[1] != mosaics.shape[2]:
+        raise CodecInputError(where, f"mosaics must be [N, S, S, 3] (square, one size), got {mosaics.shape}")
     num, side = int(mosaics.shape[0]), int(mosaics.shape[1])
-    patch = params.patch_size
-    if side != params.square_size:
-        raise CodecInputError(where, f"mosaics are {side}x{side}, expected square_size={params.square_size}")
-    if side % patch:
-        raise CodecInputError(where, f"mosaic side {side} is not a multiple of patch_size={patch}")
-    grid = side // patch
-    k = int(positions.shape[0])
-    if params.padding_policy == "zero" and k != num * grid * grid:
+    if side % patch_size:
+        raise CodecInputError(
+            where, f"mosaic side {side} is not a multiple of the encoder's {patch_size}px patches "
+            f"(patch_size={patch_size})"
+        )
+    geometry = PackGeometry(num, side, patch_size)
+    grid, k = geometry.grid, int(positions.shape[0])
+    if padding_policy == "zero" and k != geometry.tokens:
         raise CodecInputError(
             where,
-            f"positions has K={k} rows but {num} mosaics of {grid}x{grid} patches need K={num * grid * grid}",
+            f"positions has K={k} rows but {num} mosaics of {grid}x{grid} patches need K={geometry.tokens}",
         )
-    if params.padding_policy == "exclude" and (k > num * grid * grid or k % num):
+    if padding_policy == "exclude" and (k > geometry.tokens or k % num):
         raise CodecInputError(
             where, f"positions has K={k} rows, not a multiple of {num} mosaics within {grid}x{grid} each"
         )
     if k and positions[:, 1:].max() >= grid:
         raise CodecInputError(
-            where, f"positions (h, w) must be < {grid} (the {side}px canvas in {patch}px patches)"
+            where, f"positions (h, w) must be < {grid} (the {side}px canvas in {patch_size}px patches)"
         )
-    if k and positions[:, 0].max() >= params.sequence_length:
+    if k and positions.min() < 0:
+        raise CodecInputError(where, "positions must be non-negative")
+    return geometry
+
+
+def check_codec_inputs(
+    mosaics: np.ndarray, positions: np.ndarray, params: Stage1Params = LLAVA_CODEC, where: str = "codec input"
+) -> None:
+    """Check that mosaics and positions describe the same patches *and* match the configuration ``params``.
+
+    For inputs that must be what ``params`` computes (e.g. a test of ``codec_patchify``): the pack's own
+    checks (:func:`check_pack`, with ``params.patch_size`` and ``params.padding_policy``), then its side
+    equals ``square_size`` and every ``t`` is below ``sequence_length``. Reading a pack as model input
+    uses :func:`read_pack`, which checks the pack against itself only.
+    """
+    geometry = check_pack(mosaics, positions, params.patch_size, params.padding_policy, where)
+    if geometry.square_size != params.square_size:
+        side = geometry.square_size
+        raise CodecInputError(where, f"mosaics are {side}x{side}, expected square_size={params.square_size}")
+    if len(positions) and positions[:, 0].max() >= params.sequence_length:
         raise CodecInputError(where, f"positions t must be < sequence_length={params.sequence_length}")
 
 
 def read_pack(
     mosaic_paths: Sequence[str | os.PathLike],
     positions_path: str | os.PathLike,
-    params: Stage1Params = LLAVA_CODEC,
+    patch_size: int = LLAVA_CODEC.patch_size,
+    padding_policy: str = "zero",
 ) -> CodecPatches:
-    """A Stage-2 pack as :class:`CodecPatches`, checked against ``params`` (:func:`check_codec_inputs`)."""
+    """A Stage-2 pack as :class:`CodecPatches`, read at its own geometry and checked against itself
+    (:func:`check_pack`; ``patch_size`` is the encoder's). ``meta`` holds the geometry: ``num_images``,
+    ``square_size``, ``patch_size`` and ``frames``, the frames its positions span (``max(t) + 1``)."""
+    if isinstance(patch_size, Stage1Params):
+        raise TypeError(
+            "read_pack reads a pack at its own canvas, frames and mosaics; pass the encoder's patch size "
+            "(patch_size=params.patch_size), not a codec configuration"
+        )
     mosaics = load_mosaics(mosaic_paths)
     positions = load_positions(positions_path)
-    check_codec_inputs(mosaics, positions, params, where=str(positions_path))
-    return CodecPatches(mosaics=mosaics, positions=positions)
+    geometry = check_pack(mosaics, positions, patch_size, padding_policy, where=str(positions_path))
+    frames = int(positions[:, 0].max()) + 1 if len(positions) else 0
+    meta = {"num_images": geometry.num_images, "square_size": geometry.square_size, "patch_size": patch_size,
+            "frames": frames, "padding_policy": padding_policy}
+    return CodecPatches(mosaics=mosaics, positions=positions, meta=meta)
 
 
-__all__ = ["check_codec_inputs", "load_mosaics", "load_positions", "read_pack"]
+def pack_geometry(
+    mosaic_paths: Sequence[str | os.PathLike], patch_size: int = LLAVA_CODEC.patch_size
+) -> PackGeometry:
+    """A pack's geometry from its file list and the first mosaic's header (no decoding): what a dataset
+    needs to count a pack's tokens before reading it. The full checks run when the pack is read."""
+    if isinstance(mosaic_paths, (str, os.PathLike)) or not mosaic_paths:
+        raise ValueError("mosaic paths must be a non-empty list of image paths")
+    with open_regular_file(mosaic_paths[0], CodecInputError, "mosaic image") as handle:
+        try:
+            side = Image.open(handle).size[0]
+        except (OSError, ValueError, SyntaxError) as exc:
+            raise CodecInputError(mosaic_paths[0], f"cannot read mosaic image ({exc})") from None
+    return PackGeometry(len(mosaic_paths), int(side), int(patch_size))
+
+
+__all__ = [
+    "PackGeometry",
+    "check_codec_inputs",
+    "check_pack",
+    "load_mosaics",
+    "load_positions",
+    "pack_geometry",
+    "read_pack",
+]

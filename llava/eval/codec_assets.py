@@ -11,13 +11,18 @@ request's task name and then for each shorter ``_``-prefix of it (``mvbench_acti
   ``<root>/<task>/packs/sample_<id>__<video stem>__<path hash>/pack.json`` or the same directories
   directly under ``<root>`` (a pack with the video's own path hash wins when a stem has several).
 
-:class:`CodecAssetStats` counts the videos read from assets, computed online and failed (with why), so a
-run can say exactly what it evaluated on; nothing falls back silently.
+An asset is data: it is read at its own canvas, patch grid and mosaic count
+(``VisualProcessor.codec_pack``), whatever ``codec_canvas`` / ``codec_frames`` / ``codec_images`` say (those
+govern the videos computed online), so one run may read assets of several geometries.
+
+:class:`CodecAssetStats` counts the videos read from assets (by geometry), computed online and failed (with
+why), so a run can say exactly what it evaluated on; nothing falls back silently.
 """
 
 from __future__ import annotations
 
 import os
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -112,16 +117,25 @@ class CodecAssetStats:
     """What the videos of a run were evaluated on."""
 
     from_assets: int = 0
+    asset_geometries: Counter = field(default_factory=Counter)  # str(PackGeometry) -> videos
     online: int = 0
     frames: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)  # (video, why)
     failed_images: list[tuple[str, str]] = field(default_factory=list)  # (image, why)
+
+    def add_asset(self, geometry: object) -> None:
+        """Count a video read from an asset of ``geometry`` (``cv_reader.pack.PackGeometry``)."""
+        self.from_assets += 1
+        self.asset_geometries[str(geometry)] += 1
 
     def summary(self) -> str:
         lines = [
             f"videos: {self.from_assets} from precomputed codec assets, {self.online} codec computed online, "
             f"{self.frames} as uniform frames, {len(self.failed)} failed"
         ]
+        if self.asset_geometries:
+            lines.append("  codec assets by geometry: "
+                         + ", ".join(f"{g}: {n}" for g, n in sorted(self.asset_geometries.items())))
         lines += [f"  failed: {video}: {why}" for video, why in self.failed]
         if self.failed_images:
             lines.append(f"images: {len(self.failed_images)} failed (their requests were answered empty)")

@@ -9,8 +9,10 @@ lists of frames) goes through the one input layer (``llava.mm_inputs``) with the
 settings; prompts are rendered by the conversation template and tokenised as training tokenises them.
 
 Videos in ``video_mode=codec`` (the default) are read from precomputed codec assets when a
-``codec_offline_root`` has them (``llava.eval.codec_assets``: upstream's and this project's layouts) and
-computed online by ``cv_reader`` otherwise; ``video_mode=frames`` samples ``max_frames`` uniform frames.
+``codec_offline_root`` has them (``llava.eval.codec_assets``: upstream's and this project's layouts; each
+read at its own canvas, patch grid and mosaic count) and computed online by ``cv_reader`` otherwise (with
+``codec_frames`` / ``codec_images`` / ``codec_canvas``); ``video_mode=frames`` samples ``max_frames``
+uniform frames.
 A visual that cannot be read is reported with its reason, its request answered empty (or scored as
 never chosen), and the count of assets / online / failed videos is printed after every request type.
 
@@ -170,8 +172,8 @@ class LlavaOVEncoder(lmms):
             return inputs
         asset = self.assets.find(path, task)
         if asset is not None:
-            inputs = self.processor.codec_pack(list(asset.mosaics), asset.positions)
-            self.stats.from_assets += 1
+            inputs = self.processor.codec_pack(list(asset.mosaics), asset.positions)  # at its own geometry
+            self.stats.add_asset(self.processor.codec_geometry(inputs.images[0]))
             return inputs
         inputs = self.processor.video(path)
         self.stats.online += 1
@@ -241,8 +243,7 @@ class LlavaOVEncoder(lmms):
         if not kwargs["do_sample"]:
             kwargs.pop("temperature", None)
             kwargs.pop("top_p", None)
-        stop = get_conv_template(self.conv_template).stop_str or self.tokenizer.eos_token
-        answers = generate_batch(self.model, self.tokenizer, prompts, stop=stop, **kwargs)
+        answers = generate_batch(self.model, self.tokenizer, prompts, self.conv_template, **kwargs)
         return [_cut(answer, until) for answer in answers]
 
     def loglikelihood(self, requests) -> list:

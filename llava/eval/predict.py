@@ -2,11 +2,12 @@
 
     python -m llava.eval.predict --model-path CKPT --data heldout.jsonl --out predictions.jsonl \\
         [--image-folder DIR] [--video-folder DIR] [--video-mode codec|frames] [--codec-frames 64 ...]
-        [--batch-size 8] [--max-new-tokens 16]
+        [--conv-mode TEMPLATE] [--images-as-clip N] [--batch-size 8] [--max-new-tokens 16]
 
 Records are read and their media turned into inputs exactly as training does
 (``llava.train.data``: same dataset reader, same placeholders, same prompt tokenisation), then
-answered greedily in left-padded batches. Writes ``{"id", "prediction"}`` lines (atomically);
+answered greedily in left-padded batches, each answer ending at the template's stop string
+(``llava.generation.StopRule``). Writes ``{"id", "prediction"}`` lines (atomically);
 unusable records are reported and skipped. (Benchmarks are scored with lmms-eval; the tiny SFT
 preset scores these predictions with ``playground/tiny_sft/score.py``.)
 """
@@ -36,7 +37,7 @@ def predict(model, tokenizer, dataset: SupervisedDataset, batch_size: int = 8, m
 
     def flush() -> None:
         outputs = generate_batch(model, tokenizer, [(ids, visual) for _, ids, visual in pending],
-                                 max_new_tokens=max_new_tokens, do_sample=False)
+                                 dataset.template, max_new_tokens=max_new_tokens, do_sample=False)
         answers.update((record_id, answer) for (record_id, _, _), answer in zip(pending, outputs))
         pending.clear()
 
@@ -65,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--video-folder", default=None)
     add_video_arguments(parser)
     parser.add_argument("--conv-mode", default=None, help="conversation template (default: the checkpoint's)")
+    parser.add_argument("--images-as-clip", type=int, default=DataArguments.images_as_clip, metavar="N",
+                        help="as training's --images_as_clip: a record of exactly N images and no "
+                        "positions_thw is one clip (0, the default: images stay images)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=16)
     return parser
@@ -78,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     data_args = DataArguments(data_path=args.data, image_folder=args.image_folder,
-                              video_folder=args.video_folder, video_mode=args.video_mode)
+                              video_folder=args.video_folder, video_mode=args.video_mode,
+                              images_as_clip=args.images_as_clip)
     visual = VisualProcessor(image_processor, model.config, video_options(args, image_processor.patch_size))
     try:
         dataset = SupervisedDataset(args.data, tokenizer, visual, data_args,

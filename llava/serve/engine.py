@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
+from ..generation import StopRule
 from ..mm_inputs import VisualInputs
 from ..preprocess import tokenize_prompt
 
@@ -132,15 +133,16 @@ class ChatEngine:
         ids = self.prompt_ids(conversation)[None].to(self.model.device)
         visual = visual.to(self.model.device)
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=False, skip_special_tokens=True)
-        stop_text = StopText(sampling.stop)
-        stop_token = conversation.stop_str or self.tokenizer.eos_token
+        template_stop = StopRule.of(conversation, self.tokenizer)  # ends the answer as the template says
+        stop_text = StopText([*sampling.stop, template_stop.text])
         kwargs = dict(
             max_new_tokens=sampling.max_tokens, streamer=streamer,
-            eos_token_id=self.tokenizer.convert_tokens_to_ids(stop_token),
             pad_token_id=self.tokenizer.pad_token_id,
             stopping_criteria=StoppingCriteriaList([_Stop(cancel, lambda: stop_text.stopped)]),
             return_dict_in_generate=True, **visual.model_kwargs(),
         )
+        if template_stop.token_id is not None:
+            kwargs["eos_token_id"] = template_stop.token_id
         if sampling.temperature > 0:
             kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p)
         else:
@@ -184,7 +186,7 @@ class ChatEngine:
         answer.text = stop_text.text.strip()
         answer.prompt_tokens = result["prompt_tokens"]
         answer.completion_tokens = int((generated != self.tokenizer.pad_token_id).sum())
-        hit_eos = bool(len(generated)) and int(generated[-1]) == kwargs["eos_token_id"]
+        hit_eos = bool(len(generated)) and int(generated[-1]) == template_stop.token_id
         long = not (stop_text.stopped or hit_eos) and answer.completion_tokens >= sampling.max_tokens
         answer.finish_reason = "length" if long else "stop"
 

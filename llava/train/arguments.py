@@ -129,7 +129,12 @@ class DataArguments:
         default=False, metadata={"help": "frames mode: always exactly frames_upbound frames"}
     )
     add_time_instruction: bool = field(
-        default=False, metadata={"help": "frames mode: say the frame times in the prompt"}
+        default=False,
+        metadata={
+            "help": "put LLaVA-NeXT's time instruction (the video's length and its sampled frames' times: "
+            "the uniform frames', or in codec mode the T frames the patches come from) after a raw video's "
+            "placeholder; Stage-2 packs record no times and get none"
+        },
     )
     codec_frames: int = field(
         default=LLAVA_CODEC.sequence_length, metadata={"help": "codec: frames sampled (T)"}
@@ -141,10 +146,10 @@ class DataArguments:
         default=LLAVA_CODEC.square_size, metadata={"help": "codec: canvas side in pixels"}
     )
     images_as_clip: int = field(
-        default=8,
+        default=0,
         metadata={
-            "help": "a record with exactly this many images and no positions_thw is one clip "
-            "(upstream's 8-frame videos); 0: never"
+            "help": "opt-in: a record with exactly this many images and no positions_thw is one clip at "
+            "uniform t (8: upstream's 8-frame video records); 0 (default): images stay images, as upstream"
         },
     )
     bad_record_limit: float = field(
@@ -226,8 +231,6 @@ def check_arguments(
             raise ValueError(
                 f"--mm_tunable_parts: unknown part(s) {sorted(unknown)}; choose from {TUNABLE_PARTS}"
             )
-    if data_args.add_time_instruction and data_args.video_mode != "frames":
-        raise ValueError("--add_time_instruction needs --video_mode frames (codec inputs have no frame list)")
     if not 0 <= data_args.bad_record_limit <= 1:
         raise ValueError(f"--bad_record_limit is a fraction in [0, 1], got {data_args.bad_record_limit}")
     if training_args.lora_bias not in ("none", "all", "lora_only"):

@@ -3,8 +3,9 @@
 Why: a batch that mixes a 10,368-token codec video with a 40-token text sample pads (or packs)
 badly, and the ranks of a step wait for the slowest. LLaVA-NeXT's sampler meant to fix this,
 but it reads keys its own records do not have and counts every sample as text, so it groups
-nothing. Here every record's modality (``text`` / ``image`` / ``video``) and estimated length
-come from the dataset, and:
+nothing. Here every record's modality (``text`` / ``image`` / ``video``) and true length (text
+tokens plus the visual tokens the model splices in, measured before the first batch:
+``SupervisedDataset.modality_and_length``) come from the dataset, and:
 
 1. each modality's indices are shuffled and cut into megabatches of ``world_size x batch_size``
    samples, sorted by length inside, so the ``world_size`` device batches of one step hold one

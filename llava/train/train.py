@@ -28,7 +28,7 @@ from llava.train.arguments import DataArguments, ModelArguments, TrainingArgumen
 from llava.train.checkpoints import IncompleteCheckpoint, check_resumable, newest_complete
 from llava.train.data import make_data_module
 from llava.train.model_setup import apply_lora, build_model, build_tokenizer, projector_only, select_trainable
-from llava.train.trainer import LLaVATrainer, TooManyBadRecords
+from llava.train.trainer import LLaVATrainer, TooManyBadRecords, over_length_text
 
 logger = logging.getLogger("llava.train")
 
@@ -139,25 +139,44 @@ def resume_checkpoint(args: TrainingArguments) -> str | None:
     return str(folder) if folder is not None else None
 
 
+def loss_span(log_history: list[dict]) -> tuple[float | None, float | None]:
+    """The first and the last logged training loss of windows that had supervised tokens.
+
+    Each logged ``loss`` is the mean over the steps since the previous log; the trainer adds the
+    labelled tokens of those steps (``supervised_tokens``), and a window without any says nothing
+    about learning (its loss is 0), so it is passed over. Logs written before that count existed
+    are taken as they are. ``(None, None)`` when no window qualifies.
+    """
+    losses = [entry["loss"] for entry in log_history
+              if "loss" in entry and entry.get("supervised_tokens", 1) > 0]
+    return (losses[0], losses[-1]) if losses else (None, None)
+
+
 def _summary(trainer: LLaVATrainer, result, kind: str) -> dict:
+    """The run's totals over all ranks (every rank calls it: it gathers)."""
     args = trainer.args
     totals = torch.tensor([trainer.samples_seen, trainer.tokens_seen], dtype=torch.long)
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         totals = totals.to(args.device) if dist.get_backend() == "nccl" else totals
         dist.all_reduce(totals)
-    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    first_loss, last_loss = loss_span(trainer.state.log_history)
     runtime = result.metrics.get("train_runtime") or float("nan")
     return dict(
         steps=trainer.state.global_step, samples=int(totals[0]), tokens=int(totals[1]),
         tokens_per_second=int(totals[1]) / runtime, bad_records=trainer.records_bad,
         records_read=trainer.records_read, malformed_lines=trainer.train_dataset.malformed_count,
-        first_loss=losses[0] if losses else None, last_loss=losses[-1] if losses else None,
-        output_dir=str(args.output_dir), kind=kind,
+        over_length=trainer.records_over, longest=trainer.longest_over_all_ranks(),
+        codec_packs=dict(sorted(trainer.packs_all_ranks().items())),
+        first_loss=first_loss, last_loss=last_loss, output_dir=str(args.output_dir), kind=kind,
     )
 
 
 def _summary_text(s: dict) -> str:
     loss = f", loss {s['first_loss']:.3f} -> {s['last_loss']:.3f}" if s["first_loss"] is not None else ""
+    over = f"[train] {over_length_text(s['over_length'], s['longest'])}\n" if s["over_length"] else ""
+    packs = s["codec_packs"]
+    by_geometry = ", ".join(f"{geometry}: {count}" for geometry, count in packs.items())
+    packs = f"[train] codec packs: {sum(packs.values())} read: {by_geometry}\n" if packs else ""
     load = {
         "full": f"python -m llava.serve.cli --model-path {s['output_dir']}",
         "lora": f"python -m llava.serve.cli --model-path {s['output_dir']} --model-base BASE",
@@ -168,6 +187,7 @@ def _summary_text(s: dict) -> str:
         f"({s['tokens_per_second']:.0f} tokens/s){loss}\n"
         f"[train] bad records: {s['bad_records']} of {s['records_read']} read "
         f"({s['malformed_lines']} malformed dataset lines)\n"
+        f"{over}{packs}"
         f"[train] saved the {s['kind']} checkpoint in {s['output_dir']}; load it with: {load}"
     )
 

@@ -2,11 +2,17 @@
 
 * **Parameter groups**: the vision tower and the projector can have their own learning rates
   (``--mm_vision_tower_lr``, ``--mm_projector_lr``); biases and norm weights get no weight decay.
-* **Sampler**: ``--group_by_modality_length`` uses :class:`~llava.train.sampler.ModalityGroupedSampler`.
-* **Bad records**: each batch reports the records the dataset skipped; they are logged once,
-  counted on every rank (all-reduced, so every rank stops together) and the run stops with
-  :class:`TooManyBadRecords` once at least ``min(50, dataset size)`` records were read and the
-  bad share exceeds ``--bad_record_limit``.
+* **Sampler**: ``--group_by_modality_length`` uses :class:`~llava.train.sampler.ModalityGroupedSampler`
+  with every record's true length, measured once before the first batch (each rank measures its
+  share of the records in its data-loader workers; the shares are gathered).
+* **Bad and over-length records**: each batch reports (``report``, a
+  :class:`~llava.train.data.BatchReport`) the records the dataset skipped; they are logged, counted
+  on every rank (all-reduced, so every rank stops together), and once at least
+  ``min(50, dataset size)`` records were read the run stops with :class:`TooManyBadRecords` when
+  the bad share exceeds ``--bad_record_limit``, or with :class:`TooManyOverLength` when most
+  samples were over-length (their visual tokens and first answer do not fit ``--model_max_length``).
+  The batch also names the geometry of each Stage-2 pack read (counted for the summary), and each
+  logged loss gets ``supervised_tokens``: the labelled tokens of the steps it averages (all ranks).
 * **Saving** (also under ZeRO-3, parameters gathered first): the full model, or only
   ``mm_projector.bin`` when only the projector trains, or the LoRA adapter plus
   ``non_lora_trainables.bin``; the config, tokenizer and image processor go with every kind, so
@@ -14,13 +20,16 @@
 * **Complete checkpoints**: ``checkpoint-N`` gets :data:`~llava.train.checkpoints.MARKER` last, once
   every rank wrote its part; ``--save_total_limit`` rotates after that and counts complete ones only
   (:mod:`llava.train.checkpoints`).
-* **Counters** for the closing summary: samples, LM tokens (text + visual, padding excluded).
+* **Counters** for the closing summary: samples, LM tokens (text + visual, padding excluded),
+  over-length samples and the longest, packs per geometry.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import time
+from collections import Counter
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -30,6 +39,7 @@ from transformers import Trainer
 from transformers.trainer import TRAINING_ARGS_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from ..constants import IGNORE_INDEX
 from ..model.weights import (
     NON_LORA_FILES,
     PROJECTOR_FILES,
@@ -39,16 +49,29 @@ from ..model.weights import (
     load_weights_file,
 )
 from . import checkpoints
+from .data import BatchReport, modalities_and_lengths
 from .sampler import ModalityGroupedSampler
 
 logger = logging.getLogger("llava.train")
 
 #: Below this many records read, the bad share is not judged yet (unless the dataset is smaller).
 BAD_RECORD_WARMUP = 50
+#: Over-length samples logged one by one on each rank; later ones are counted only.
+OVER_LENGTH_LOGGED = 20
 
 
 class TooManyBadRecords(RuntimeError):
     """More than ``--bad_record_limit`` of the records read so far could not be used."""
+
+
+class TooManyOverLength(TooManyBadRecords):
+    """Most samples read so far were over-length: the run would train on a few leftovers."""
+
+
+def over_length_text(count: int, longest: int) -> str:
+    """The one way over-length samples are reported (the summary, the stop)."""
+    return (f"over-length: {count} samples, longest {longest} tokens; raise --model_max_length or lower "
+            "the codec mosaics")
 
 
 def _gathered(params):
@@ -91,18 +114,46 @@ class LLaVATrainer(Trainer):
         self.records_read, self.records_bad = malformed, malformed
         self.samples_seen = 0
         self.tokens_seen = 0
+        self.records_over, self.longest_over = 0, 0  # all ranks / this rank's longest
+        self.over_seen: set[tuple[str, str]] = set()
+        self.packs_seen: Counter[str] = Counter()  # this rank's packs read, by geometry
+        self.window_supervised = 0  # labelled tokens since the last logged loss, all ranks
+        self._measured: tuple[list[str], list[int]] | None = None
 
     # ------------------------------------------------------------------ sampler and optimizer
     def _get_train_sampler(self, train_dataset=None):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
         if not self.args.group_by_modality_length or not hasattr(dataset, "modality_and_length"):
             return super()._get_train_sampler(train_dataset)
-        pairs = [dataset.modality_and_length(i) for i in range(len(dataset))]
+        modalities, lengths = self.modalities_and_lengths(dataset)
         return ModalityGroupedSampler(
-            [m for m, _ in pairs], [n for _, n in pairs], self.args.per_device_train_batch_size,
+            modalities, lengths, self.args.per_device_train_batch_size,
             world_size=self.args.world_size,
             seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed,
         )
+
+    def modalities_and_lengths(self, dataset) -> tuple[list[str], list[int]]:
+        """Every record's modality and true length (``SupervisedDataset.modality_and_length``), measured
+        once: rank ``r`` of ``W`` measures records ``r, r + W, ...`` in its data-loader workers and the
+        ranks gather the shares, so every rank's sampler gets the same lists."""
+        if self._measured is None:
+            shared = self.args.world_size > 1 and dist.is_available() and dist.is_initialized()
+            rank, world = (self.args.process_index, self.args.world_size) if shared else (0, 1)
+            started = time.perf_counter()
+            share = modalities_and_lengths(dataset, range(rank, len(dataset), world),
+                                           self.args.dataloader_num_workers)
+            shares = [share]
+            if shared:
+                shares = [None] * world
+                dist.all_gather_object(shares, share)
+            modalities, lengths = [""] * len(dataset), [0] * len(dataset)
+            for r, (share_modalities, share_lengths) in enumerate(shares):
+                modalities[r::world], lengths[r::world] = share_modalities, share_lengths
+            self._measured = modalities, lengths
+            if self.args.should_log:
+                logger.info("measured the length of %d records in %.1f s (for --group_by_modality_length)",
+                            len(dataset), time.perf_counter() - started)
+        return self._measured
 
     def create_optimizer(self, model=None):
         """AdamW (or ``--optim``) over parameter groups: tower / projector / rest x decay / no decay."""
@@ -129,9 +180,10 @@ class LLaVATrainer(Trainer):
 
     # ------------------------------------------------------------------ a training step
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        bad = inputs.pop("bad_records", [])
-        if model.training:  # one row per dataset index asked for; a bad one names only itself
-            self._count_records(bad, read=inputs["input_ids"].shape[0])
+        report = inputs.pop("report", None) or BatchReport()
+        if model.training:  # one row per dataset index asked for; a skipped one names only itself
+            supervised = int((inputs["labels"][:, 1:] != IGNORE_INDEX).sum())
+            self._count_records(report, read=inputs["input_ids"].shape[0], supervised=supervised)
         loss, outputs = super().compute_loss(
             model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch
         )
@@ -141,29 +193,75 @@ class LLaVATrainer(Trainer):
                 self.tokens_seen += int(outputs.num_tokens)
         return (loss, outputs) if return_outputs else loss
 
-    def _count_records(self, bad, read: int) -> None:
-        """Add a batch's ``read`` records (the dataset indices it asked for) and its ``bad`` ones (each
-        reported by its own index only) to the counts of all ranks; stop the run past the limit."""
-        for record in bad:
+    def _count_records(self, report: BatchReport, read: int, supervised: int = 0) -> None:
+        """Add a batch's ``read`` records (the dataset indices it asked for), its bad and over-length ones
+        (each reported by its own index only) and its ``supervised`` (labelled) tokens to the counts of all
+        ranks; count its packs (this rank); stop the run past either limit."""
+        for record in report.bad:
             key = (record.id, record.where)
             if key not in self.bad_seen:
                 self.bad_seen.add(key)
                 logger.warning("bad record skipped: %s", record)
-        counts = torch.tensor([read, len(bad)], dtype=torch.long)
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            device = self.args.device if dist.get_backend() == "nccl" else "cpu"
-            counts = counts.to(device)
-            dist.all_reduce(counts)
+        for record in report.over_length:
+            self.longest_over = max(self.longest_over, record.length)
+            key = (record.id, record.where)
+            if key not in self.over_seen and len(self.over_seen) < OVER_LENGTH_LOGGED:
+                self.over_seen.add(key)
+                last = len(self.over_seen) == OVER_LENGTH_LOGGED
+                logger.warning("over-length sample skipped: %s%s", record,
+                               " (later ones are counted, not logged)" if last else "")
+        self.packs_seen.update(report.packs)
+        counts = torch.tensor([read, len(report.bad), len(report.over_length), supervised], dtype=torch.long)
+        counts = self._all_ranks(counts, dist.ReduceOp.SUM)
         self.records_read += int(counts[0])
         self.records_bad += int(counts[1])
+        self.records_over += int(counts[2])
+        self.window_supervised += int(counts[3])
         warmup = min(BAD_RECORD_WARMUP, len(self.train_dataset) if self.train_dataset is not None else 0)
-        if self.records_read >= warmup and self.records_bad > self.bad_record_limit * self.records_read:
+        if self.records_read < warmup:
+            return
+        if self.records_bad > self.bad_record_limit * self.records_read:
             raise TooManyBadRecords(
                 f"{self.records_bad} of the {self.records_read} records read so far are unusable "
                 f"({self.records_bad / self.records_read:.0%} > --bad_record_limit "
                 f"{self.bad_record_limit:.0%}); "
                 "see the 'bad record skipped' log lines for which and why"
             )
+        if 2 * self.records_over > self.records_read:  # every rank decides alike: the max is collective
+            raise TooManyOverLength(
+                f"{over_length_text(self.records_over, self.longest_over_all_ranks())} "
+                f"({self.records_over} of the {self.records_read} samples read so far cannot keep their "
+                "visual tokens and first answer; see the 'over-length sample skipped' log lines)"
+            )
+
+    def _all_ranks(self, values: torch.Tensor, op) -> torch.Tensor:
+        """``values`` reduced over the ranks with ``op`` (unchanged in a single process)."""
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            device = self.args.device if dist.get_backend() == "nccl" else "cpu"
+            values = values.to(device)
+            dist.all_reduce(values, op=op)
+        return values.cpu()
+
+    def longest_over_all_ranks(self) -> int:
+        """The longest over-length sample any rank read (a collective: every rank must call it)."""
+        longest = torch.tensor([self.longest_over], dtype=torch.long)
+        return int(self._all_ranks(longest, dist.ReduceOp.MAX)[0])
+
+    def packs_all_ranks(self) -> Counter[str]:
+        """Packs read by every rank, by geometry (a collective: every rank must call it)."""
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            counters = [None] * dist.get_world_size()
+            dist.all_gather_object(counters, dict(self.packs_seen))
+            return sum((Counter(c) for c in counters), Counter())
+        return Counter(self.packs_seen)
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """The Trainer's log, each logged training loss with the labelled tokens of the steps it averages
+        (``supervised_tokens``, all ranks): the summary's loss span skips a window without any."""
+        if "loss" in logs:
+            logs["supervised_tokens"] = self.window_supervised
+            self.window_supervised = 0
+        super().log(logs, start_time)
 
     # ------------------------------------------------------------------ saving and resuming
     def _save_checkpoint(self, model, trial) -> None:
@@ -246,4 +344,11 @@ def _is_peft(model) -> bool:
     return hasattr(model, "peft_config")
 
 
-__all__ = ["BAD_RECORD_WARMUP", "LLaVATrainer", "TooManyBadRecords", "gathered_state"]
+__all__ = [
+    "BAD_RECORD_WARMUP",
+    "LLaVATrainer",
+    "TooManyBadRecords",
+    "TooManyOverLength",
+    "gathered_state",
+    "over_length_text",
+]

@@ -287,6 +287,28 @@ def test_yaml_relative_paths_resolve_against_the_yaml_folder(tmp_path, monkeypat
     assert _ids(DatasetReader(two)) == ["x", "y"]  # each file of a brace list sampled on its own
 
 
+def test_yaml_relative_paths_fall_back_to_the_working_directory(tmp_path, monkeypatch):
+    """Upstream reads json_path relative to where training runs: tried after the YAML's folder."""
+    sub = tmp_path / "cfg"
+    _jsonl(tmp_path / "data" / "w.jsonl", [{"id": "cwd"}])
+    _jsonl(tmp_path / "data" / "both.jsonl", [{"id": "cwd-both"}])
+    _jsonl(sub / "data" / "both.jsonl", [{"id": "yaml-both"}])
+    mix = _mixture(sub, [{"json_path": "data/w.jsonl"}, {"json_path": "data/both.jsonl"},
+                         {"json_path": "data/{w,both}.jsonl"}])
+    monkeypatch.chdir(tmp_path)
+    recs = list(DatasetReader(mix))
+    assert _ids(recs) == ["cwd", "yaml-both", "cwd", "yaml-both"]  # the YAML's folder first
+    assert recs[0].file == str(tmp_path / "data" / "w.jsonl")
+    gone = _mixture(sub, [{"json_path": "data/w.jsonl"}, {"json_path": "data/gone.jsonl"}], "gone.yaml")
+    with pytest.raises(FileNotFoundError) as exc:
+        DatasetReader(gone)
+    assert str(exc.value) == (
+        f"{gone}: datasets[1]: dataset file not found: data/gone.jsonl, tried {sub / 'data' / 'gone.jsonl'} "
+        f"(relative to the YAML's folder) and {tmp_path / 'data' / 'gone.jsonl'} (relative to the working "
+        "directory)"
+    )
+
+
 X = "{json_path: data/x.jsonl}"  # a good first entry, so that the bad one is datasets[1]
 
 
@@ -379,7 +401,8 @@ def test_configuration_errors_name_the_path(tmp_path):
     mix = _mixture(tmp_path, [{"json_path": "gone.json"}])
     with pytest.raises(FileNotFoundError) as exc:
         DatasetReader(mix)
-    assert str(exc.value) == f"{mix}: datasets[0]: dataset file not found: {tmp_path / 'gone.json'}"
+    assert str(exc.value).startswith(f"{mix}: datasets[0]: dataset file not found: gone.json, tried "
+                                     f"{tmp_path / 'gone.json'} (relative to the YAML's folder) and ")
     lines = tmp_path / "lines.json"
     lines.write_text('{"id": 0}\n{"id": 1}\n')
     with pytest.raises(ValueError, match=r"lines\.json: a \.json dataset must be a JSON array.*\.jsonl"):

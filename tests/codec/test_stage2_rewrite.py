@@ -365,3 +365,16 @@ def test_the_one_placeholder_is_expanded_in_the_turn_that_holds_it():
     ]
     out = stage2.rewrite_conversations(convs, 2)
     assert out[0] == convs[0] and out[2]["value"] == "<image>\n<image>\nWhat happens?"
+
+
+def test_a_first_system_turn_is_a_good_record_and_gets_no_placeholders():
+    """ShareGPT-style records start with a system turn: the stages keep it and use the first human turn."""
+    from cv_reader.dataset import check_record
+
+    system = {"from": "system", "value": "You are a careful observer."}
+    convs = [system, {"from": "human", "value": "What happens?"}, {"from": "gpt", "value": "A square moves."}]
+    check_record({"id": "s", "video": "clip.mp4", "conversations": convs}, required=("conversations",))
+    out = stage2.rewrite_conversations(convs, 2)
+    assert out[0] == system and out[1]["value"] == "<image>\n<image>\nWhat happens?"
+    with_tag = [system, dict(convs[1], value="<video>\nWhat happens?"), convs[2]]
+    assert stage2.rewrite_conversations(with_tag, 2)[1:] == out[1:]
