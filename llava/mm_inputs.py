@@ -57,14 +57,16 @@ from cv_reader import (
     CodecPatches,
     ImageReadError,
     MediaError,
+    PackGeometry,
     Stage1Params,
     VideoReadError,
-    open_regular_file,
+    check_pack,
     read_image,
+    read_image_size,
+    read_pack,
     to_rgb8,
 )
-from cv_reader.pack import PackGeometry, check_pack, read_pack
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from .constants import DEFAULT_IMAGE_TOKEN
 from .mm_utils import (
@@ -176,23 +178,6 @@ def codec_options(frames: int, images: int, canvas: int, patch_size: int) -> Sta
 def is_image_path(path: str | os.PathLike) -> bool:
     """True when the file name has an image suffix PIL knows (otherwise it is read as a video)."""
     return Path(path).suffix.lower() in _IMAGE_SUFFIXES
-
-
-#: EXIF orientations that turn an image a quarter turn (``read_image`` applies them: width and height swap).
-_QUARTER_TURNS = frozenset({5, 6, 7, 8})
-
-
-def read_image_size(path: str | os.PathLike) -> tuple[int, int]:
-    """``(width, height)`` of the upright image ``read_image`` would give, from the header alone (no
-    decoding): what a dataset needs to count an image's tokens before reading it."""
-    with open_regular_file(path, ImageReadError, "image") as handle:
-        try:
-            image = Image.open(handle)
-            width, height = image.size
-            turned = image.getexif().get(0x0112) in _QUARTER_TURNS
-        except (OSError, ValueError, SyntaxError, UnidentifiedImageError) as exc:
-            raise ImageReadError(path, f"cannot read image ({exc})") from None
-    return (height, width) if turned else (width, height)
 
 
 class VisualProcessor:

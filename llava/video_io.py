@@ -35,9 +35,9 @@ from cv_reader import (
     codec_patchify,
     probe,
     read_frames,
+    read_pack,
     sample_frame_ids_uniform,
 )
-from cv_reader.pack import read_pack
 
 #: The codec parameters a pack has its own values of: they apply to videos encoded online only.
 PACK_OWN = ("square_size", "sequence_length", "keep_frames_equiv")

@@ -11,9 +11,24 @@ from .errors import (
     UnsupportedCodecError,
     VideoReadError,
 )
-from .images import check_regular_file, default_max_pixels, open_regular_file, read_image, to_rgb8
+from .images import (
+    check_regular_file,
+    default_max_pixels,
+    open_regular_file,
+    read_image,
+    read_image_size,
+    to_rgb8,
+)
 from .mosaic import pack_mosaics
-from .pack import check_codec_inputs, load_mosaics, load_positions, read_pack
+from .pack import (
+    PackGeometry,
+    check_codec_inputs,
+    check_pack,
+    load_mosaics,
+    load_positions,
+    pack_geometry,
+    read_pack,
+)
 from .pipeline import (
     LLAVA_CODEC,
     CodecPatches,
@@ -29,6 +44,7 @@ from .selection import global_topk, sample_frame_ids_uniform
 
 __all__ = [
     "LLAVA_CODEC",
+    "PackGeometry",
     "CanvasGeometry",
     "CodecInputError",
     "CodecPatches",
@@ -41,6 +57,7 @@ __all__ = [
     "UnsupportedCodecError",
     "VideoReadError",
     "check_codec_inputs",
+    "check_pack",
     "check_regular_file",
     "codec_patchify",
     "default_max_pixels",
@@ -49,10 +66,12 @@ __all__ = [
     "load_mosaics",
     "load_positions",
     "open_regular_file",
+    "pack_geometry",
     "pack_mosaics",
     "probe",
     "read_frames",
     "read_image",
+    "read_image_size",
     "read_pack",
     "read_video",
     "sample_frame_ids_uniform",

@@ -32,7 +32,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from .errors import ImageReadError, ImageTooLargeError, MediaError
 
 #: Exceptions PIL's decoders raise for files they cannot read (truncated, malformed chunks, ...).
-_DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, UnidentifiedImageError, Image.DecompressionBombError)
+_DECODE_ERRORS = (
+    OSError, ValueError, SyntaxError, EOFError, UnidentifiedImageError, Image.DecompressionBombError,
+)
 
 #: Modes whose samples are wider than 8 bits, and the sample value that maps to 255.
 _HIGH_BIT_DEPTH = {"I;16": 65535, "I;16L": 65535, "I;16B": 65535, "I;16N": 65535, "I": 65535, "F": 1.0}
@@ -44,7 +46,9 @@ def default_max_pixels() -> int:
     return int(Image.MAX_IMAGE_PIXELS or 2**62)
 
 
-def open_regular_file(path: str | os.PathLike, error: type[MediaError] = MediaError, what: str = "file") -> BinaryIO:
+def open_regular_file(
+    path: str | os.PathLike, error: type[MediaError] = MediaError, what: str = "file"
+) -> BinaryIO:
     """``path`` opened for reading, or ``error`` when it is not a readable regular file (the message
     calls it ``what``: "file not found", "positions file is not a regular file (a FIFO)").
 
@@ -67,8 +71,10 @@ def open_regular_file(path: str | os.PathLike, error: type[MediaError] = MediaEr
         raise
 
 
-def check_regular_file(path: str | os.PathLike, error: type[MediaError] = MediaError, what: str = "file") -> None:
-    """Raise ``error`` unless ``path`` is an existing, readable regular file (see :func:`open_regular_file`)."""
+def check_regular_file(
+    path: str | os.PathLike, error: type[MediaError] = MediaError, what: str = "file"
+) -> None:
+    """Raise ``error`` unless ``path`` is an existing, readable regular file (:func:`open_regular_file`)."""
     open_regular_file(path, error, what).close()
 
 
@@ -113,6 +119,23 @@ def read_image(
         raise ImageReadError(label, f"cannot read {what} ({why or type(exc).__name__})") from None
 
 
+#: EXIF orientations that turn an image a quarter turn (``read_image`` applies them: width and height swap).
+_QUARTER_TURNS = frozenset({5, 6, 7, 8})
+
+
+def read_image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """``(width, height)`` of the upright image :func:`read_image` would give, from the header alone
+    (nothing decoded): what a dataset needs to count an image's tokens before reading it."""
+    with open_regular_file(path, ImageReadError, "image") as handle:
+        try:
+            image = Image.open(handle)
+            width, height = image.size
+            turned = image.getexif().get(0x0112) in _QUARTER_TURNS
+        except _DECODE_ERRORS as exc:
+            raise ImageReadError(_printable(path), f"cannot read image ({exc})") from None
+    return (height, width) if turned else (width, height)
+
+
 def to_rgb8(image: Image.Image) -> Image.Image:
     """``image`` as 8-bit RGB; samples wider than 8 bits are scaled into 0..255, not clipped.
 
@@ -152,4 +175,11 @@ def _printable(path: str | os.PathLike) -> str:
     return text if len(text) <= 300 else f"{text[:140]}...{text[-140:]}"
 
 
-__all__ = ["check_regular_file", "default_max_pixels", "open_regular_file", "read_image", "to_rgb8"]
+__all__ = [
+    "check_regular_file",
+    "default_max_pixels",
+    "open_regular_file",
+    "read_image",
+    "read_image_size",
+    "to_rgb8",
+]

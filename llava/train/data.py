@@ -51,8 +51,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from cv_reader import pack_geometry
 from cv_reader.dataset import DatasetReader, check_record
-from cv_reader.pack import pack_geometry
 from cv_reader.stage2 import VIDEO_TOKEN, placeholder_counts, rewrite_conversations
 from torch.utils.data import DataLoader, Dataset
 
