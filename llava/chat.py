@@ -11,7 +11,7 @@ import torch
 
 from .constants import DEFAULT_IMAGE_TOKEN
 from .conversation import conv_templates, get_conv_template
-from .generation import StopRule
+from .generation import StopRule, sampling_kwargs
 from .mm_inputs import VisualInputs
 from .model.language_model import llava_lm_for_model_type
 from .preprocess import tokenize_prompt
@@ -61,14 +61,12 @@ class ChatSession:
         stop = StopRule.of(self.conv, self.tokenizer)  # the template's stop string
         kwargs = dict(
             max_new_tokens=self.max_new_tokens,
-            do_sample=self.temperature > 0,
             streamer=streamer,
             pad_token_id=self.tokenizer.pad_token_id,
             **stop.generate_kwargs(self.tokenizer),
             **self.visual.model_kwargs(),  # every turn re-sends the history, placeholders included
         )
-        if self.temperature > 0:
-            kwargs["temperature"] = self.temperature
+        kwargs.update(sampling_kwargs(self.temperature))
         with torch.inference_mode():
             output = self.model.generate(input_ids, **kwargs)
         answer = stop.cut(self.tokenizer.decode(output[0], skip_special_tokens=True)).strip()

@@ -24,6 +24,17 @@ from .mm_utils import KeywordsStoppingCriteria
 
 Prompt = tuple[torch.Tensor, VisualInputs]
 
+#: Temperatures below this sample greedily: dividing the logits by a smaller one overflows them to
+#: ``inf`` (vLLM draws the line at the same place).
+GREEDY_BELOW = 1e-5
+
+
+def sampling_kwargs(temperature: float, top_p: float | None = None) -> dict:
+    """``generate`` arguments for ``temperature`` (and ``top_p``): greedy below :data:`GREEDY_BELOW`."""
+    if temperature < GREEDY_BELOW:
+        return {"do_sample": False}
+    return {"do_sample": True, "temperature": temperature, **({} if top_p is None else {"top_p": top_p})}
+
 
 @dataclass(frozen=True)
 class StopRule:
@@ -131,4 +142,4 @@ def continuation_logprobs(
     return results
 
 
-__all__ = ["Prompt", "StopRule", "continuation_logprobs", "generate_batch", "left_padding"]
+__all__ = ["GREEDY_BELOW", "Prompt", "StopRule", "continuation_logprobs", "generate_batch", "left_padding", "sampling_kwargs"]

@@ -125,6 +125,14 @@ def test_multi_turn_and_system_messages(client):
     assert reply.choices[0].message.content and reply.usage.prompt_tokens > first.usage.prompt_tokens
 
 
+def test_a_vanishing_temperature_is_greedy(client):
+    """A temperature too small to divide the logits by (found by the fuzz test: it overflowed them and
+    failed generation) samples greedily, as 0 does."""
+    greedy = _ask(client, "Tell me a story.", temperature=0, max_tokens=8).choices[0].message.content
+    for tiny in (1e-308, 1e-6):
+        assert _ask(client, "Tell me a story.", temperature=tiny, max_tokens=8).choices[0].message.content == greedy
+
+
 def test_stop_max_tokens_and_seed(client):
     free = _ask(client, "Tell me a story.", max_tokens=20).choices[0].message.content
     assert len(free) > 6

@@ -64,8 +64,8 @@ def urls(media) -> tuple[st.SearchStrategy, st.SearchStrategy]:
         photo.replace("image/png", "x" * 200), "data:image/png;base64,!!!", "data:;base64,AAAA",
         data_url(b"not media", "video/mp4"), data_url(flat_png((1200, 1000)), "image/png"),
         "data:video/mp4;base64," + "A" * 40, "",
-    ]) | anything
-    return good, hostile
+    ])
+    return good, hostile | anything
 
 
 def parts(url: st.SearchStrategy, text: st.SearchStrategy) -> st.SearchStrategy:
@@ -76,20 +76,23 @@ def parts(url: st.SearchStrategy, text: st.SearchStrategy) -> st.SearchStrategy:
 
 
 def messages(media) -> st.SearchStrategy:
-    """Mostly well-formed conversations whose parts are now and then hostile."""
+    """Well-formed conversations (answered), and conversations with hostile parts or messages."""
     good_url, hostile_url = urls(media)
     good_text = st.text(max_size=30).filter(lambda t: "<image>" not in t)
     good_parts = parts(good_url, good_text)
-    hostile_parts = (parts(hostile_url, hostile_text | anything)
-                     | st.fixed_dictionaries({"type": st.sampled_from(["audio_url", "input_text", "", "image"])})
-                     | anything)
-    content = good_text | st.lists(good_parts | good_parts | hostile_parts, min_size=1, max_size=3)
+    odd_type = st.fixed_dictionaries({"type": st.sampled_from(["audio_url", "input_text", "", "image"])})
+    hostile_parts = parts(hostile_url, hostile_text) | parts(hostile_url, anything) | odd_type | anything
+    content = good_text | st.lists(good_parts, min_size=1, max_size=3)
+    spoiled = st.lists(good_parts | hostile_parts | hostile_parts, min_size=1, max_size=3)
     role = st.sampled_from(["user", "system", "assistant"]) | st.sampled_from(["tool", "robot"]) | anything
-    odd = st.fixed_dictionaries({"role": role}, optional={"content": content | anything, "name": anything})
+    odd = st.fixed_dictionaries({"role": role}, optional={"content": spoiled | anything, "name": anything})
     user = st.fixed_dictionaries({"role": st.just("user"), "content": content})
+    hostile_user = st.fixed_dictionaries({"role": st.just("user"), "content": spoiled})
+    assistant = st.fixed_dictionaries({"role": st.just("assistant"), "content": good_text})
     system = st.fixed_dictionaries({"role": st.just("system"), "content": good_text})
-    turns = st.tuples(st.lists(system, max_size=1), st.lists(user | odd, max_size=2), user)
-    return turns.map(lambda t: [*t[0], *t[1], t[2]])
+    clean = st.tuples(st.lists(system, max_size=1), st.lists(user | assistant, max_size=2), user)
+    hostile = st.tuples(st.lists(system, max_size=1), st.lists(user | odd, max_size=2), hostile_user)
+    return (clean | hostile).map(lambda t: [*t[0], *t[1], t[2]])
 
 
 GOOD_FIELDS = {

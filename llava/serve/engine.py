@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
-from ..generation import StopRule
+from ..generation import StopRule, sampling_kwargs
 from ..mm_inputs import VisualInputs
 from ..preprocess import tokenize_prompt
 
@@ -143,10 +143,7 @@ class ChatEngine:
         )
         if template_stop.token_id is not None:
             kwargs["eos_token_id"] = template_stop.token_id
-        if sampling.temperature > 0:
-            kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p)
-        else:
-            kwargs.update(do_sample=False)
+        kwargs.update(sampling_kwargs(sampling.temperature, sampling.top_p))
         if sampling.seed is not None:
             torch.manual_seed(sampling.seed)
         result: dict = {}
