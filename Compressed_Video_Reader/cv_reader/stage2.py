@@ -204,7 +204,7 @@ NO_CONVERSATIONS = "'conversations' is missing (a training record needs them; --
 _HUMAN = ("human", "user")
 
 
-def _text_key(turn: object) -> str | None:
+def text_key(turn: object) -> str | None:
     """The key of a turn's text (``value``, or ``content`` in role/content records) when it is a string."""
     if isinstance(turn, dict):
         key = "value" if "value" in turn else "content"
@@ -215,14 +215,14 @@ def _text_key(turn: object) -> str | None:
 
 def placeholder_counts(convs: list) -> tuple[int, int]:
     """``(<video> tags, <image> tags)`` in the text of every turn (any speaker: training counts them all)."""
-    texts = [turn[key] for turn in convs if (key := _text_key(turn))]
+    texts = [turn[key] for turn in convs if (key := text_key(turn))]
     return sum(t.count(VIDEO_TOKEN) for t in texts), sum(t.count(IMAGE_TOKEN) for t in texts)
 
 
 def _first_human(convs: list) -> int | None:
     """Index of the first human turn with a string text, or None."""
     for i, turn in enumerate(convs):
-        if _text_key(turn) and str(turn.get("from", turn.get("role", ""))).lower() in _HUMAN:
+        if text_key(turn) and str(turn.get("from", turn.get("role", ""))).lower() in _HUMAN:
             return i
     return None
 
@@ -264,12 +264,12 @@ def rewrite_conversations(convs: list, num_images: int) -> list:
     tokens = "\n".join([IMAGE_TOKEN] * int(num_images))
     if videos + images == 1:
         tag = VIDEO_TOKEN if videos else IMAGE_TOKEN
-        turn = next(t for t in out if (key := _text_key(t)) and tag in t[key])
-        key = _text_key(turn)
+        turn = next(t for t in out if (key := text_key(t)) and tag in t[key])
+        key = text_key(turn)
         turn[key] = turn[key].replace(tag, tokens, 1)
     elif videos + images == 0:
         turn = out[_first_human(out)]
-        key = _text_key(turn)
+        key = text_key(turn)
         turn[key] = tokens + "\n" + turn[key]
     return out
 

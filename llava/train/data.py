@@ -53,7 +53,7 @@ import numpy as np
 import torch
 from cv_reader import pack_geometry
 from cv_reader.dataset import DatasetReader, check_record
-from cv_reader.stage2 import VIDEO_TOKEN, placeholder_counts, rewrite_conversations
+from cv_reader.stage2 import VIDEO_TOKEN, placeholder_counts, rewrite_conversations, text_key
 from torch.utils.data import DataLoader, Dataset
 
 from ..constants import DEFAULT_IMAGE_TOKEN, IGNORE_INDEX, IMAGE_TOKEN_INDEX
@@ -149,13 +149,6 @@ def expand_video_placeholder(conversations: list, count: int) -> list:
     return rewrite_conversations(conversations, count)
 
 
-def _text_key(turn) -> str | None:
-    if isinstance(turn, dict):
-        key = "value" if "value" in turn else "content"
-        return key if isinstance(turn.get(key), str) else None
-    return None
-
-
 def add_time_instruction(conversations: list, timing: VideoTiming) -> list:
     """LLaVA-NeXT's time instruction (``--add_time_instruction``) put after a raw video's placeholder.
 
@@ -170,14 +163,14 @@ def add_time_instruction(conversations: list, timing: VideoTiming) -> list:
         return conversations
     tag = VIDEO_TOKEN if videos else DEFAULT_IMAGE_TOKEN
     out = [dict(turn) if isinstance(turn, dict) else turn for turn in conversations]
-    holders = [t for t in out if (key := _text_key(t)) and tag in t[key]]
+    holders = [t for t in out if (key := text_key(t)) and tag in t[key]]
     if not holders:
-        holders = [t for t in out if _text_key(t) and str(t.get("from", t.get("role", ""))).lower()
+        holders = [t for t in out if text_key(t) and str(t.get("from", t.get("role", ""))).lower()
                    in ("human", "user")]
         if not holders:
             return conversations
     turn = holders[0]
-    key = _text_key(turn)
+    key = text_key(turn)
     count = max(1, turn[key].count(tag))
     placeholders = "\n".join([tag] * count)
     turn[key] = f"{placeholders}\n{time_instruction(timing)}\n{turn[key].replace(tag, '')}"
@@ -291,9 +284,9 @@ class SupervisedDataset(Dataset):
         if self.plain and len(visual):  # LLaVA pre-training: the caption follows the placeholders alone
             first = next(j for j, turn in enumerate(conversations)
                          if str(turn.get("from", turn.get("role", ""))).lower() != SYSTEM_ROLE)
-            key = _text_key(conversations[first]) or "value"
-            conversations = [*conversations[:first], dict(conversations[first], **{key: visual.placeholder_text()}),
-                             *conversations[first + 1:]]
+            key = text_key(conversations[first]) or "value"
+            caption_turn = dict(conversations[first], **{key: visual.placeholder_text()})
+            conversations = [*conversations[:first], caption_turn, *conversations[first + 1:]]
         return conversations, visual
 
     def prompt(self, i: int) -> tuple[torch.Tensor, VisualInputs]:

@@ -41,19 +41,21 @@ def _human(*turns: str) -> list[dict]:
     return out
 
 
+def _stage1(ds: str, out: Path, ok: int) -> Path:
+    """Stage 1 (``--preset llava`` settings) of ``ds`` into ``out``; ``ok`` samples must succeed."""
+    args = stage1.build_parser().parse_args(["--dataset_path", ds, "--out_root", str(out)] + S1_LLAVA)
+    stats = stage1.run(args)
+    assert stats["ok"] == ok, stats
+    return out
+
+
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory, h264_static):
     """Stage 1 and a ``--preset llava`` pack of one record (id ``clip``) of one real video."""
     root = tmp_path_factory.mktemp("bad_records")
     good = {"id": "clip", "video": h264_static.path, "conversations": _conv(0)}
     ds = _write_jsonl(root / "good.jsonl", [good])
-    s1 = root / "s1"
-    assert (
-        stage1.run(
-            stage1.build_parser().parse_args(["--dataset_path", ds, "--out_root", str(s1)] + S1_LLAVA)
-        )["ok"]
-        == 1
-    )
+    s1 = _stage1(ds, root / "s1", ok=1)
     img = root / "img"
     args = ["--mode", "pack", "--input_dataset", ds, "--out_jsonl", str(root / "good_packed.jsonl")]
     args += ["--visidx_root", str(s1), "--out_image_root", str(img)] + PACK_LLAVA
@@ -196,7 +198,8 @@ def test_packs_only_packs_records_without_conversations(clip, tmp_path):
     stats = stage2.run(args)
     assert (stats["ok"], stats["bad_records"]) == (1, 0)
     (line,) = _read_jsonl(out)
-    assert "conversations" not in line and line["image"] == clip["packed"]["image"] and line["id"] == record["id"]
+    assert "conversations" not in line
+    assert line["image"] == clip["packed"]["image"] and line["id"] == record["id"]
 
 
 @pytest.mark.parametrize("mode", ["pack", "rewrite"])
@@ -241,13 +244,7 @@ def test_a_video_that_cannot_be_opened_fails_that_record_alone_with_its_place(cl
         tmp_path / "fifo.jsonl",
         [{"id": "gone", "video": str(video), "conversations": _conv(1)}, clip["good"]],
     )
-    s1 = tmp_path / "s1"
-    assert (
-        stage1.run(
-            stage1.build_parser().parse_args(["--dataset_path", ds, "--out_root", str(s1)] + S1_LLAVA)
-        )["ok"]
-        == 2
-    )
+    s1 = _stage1(ds, tmp_path / "s1", ok=2)
     video.unlink()
     os.mkfifo(video)
     tools, run = PKG / "tool", dict(env=env_pythonpath, capture_output=True, text=True, timeout=120)
