@@ -49,7 +49,7 @@ def vit_large(layers: int):
 def reference_order_forward(model, video, indices):
     """Embed every patch of every frame, normalise, then keep ``indices`` (the reference's order)."""
 
-    from llava.model.multimodal_encoder.modeling_onevision_encoder import _grid_coordinates, gather_patches
+    from llava.model.modeling_onevision_encoder import _grid_coordinates, gather_patches
 
     config = model.config
     hidden = model.layernorm_pre(model.embeddings(gather_patches(video, config.patch_size, None)))
@@ -65,7 +65,7 @@ def reference_order_forward(model, video, indices):
 def make_inputs(case: str, device, dtype, frame: int):
     import torch
 
-    from llava.model.multimodal_encoder.tower import temporal_slots
+    from llava.model.modeling_llava_vision import temporal_slots
 
     generator = torch.Generator().manual_seed(0)
     if case == "dense":

@@ -11,9 +11,9 @@ import torch
 
 from .constants import DEFAULT_IMAGE_TOKEN
 from .conversation import conv_templates, get_conv_template
-from .generation import StopRule, sampling_kwargs
+from .generation import StopRule, expand_prompt, sampling_kwargs
 from .mm_inputs import VisualInputs
-from .model.language_model import llava_lm_for_model_type
+from .model.families import llava_lm_for_model_type
 from .preprocess import tokenize_prompt
 
 
@@ -57,19 +57,21 @@ class ChatSession:
             question = self.visual.placeholder_text() + "\n" + question
         self.conv.append_message(self.conv.roles[0], question)
         self.conv.append_message(self.conv.roles[1], None)
-        input_ids = tokenize_prompt(self.conv, self.tokenizer)[None].to(self.model.device)
+        input_ids = expand_prompt(self.model, tokenize_prompt(self.conv, self.tokenizer), self.visual)
+        input_ids = input_ids[None].to(self.model.device)
         stop = StopRule.of(self.conv, self.tokenizer)  # the template's stop string
         kwargs = dict(
             max_new_tokens=self.max_new_tokens,
             streamer=streamer,
             pad_token_id=self.tokenizer.pad_token_id,
-            **stop.generate_kwargs(self.tokenizer),
+            **stop.generate_kwargs(self.tokenizer, input_ids),
             **self.visual.model_kwargs(),  # every turn re-sends the history, placeholders included
         )
         kwargs.update(sampling_kwargs(self.temperature))
         with torch.inference_mode():
             output = self.model.generate(input_ids, **kwargs)
-        answer = stop.cut(self.tokenizer.decode(output[0], skip_special_tokens=True)).strip()
+        new_tokens = output[0, input_ids.shape[1]:]
+        answer = stop.cut(self.tokenizer.decode(new_tokens, skip_special_tokens=True)).strip()
         self.conv.messages[-1][-1] = answer
         self.turns += 1
         return answer

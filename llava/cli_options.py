@@ -3,8 +3,9 @@
 The chat CLI (``llava.serve.cli``) and the held-out predictor (``llava.eval.predict``) take the same
 ``--model-path --model-base --device`` and ``--video-mode --frames --codec-frames --codec-canvas
 --codec-images`` flags; they are defined once here, with one loading rule (float32 on the CPU,
-the checkpoint's dtype elsewhere) and one way from the flags to :class:`~llava.mm_inputs.VideoOptions`
-(the codec cut in the encoder's patch size, as training cuts it).
+the checkpoint's dtype elsewhere) and one way from the flags to :class:`~llava.mm_inputs.VideoOptions`:
+a flag not given takes the checkpoint's saved setting (its processor's ``video``, what it was trained
+with), and the codec is cut in the encoder's patch size, as training cuts it.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import argparse
 import torch
 
 from .mm_inputs import VIDEO_MODES, VideoOptions, codec_options
-from .model.builder import load_pretrained_model
+from .model.builder import load_pretrained_model, saved_video_settings
 from .video_io import LLAVA_CODEC
 
 
@@ -26,16 +27,18 @@ def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_video_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--video-mode", choices=VIDEO_MODES, default="codec",
-                        help="codec: codec-style patch mosaics (cv_reader); frames: uniformly sampled frames")
-    parser.add_argument("--frames", type=int, default=VideoOptions.frames_upbound,
-                        help="frames sampled in --video-mode frames")
-    parser.add_argument("--codec-frames", type=int, default=LLAVA_CODEC.sequence_length,
-                        help="frames the codec reader samples (T)")
-    parser.add_argument("--codec-canvas", type=int, default=LLAVA_CODEC.square_size,
-                        help="codec canvas side in pixels")
-    parser.add_argument("--codec-images", type=int, default=LLAVA_CODEC.keep_frames_equiv,
-                        help="codec mosaics per video (N)")
+    saved = "default: the checkpoint's saved setting, else %s"
+    parser.add_argument("--video-mode", choices=VIDEO_MODES, default=None,
+                        help="codec: codec-style patch mosaics (cv_reader); frames: uniformly sampled frames "
+                             f"({saved % 'codec'})")
+    parser.add_argument("--frames", type=int, default=None,
+                        help=f"frames sampled in --video-mode frames ({saved % VideoOptions.frames_upbound})")
+    parser.add_argument("--codec-frames", type=int, default=None,
+                        help=f"frames the codec reader samples (T) ({saved % LLAVA_CODEC.sequence_length})")
+    parser.add_argument("--codec-canvas", type=int, default=None,
+                        help=f"codec canvas side in pixels ({saved % LLAVA_CODEC.square_size})")
+    parser.add_argument("--codec-images", type=int, default=None,
+                        help=f"codec mosaics per video (N) ({saved % LLAVA_CODEC.keep_frames_equiv})")
 
 
 def load_checkpoint(args: argparse.Namespace):
@@ -47,8 +50,36 @@ def load_checkpoint(args: argparse.Namespace):
 
 
 def video_options(args: argparse.Namespace, patch_size: int) -> VideoOptions:
-    codec = codec_options(args.codec_frames, args.codec_images, args.codec_canvas, patch_size)
-    return VideoOptions(args.video_mode, args.frames, codec=codec)
+    """The video options of the flags, each flag not given taken from the checkpoint's saved settings."""
+    return resolve_video_options(
+        saved_video_settings(getattr(args, "model_path", None)), patch_size, args.video_mode, args.frames,
+        args.codec_frames, args.codec_images, args.codec_canvas,
+    )
 
 
-__all__ = ["add_checkpoint_arguments", "add_video_arguments", "load_checkpoint", "video_options"]
+def resolve_video_options(saved: dict, patch_size: int, mode: str | None = None, frames: int | None = None,
+                          codec_frames: int | None = None, codec_images: int | None = None,
+                          codec_canvas: int | None = None) -> VideoOptions:
+    """Video options from explicit values, else the checkpoint's ``saved`` settings (its processor's ``video``),
+    else the defaults; the codec is cut in the encoder's ``patch_size``."""
+    codec = saved.get("codec") or {}
+
+    def pick(value, saved_value, default):
+        return value if value is not None else (saved_value if saved_value is not None else default)
+
+    options = codec_options(
+        int(pick(codec_frames, codec.get("sequence_length"), LLAVA_CODEC.sequence_length)),
+        int(pick(codec_images, codec.get("keep_frames_equiv"), LLAVA_CODEC.keep_frames_equiv)),
+        int(pick(codec_canvas, codec.get("square_size"), LLAVA_CODEC.square_size)),
+        patch_size,
+    )
+    return VideoOptions(
+        pick(mode, saved.get("mode"), "codec"), int(pick(frames, saved.get("frames_upbound"), VideoOptions.frames_upbound)),
+        fps=saved.get("fps") if frames is None else None, force_sample=bool(saved.get("force_sample", False)),
+        codec=options,
+    )
+
+
+__all__ = [
+    "add_checkpoint_arguments", "add_video_arguments", "load_checkpoint", "resolve_video_options", "video_options",
+]

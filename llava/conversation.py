@@ -325,8 +325,10 @@ _COMMON_JINJA = """\
 {%- for part in content %}
 {%- if part.type == 'text' %}
 {{- part.text }}
-{%- elif part.type in ('image', 'video') %}
-{{- '<image>' }}
+{%- elif part.type == 'image' %}
+{{- '<image>\n' }}
+{%- elif part.type == 'video' %}
+{{- '<video>\n' }}
 {%- endif %}
 {%- endfor %}
 {%- endif %}

@@ -28,7 +28,7 @@ from transformers import AutoImageProcessor, AutoModel
 
 import llava  # noqa: F401  (registers the OV-Encoder with the Auto classes)
 from llava.model import OneVisionEncoderConfig, OneVisionEncoderImageProcessor, OneVisionEncoderModel
-from llava.model.multimodal_encoder.tower import temporal_slots
+from llava.model.modeling_llava_vision import temporal_slots
 from llava.sample_data import sample_video_path
 from llava.video_io import MediaError, load_codec_inputs, load_video_frames
 

@@ -21,6 +21,7 @@ from transformers import StoppingCriteriaList
 from .conversation import Conversation, get_conv_template
 from .mm_inputs import VisualInputs
 from .mm_utils import KeywordsStoppingCriteria
+from .model.processing_llava import VisualLayout, expand_placeholders
 
 Prompt = tuple[torch.Tensor, VisualInputs]
 
@@ -58,11 +59,11 @@ class StopRule:
         ids = tokenizer(text, add_special_tokens=False).input_ids
         return cls(text, ids[0] if len(ids) == 1 else None)
 
-    def generate_kwargs(self, tokenizer) -> dict:
-        """``generate`` arguments that end each row at the stop string (of an output of new tokens only,
-        as the LLaVA models' ``generate`` returns)."""
+    def generate_kwargs(self, tokenizer, prompt_ids: torch.Tensor) -> dict:
+        """``generate`` arguments that end each row at the stop string (``prompt_ids``: the ids generation
+        starts from, which its output begins with)."""
         kwargs: dict = {"stopping_criteria": StoppingCriteriaList([
-            KeywordsStoppingCriteria([self.text], tokenizer, None)])}
+            KeywordsStoppingCriteria([self.text], tokenizer, prompt_ids)])}
         if self.token_id is not None:
             kwargs["eos_token_id"] = self.token_id
         return kwargs
@@ -70,6 +71,24 @@ class StopRule:
     def cut(self, text: str) -> str:
         """``text`` up to the stop string (the answer without it and without what came after it)."""
         return text.split(self.text, 1)[0]
+
+
+def expand_prompt(model, ids: torch.Tensor, visual: VisualInputs) -> torch.Tensor:
+    """1-D prompt ids with each ``<image>`` placeholder (-200, ``llava.preprocess.tokenize_prompt``) replaced by
+    its run of ``config.image_token_id`` tokens: the ids the checkpoint's processor makes for the same prompt,
+    which ``generate`` takes as any Hugging Face model's."""
+    if not len(visual):
+        return ids
+    tower = model.get_vision_tower()
+    token_id = model.config.image_token_id
+    if token_id is None:
+        raise ValueError(
+            "this checkpoint has no image_token_id (it predates the processor): re-save it in the new layout "
+            "(python -m llava.model.resave OLD NEW)"
+        )
+    layout = VisualLayout.from_config(model.config, tower.config.patch_size)
+    return torch.tensor(expand_placeholders(ids.tolist(), visual.placeholder_tokens(layout), token_id),
+                        dtype=torch.long)
 
 
 @contextmanager
@@ -102,14 +121,14 @@ def generate_batch(model, tokenizer, prompts: Sequence[Prompt], template: str | 
     ``do_sample``, ``temperature``, ``top_p``, ``num_beams``, ...).
     """
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    ids, mask = _left_padded([p[0] for p in prompts], pad_id)
+    ids, mask = _left_padded([expand_prompt(model, ids, visual) for ids, visual in prompts], pad_id)
     visual = VisualInputs.concat(p[1] for p in prompts).to(model.device)
     stop = StopRule.of(template, tokenizer)
-    kwargs = dict(pad_token_id=pad_id, **stop.generate_kwargs(tokenizer), **generate_kwargs)
-    with left_padding(model), torch.inference_mode():
+    kwargs = dict(pad_token_id=pad_id, **stop.generate_kwargs(tokenizer, ids), **generate_kwargs)
+    with torch.inference_mode():
         output = model.generate(ids.to(model.device), attention_mask=mask.to(model.device), **kwargs,
                                 **visual.model_kwargs())
-    return [stop.cut(tokenizer.decode(row, skip_special_tokens=True)).strip() for row in output]
+    return [stop.cut(tokenizer.decode(row[ids.shape[1]:], skip_special_tokens=True)).strip() for row in output]
 
 
 def continuation_logprobs(
@@ -142,4 +161,7 @@ def continuation_logprobs(
     return results
 
 
-__all__ = ["GREEDY_BELOW", "Prompt", "StopRule", "continuation_logprobs", "generate_batch", "left_padding", "sampling_kwargs"]
+__all__ = [
+    "GREEDY_BELOW", "Prompt", "StopRule", "continuation_logprobs", "expand_prompt", "generate_batch", "left_padding",
+    "sampling_kwargs",
+]

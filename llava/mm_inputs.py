@@ -24,7 +24,7 @@ mosaic (``N``), as Stage-2 records and the upstream code lay them out:
 
 Video and codec entries keep the image processor's ``pixel_values_videos`` layout end to end
 (it is also the encoder's). ``image_sizes`` are ``(width, height)``, the convention stated in
-``llava.mm_utils``. Videos encoded here use the LLaVA codec configuration (``cv_reader.LLAVA_CODEC``)
+``llava.model.image_processing_llava``. Videos encoded here use the LLaVA codec configuration (``cv_reader.LLAVA_CODEC``)
 unless :class:`VideoOptions` says otherwise; a Stage-2 pack is data, read at its own canvas, frames
 and mosaic count whatever the configuration (``codec_pack``), and every codec input is checked
 against the encoder: its patch size and its temporal RoPE grid. ``token_count`` says how many
@@ -42,7 +42,6 @@ subclass naming the file and the problem.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -69,17 +68,10 @@ from cv_reader import (
 from PIL import Image
 
 from .constants import DEFAULT_IMAGE_TOKEN
-from .mm_utils import (
-    anyres_tile_size,
-    get_anyres_image_grid_shape,
-    parse_anyres_max,
-    parse_grid_pinpoints,
-    process_images,
-    select_best_resolution,
-    unpad_image,
-)
-from .model.llava_arch import placeholder_count
-from .model.multimodal_encoder.tower import grid_positions, temporal_slots
+from .model.image_processing_llava import process_images
+from .model.modeling_llava import placeholder_count
+from .model.modeling_llava_vision import grid_positions, temporal_slots
+from .model.processing_llava import VisualLayout
 from .video_io import VideoFrames, VideoTiming, codec_timing, load_codec_inputs, load_video_frames
 
 VIDEO_MODES = ("codec", "frames")
@@ -110,6 +102,12 @@ class VisualInputs:
     @property
     def num_placeholders(self) -> int:
         return sum(self.placeholder_counts)
+
+    def placeholder_tokens(self, layout: VisualLayout) -> list[int]:
+        """Visual tokens of each placeholder, in order (``layout``: the model's, ``VisualLayout.from_config``)."""
+        return [n for entry, modality, size, positions in zip(self.images, self.modalities, self.image_sizes,
+                                                              self.patch_positions)
+                for n in layout.placeholder_tokens(tuple(entry.shape), modality, size, positions)]
 
     def placeholder_text(self, separator: str = "\n") -> str:
         """The ``<image>`` placeholders these inputs need in a prompt, e.g. ``"<image>\\n<image>"``."""
@@ -198,6 +196,7 @@ class VisualProcessor:
             video_options["mode"] = video_options.pop("video_mode")
         self.image_processor = image_processor
         self.config = model_config
+        self.layout = VisualLayout.from_config(model_config, image_processor.patch_size)
         self.video_options = video or VideoOptions(**video_options)
 
     # ------------------------------------------------------------------ dispatch
@@ -355,89 +354,32 @@ class VisualProcessor:
 
     # ------------------------------------------------------------------ lengths in tokens
     def token_count(self, visual: VisualInputs) -> int:
-        """Tokens the model splices in for all of ``visual``'s placeholders, from shapes (and a codec
-        input's positions, for a merging projector) alone: nothing is encoded.
-
-        These are the model's arrangement rules (``llava.model.llava_arch``: one token per patch, a
-        ``spatial_merge`` projector's groups, video pooling, anyres tiles unpadded with a newline per
-        row, the one-token newline); ``tests/test_sample_lengths.py`` holds this count equal to the
-        model's for every kind of input and arrangement.
-        """
-        return sum(
-            self.entry_tokens(tuple(entry.shape), modality, size, positions)
-            for entry, modality, size, positions in zip(
-                visual.images, visual.modalities, visual.image_sizes, visual.patch_positions
-            )
-        )
+        """Tokens the model makes for all of ``visual``'s placeholders, from shapes (and a codec input's
+        positions, for a merging projector) alone: nothing is encoded. The count is the processor's
+        (``VisualLayout.tokens``, the one definition); ``tests/test_sample_lengths.py`` holds it equal to
+        the model's for every kind of input and arrangement."""
+        return sum(self.layout.tokens(tuple(entry.shape), modality, size, positions) for entry, modality, size, positions
+                   in zip(visual.images, visual.modalities, visual.image_sizes, visual.patch_positions))
 
     def entry_tokens(
         self, shape: Sequence[int], modality: str, image_size: tuple[int, int] | None = None, positions=None
     ) -> int:
-        """Tokens of one entry of ``shape`` (see :meth:`token_count`). A ``codec`` entry without
-        ``positions`` (a pack not read yet) is counted as if every mosaic were one frame, which is exact
-        unless the projector merges tokens."""
-        config, patch = self.config, self.image_processor.patch_size
-        merge = int(config.mm_spatial_merge_size) if config.mm_projector_type == "spatial_merge" else 1
-        unpad = "unpad" in (config.mm_patch_merge_type or "")
-        newline = int(unpad and (modality == "image" or config.mm_newline_position == "one_token"))
-
-        def grid(height: int, width: int) -> tuple[int, int]:  # a frame's token grid after the projector
-            return -(-(height // patch) // merge), -(-(width // patch) // merge)
-
-        if modality == "image" and len(shape) == 3:
-            rows, cols = grid(shape[1], shape[2])
-            return rows * cols + newline
-        if modality == "image":  # anyres: [1 + tiles, C, tile, tile]
-            rows, cols = grid(shape[2], shape[3])
-            if shape[0] == 1 or not unpad:
-                return shape[0] * rows * cols + newline
-            tiles_w, tiles_h = get_anyres_image_grid_shape(image_size, config.image_grid_pinpoints, shape[-1])
-            kept = unpad_image(torch.empty(0, tiles_h * rows, tiles_w * cols), image_size).shape[1:]
-            kept_rows, kept_cols = int(kept[0]), int(kept[1])
-            max_tiles = parse_anyres_max(config.image_aspect_ratio)
-            if max_tiles:
-                scale = math.sqrt(kept_rows * kept_cols / (max_tiles * rows * cols))
-                if scale > 1.1:
-                    kept_rows, kept_cols = int(kept_rows / scale), int(kept_cols / scale)
-            return rows * cols + kept_rows * (kept_cols + 1)
-        frames = shape[1]
-        rows, cols = grid(shape[2], shape[3])
-        if modality == "video":
-            stride = config.mm_spatial_pool_stride
-            if stride and stride != 1:
-                rows, cols = -(-rows // stride), -(-cols // stride)
-            return frames * rows * cols + newline
-        if positions is None or merge == 1:
-            return (frames * rows * cols if positions is None else len(positions)) + newline
-        positions = torch.as_tensor(positions)
-        groups = torch.stack((positions[:, 0], positions[:, 1] // merge, positions[:, 2] // merge), -1)
-        return int(torch.unique(groups, dim=0).shape[0]) + newline
+        """Tokens of one entry of ``shape`` (``VisualLayout.tokens``)."""
+        return self.layout.tokens(shape, modality, image_size, positions)
 
     def image_shape(self, size: tuple[int, int]) -> tuple[int, ...]:
-        """The shape of :meth:`image`'s entry for an image of ``size`` = ``(width, height)``, without its
-        pixels (``llava.mm_utils.process_images``: native resolution, ``pad`` or ``anyres`` tiles)."""
-        width, height = size
-        aspect = getattr(self.config, "image_aspect_ratio", None)
-        processor = self.image_processor
-        if aspect == "anyres" or parse_anyres_max(aspect) is not None:
-            tile = anyres_tile_size(processor, self.config)
-            best_w, best_h = select_best_resolution(
-                size, parse_grid_pinpoints(self.config.image_grid_pinpoints, tile)
-            )
-            return (1 + (best_w // tile) * (best_h // tile), 3, tile, tile)
-        if aspect == "pad":
-            height = width = max(width, height)
-        return (3, *processor.target_size(height, width))
+        """The shape of :meth:`image`'s entry for an image of ``size`` = ``(width, height)``, without its pixels."""
+        return self.layout.image_shape(size, self.image_processor)
 
 
 __all__ = [
     "VIDEO_MODES",
-    "PackGeometry",
     "CodecInputError",
     "ImageReadError",
     "MediaError",
-    "VideoReadError",
+    "PackGeometry",
     "VideoOptions",
+    "VideoReadError",
     "VisualInputs",
     "VisualProcessor",
     "codec_options",

@@ -20,7 +20,7 @@ from transformers import PreTrainedTokenizerFast
 
 from .conversation import Conversation, get_conv_template
 
-SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|image_pad|>")
 THINK_TOKENS = ("<think>", "</think>")
 TINY_VOCAB_SIZE = 512
 MODEL_MAX_LENGTH = 2048

@@ -5,8 +5,8 @@ Everything video goes through one path:
 * opening and probing a file: ``cv_reader.probe`` (codec, size, frame count, fps, keyframes);
 * errors: ``cv_reader``'s hierarchy, whose base :class:`MediaError` the chat CLI, the
   dataset and the server catch; each error names the file and the problem;
-* frame sampling: ``cv_reader.sample_frame_ids_uniform`` (the one uniform sampler), with
-  LLaVA-NeXT's ``frames_upbound`` / ``fps`` / ``force_sample`` rules on top;
+* frame sampling: ``llava.model.video_utils_llava.sample_frame_indices`` (LLaVA-NeXT's ``frames_upbound`` /
+  ``fps`` / ``force_sample`` rules over the uniform sampler; the checkpoint processor's, the same here);
 * decoding: ``cv_reader.read_frames`` decodes only the wanted frames' GOP segments, so memory
   is bounded by the frames returned, not by the video's length;
 * codec inputs: one result type, :class:`CodecPatches`, computed online by
@@ -34,10 +34,10 @@ from cv_reader import (
     VideoReadError,
     codec_patchify,
     probe,
-    read_frames,
     read_pack,
-    sample_frame_ids_uniform,
 )
+
+from .model.video_utils_llava import read_video_frames, sample_frame_indices
 
 #: The codec parameters a pack has its own values of: they apply to videos encoded online only.
 PACK_OWN = ("square_size", "sequence_length", "keep_frames_equiv")
@@ -86,63 +86,26 @@ class VideoFrames:
         return self.timing.frame_time_str()
 
 
-def sample_frame_indices(
-    total_frames: int,
-    avg_fps: float,
-    frames_upbound: int | None = 32,
-    fps: float | None = None,
-    force_sample: bool = False,
-) -> np.ndarray:
-    """Which frames to keep (LLaVA-NeXT semantics).
-
-    Without ``fps``: every frame if there are at most ``frames_upbound``, else ``frames_upbound``
-    spread uniformly from the first to the last frame. With ``fps``: one frame every
-    ``round(avg_fps / fps)`` frames, falling back to the uniform ``frames_upbound`` when that
-    gives too many. ``force_sample`` always returns exactly ``frames_upbound`` uniform indices
-    (repeating frames of a short video).
-    """
-    if total_frames < 1:
-        raise ValueError(f"total_frames must be >= 1, got {total_frames}")
-    if frames_upbound is not None and frames_upbound < 1:
-        raise ValueError(f"frames_upbound must be >= 1 or None, got {frames_upbound}")
-    if fps is not None and not fps > 0:
-        raise ValueError(f"fps must be > 0, got {fps}")
-    if force_sample and frames_upbound is None:
-        raise ValueError("force_sample=True needs a frames_upbound")
-    if fps is not None:
-        step = max(1, round(avg_fps / fps))
-        indices = np.arange(0, total_frames, step, dtype=np.int64)
-    else:
-        indices = np.arange(total_frames, dtype=np.int64)
-    if frames_upbound is not None and (force_sample or len(indices) > frames_upbound):
-        indices = np.asarray(sample_frame_ids_uniform(total_frames, frames_upbound), dtype=np.int64)
-    return indices
-
-
 def load_video_frames(
     path: str | os.PathLike,
     frames_upbound: int | None = 32,
     fps: float | None = None,
     force_sample: bool = False,
-    threads: int = 0,
 ) -> VideoFrames:
-    """Decode the sampled frames of a video as upright RGB uint8 (see :func:`sample_frame_indices`).
+    """Decode the sampled frames of a video as upright RGB uint8 (``sample_frame_indices``: LLaVA-NeXT's rules).
 
-    Raises :class:`VideoReadError` (a :class:`MediaError`) naming the file for anything that
-    is not a readable video.
+    The frames are the checkpoint processor's (``llava.model.video_utils_llava.read_video_frames``, here
+    through ``cv_reader``), so the project and a checkpoint folder read a video the same way. Raises
+    :class:`VideoReadError` (a :class:`MediaError`) naming the file for anything that is not a readable video.
     """
-    index = probe(path)
-    if not index.fps > 0:
-        raise VideoReadError(path, "the video stream declares no frame rate")
-    indices = sample_frame_indices(index.num_frames, index.fps, frames_upbound, fps, force_sample)
-    frames = read_frames(path, indices, threads=threads, index=index)
+    clip = read_video_frames(path, frames_upbound, fps, force_sample)
     return VideoFrames(
-        frames=frames,
-        frame_indices=indices,
-        frame_times=indices / index.fps,
-        duration=index.num_frames / index.fps,
-        fps=float(index.fps),
-        total_frames=int(index.num_frames),
+        frames=clip.frames,
+        frame_indices=clip.frame_indices,
+        frame_times=clip.frame_indices / clip.avg_fps,
+        duration=clip.total_frames / clip.avg_fps,
+        fps=clip.avg_fps,
+        total_frames=clip.total_frames,
     )
 
 

@@ -3,6 +3,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh dev
+# tests/test_plain_transformers.py loads checkpoints in a venv without the project.
+bash scripts/setup_plain_env.sh
+export LLAVA_PLAIN_PYTHON="$PWD/${PLAIN_VENV:-.venv-plain}/bin/python"
 # tests/test_chat_page.py drives the chat page in a real headless Chromium (Debian's packages).
 if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
   SUDO=""

@@ -66,7 +66,8 @@ def test_streamed_answer_is_the_models_greedy_answer(checkpoint, image_file, mon
     import torch
 
     from llava.conversation import get_conv_template
-    from llava.mm_utils import process_images, tokenizer_image_token
+    from llava.mm_utils import tokenizer_image_token
+    from llava.model.image_processing_llava import process_images
     from llava.model.builder import load_pretrained_model
 
     tokenizer, model, processor, _ = load_pretrained_model(str(checkpoint), torch_dtype=torch.float32)

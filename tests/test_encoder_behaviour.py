@@ -10,7 +10,7 @@ import pytest
 import torch
 from encoder_utils import tiny_encoder
 
-from llava.model.multimodal_encoder import modeling_onevision_encoder as modeling
+from llava.model import modeling_onevision_encoder as modeling
 
 ATOL = 1e-5
 

@@ -10,7 +10,7 @@ from encoder_utils import tiny_encoder
 from PIL import Image
 
 from llava.model import OneVisionEncoderImageProcessor
-from llava.model.multimodal_encoder.image_processing_onevision_encoder import (
+from llava.model.image_processing_onevision_encoder import (
     CLIP_MEAN,
     CLIP_STD,
     fit_to_patch_grid,

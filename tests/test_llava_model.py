@@ -12,6 +12,7 @@ from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from llava.conversation import get_conv_template
 from llava.model.builder import load_pretrained_model
 from llava.model.tiny import TINY_ENCODER, build_tiny_model, save_tiny_checkpoint
+from llava.model.weights import load_projector_weights
 from llava.preprocess import tokenize_conversation
 
 PATCH = TINY_ENCODER["patch_size"]
@@ -168,7 +169,7 @@ def test_bad_conversation_is_named(tiny):
 @pytest.mark.parametrize("kind", ["image", "video", "codec"])
 def test_spliced_token_count_equals_encoder_output(tiny, kind):
     """Each placeholder gets its tokens: the whole input, or (codec) one mosaic's patches each."""
-    from llava.model.llava_arch import placeholder_count
+    from llava.model.modeling_llava import placeholder_count
 
     tokenizer, model = tiny
     entry, modality, positions, expected = visual(kind)
@@ -368,7 +369,29 @@ def test_generate_stops_at_im_end(tiny):
                              sequence_bias={(first, im_end): 100.0})
     assert stopped[0].tolist() == [first, im_end]
     text_only = model.generate(ids[None][:, :3], max_new_tokens=3, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-    assert text_only.shape == (1, 3)
+    assert text_only.shape == (1, 6) and text_only[0, :3].tolist() == ids[:3].tolist()  # Hugging Face's form
+
+
+def test_an_expanded_prompt_generates_what_the_placeholder_prompt_does(tiny):
+    """Hugging Face's form (one image token per visual token, the processor's) and LLaVA-NeXT's (one -200 per
+    ``<image>``) are the same prompt: the same new tokens, for every kind of visual input."""
+    from llava.model.processing_llava import VisualLayout, expand_placeholders
+
+    tokenizer, model = tiny
+    layout = VisualLayout.from_config(model.config, TINY_ENCODER["patch_size"])
+    for kind in ("image", "video", "codec"):
+        entry, modality, positions, _ = visual(kind)
+        size = (entry.shape[-1], entry.shape[-2])
+        placeholders = "<image>\n" * layout.placeholders(tuple(entry.shape), modality)
+        ids = prompt_ids(tokenizer, f"<|im_start|>user\n{placeholders}hi<|im_end|>\n<|im_start|>assistant\n")
+        kwargs = dict(images=[entry], modalities=[modality], image_sizes=[size], patch_positions=[positions],
+                      max_new_tokens=5, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+        legacy = model.generate(ids[None], **kwargs)
+        runs = layout.placeholder_tokens(tuple(entry.shape), modality, size, positions)
+        expanded = torch.tensor([expand_placeholders(ids.tolist(), runs, model.config.image_token_id)])
+        output = model.generate(expanded, **kwargs)
+        assert output[0, : expanded.shape[1]].tolist() == expanded[0].tolist()
+        assert output[0, expanded.shape[1]:].tolist() == legacy[0].tolist(), kind
 
 
 def test_attach_a_pretrained_encoder_to_a_text_only_model(tmp_path):
@@ -389,10 +412,9 @@ def test_attach_a_pretrained_encoder_to_a_text_only_model(tmp_path):
     model = LlavaQwenForCausalLM(LlavaQwenConfig(**text_config))
     assert model.get_vision_tower() is None
     model.load_state_dict(reference.state_dict(), strict=False)
-    model.get_model().initialize_vision_modules(
-        str(encoder_dir), mm_projector_type="mlp2x_gelu", mm_vision_select_layer=-2,
-        pretrain_mm_mlp_adapter=str(projector_file),
-    )
+    model.get_model().initialize_vision_modules(str(encoder_dir), mm_projector_type="mlp2x_gelu",
+                                                mm_vision_select_layer=-2)
+    load_projector_weights(model, projector_file)
     assert model.config.mm_hidden_size == reference.config.mm_hidden_size
     torch.testing.assert_close(logits_for(model.eval(), tokenizer), logits_for(reference, tokenizer))
 
@@ -512,22 +534,45 @@ def test_upstream_checkpoint_with_a_hub_id_in_the_local_cache(tmp_path, monkeypa
         load_pretrained_model(str(path), torch_dtype=torch.float32)
 
 
-def test_a_language_model_family_is_one_definition(tmp_path):
-    """Adding a family (here Llama) is one call; the result trains, saves and loads like the Qwen ones."""
+def test_a_language_model_family_is_explicit_classes_and_one_record(tmp_path):
+    """Adding a family (here Llama) is its explicit classes and one ``register_llava_lm`` call; the result
+    trains, saves and loads like the Qwen ones."""
+    from torch import nn
     from transformers import LlamaConfig, LlamaForCausalLM, LlamaModel
 
-    from llava.model.language_model import LLAVA_LMS, define_llava_lm
+    from llava.model.configuration_llava import LlavaConfigMixin
+    from llava.model.families import LLAVA_LMS, LlavaLM, register_llava_lm
+    from llava.model.modeling_llava import LlavaMetaForCausalLM, LlavaMetaModel, MultimodalCausalLMMixin
 
-    lm = define_llava_lm("llama_test", "llava_llama_test", "LlavaLlamaTest", LlamaConfig, LlamaModel,
-                         LlamaForCausalLM, "qwen_1_5", __name__)
+    class LlavaLlamaTestConfig(LlavaConfigMixin, LlamaConfig):
+        model_type = "llava_llama_test"
+
+    class LlavaLlamaTestModel(LlavaMetaModel, LlamaModel):
+        config_class = LlavaLlamaTestConfig
+
+    class LlavaLlamaTestForCausalLM(MultimodalCausalLMMixin, LlamaForCausalLM, LlavaMetaForCausalLM):
+        config_class = LlavaLlamaTestConfig
+
+        def __init__(self, config):
+            super(LlamaForCausalLM, self).__init__(config)
+            self.model = LlavaLlamaTestModel(config)
+            self.vocab_size = config.vocab_size
+            self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+            self.post_init()
+
+        def get_model(self):
+            return self.model
+
+    lm = register_llava_lm(LlavaLM("llama_test", LlavaLlamaTestConfig, LlavaLlamaTestModel,
+                                   LlavaLlamaTestForCausalLM, "qwen_1_5", "llama", "test_llava_model.py"))
     try:
-        assert LLAVA_LMS["llama_test"] is lm and lm.causal_lm_class.__name__ == "LlavaLlamaTestForCausalLM"
         tokenizer, model, _ = build_tiny_model("llama_test", seed=2)
         out = run(model, [prompt_ids(tokenizer, "<image>\nwhat is this?")], [[("image", 0)]])
         assert torch.isfinite(out.loss)
-        path = save_tiny_checkpoint(tmp_path / "llama", llm="llama_test", seed=2)
-        _, loaded, _, _ = load_pretrained_model(str(path), torch_dtype=torch.float32)
-        assert type(loaded) is lm.causal_lm_class
+        model.save_pretrained(tmp_path / "llama")
+        tokenizer.save_pretrained(tmp_path / "llama")
+        _, loaded, _, _ = load_pretrained_model(str(tmp_path / "llama"), torch_dtype=torch.float32)
+        assert type(loaded) is LlavaLlamaTestForCausalLM
         torch.testing.assert_close(logits_for(loaded, tokenizer), logits_for(model, tokenizer), rtol=0, atol=0)
     finally:
         LLAVA_LMS.pop("llama_test")

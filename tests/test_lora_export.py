@@ -154,10 +154,11 @@ def test_a_failed_export_leaves_nothing_behind(lora, tmp_path, monkeypatch):
     path, llm, _ = lora
     out = tmp_path / "merged"
 
-    def broken(*args, **kwargs):
+    def broken(staging, *args, **kwargs):
+        (staging / "model.safetensors").write_bytes(b"half")  # a crash midway through the files
         raise OSError("disk full")
 
-    monkeypatch.setattr(export, "_write_checkpoint", broken)
+    monkeypatch.setattr(export, "write_checkpoint", broken)
     with pytest.raises(OSError, match="disk full"):
         export.export_lora(path, out, model_base=llm)
     assert list(tmp_path.iterdir()) == []

@@ -11,7 +11,9 @@ import torch
 from PIL import Image
 from train_helpers import sharpened
 
+from llava.constants import IMAGE_TOKEN_INDEX
 from llava.conversation import get_conv_template
+from llava.generation import expand_prompt
 from llava.mm_inputs import (
     CodecInputError,
     ImageReadError,
@@ -20,7 +22,8 @@ from llava.mm_inputs import (
     VisualInputs,
     VisualProcessor,
 )
-from llava.mm_utils import process_images, tokenizer_image_token
+from llava.mm_utils import tokenizer_image_token
+from llava.model.image_processing_llava import process_images
 from llava.model.tiny import TINY_ENCODER, build_tiny_model
 from llava.sample_data import sample_video_path
 from llava.video_io import LLAVA_CODEC
@@ -58,15 +61,26 @@ def prompt(tokenizer, placeholders: int) -> torch.Tensor:
 
 
 def generate(model, tokenizer, ids_list, kwargs):
-    """Greedy answers of a left-padded batch (one prompt per row)."""
-    longest = max(len(ids) for ids in ids_list)
-    batch = torch.full((len(ids_list), longest), tokenizer.pad_token_id)
+    """Greedy new tokens of a left-padded batch (one prompt per row), each prompt expanded as the entry points
+    expand it (``llava.generation.expand_prompt``: its placeholders' visual inputs, in order)."""
+    entries = VisualInputs(**kwargs) if kwargs else VisualInputs()
+    counts, expanded, start = entries.placeholder_counts, [], 0
+    for ids in ids_list:
+        wanted, stop = int((ids == IMAGE_TOKEN_INDEX).sum()), start
+        while wanted > 0:
+            wanted, stop = wanted - counts[stop], stop + 1
+        own = VisualInputs(*(getattr(entries, f)[start:stop] for f in ("images", "modalities", "image_sizes",
+                                                                         "patch_positions")))
+        expanded.append(expand_prompt(model, ids, own))
+        start = stop
+    longest = max(len(ids) for ids in expanded)
+    batch = torch.full((len(expanded), longest), tokenizer.pad_token_id)
     mask = torch.zeros_like(batch)
-    for row, ids in enumerate(ids_list):
+    for row, ids in enumerate(expanded):
         batch[row, longest - len(ids):], mask[row, longest - len(ids):] = ids, 1
     out = model.generate(batch, attention_mask=mask, max_new_tokens=5, do_sample=False,
                          pad_token_id=tokenizer.pad_token_id, **kwargs)
-    return out.tolist()
+    return out[:, longest:].tolist()
 
 
 def decode_uniform_frames(path, count: int) -> list[np.ndarray]:

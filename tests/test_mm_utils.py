@@ -12,22 +12,20 @@ from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
 from llava.constants import IMAGE_TOKEN_INDEX
-from llava.mm_utils import (
-    KeywordsStoppingCriteria,
+from llava.mm_utils import KeywordsStoppingCriteria, get_model_name_from_path, tokenizer_image_token
+from llava.model import OneVisionEncoderImageProcessor
+from llava.model.image_processing_llava import (
     divide_to_patches,
     expand2square,
     get_anyres_image_grid_shape,
-    get_model_name_from_path,
     parse_anyres_max,
     parse_grid_pinpoints,
     process_anyres_image,
     process_images,
     resize_and_pad_image,
     select_best_resolution,
-    tokenizer_image_token,
     unpad_image,
 )
-from llava.model import OneVisionEncoderImageProcessor
 from llava.tokenizer_utils import build_tiny_qwen_tokenizer
 
 

@@ -37,7 +37,7 @@ def test_special_tokens_and_config_like_qwen2(saved):
     base = tokenizer.vocab_size
     assert 400 <= base <= 600
     ids = tokenizer.convert_tokens_to_ids(list(SPECIAL_TOKENS + THINK_TOKENS))
-    assert ids == list(range(base, base + 5)), "added tokens follow the regular vocabulary, as in Qwen2"
+    assert ids == list(range(base, base + len(ids))), "added tokens follow the regular vocabulary, as in Qwen2"
     for token, token_id in zip(SPECIAL_TOKENS + THINK_TOKENS, ids):
         assert tokenizer(token, add_special_tokens=False).input_ids == [token_id]
         assert tokenizer(f"a{token}b", add_special_tokens=False).input_ids.count(token_id) == 1
@@ -135,14 +135,16 @@ def test_enable_thinking_can_be_passed_explicitly(name):
             assert render(tokenizer, conv, enable_thinking=thinking) == conv.get_prompt(), (thinking, turns)
 
 
-def test_multimodal_content_parts_render_the_image_placeholder(per_template):
+def test_multimodal_content_parts_render_the_placeholders_as_trained(per_template):
+    """An image part is ``<image>\\n`` (the line training puts it on), a video part ``<video>\\n``."""
     name, tokenizer = per_template
-    conv = chat(name, "<image>\nWhat is this?", None)
-    messages = conv.to_messages()
-    user = next(m for m in messages if m["role"] == "user")
-    user["content"] = [{"type": "image"}, {"type": "text", "text": "\nWhat is this?"}]
-    rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    assert rendered == conv.get_prompt()
+    for part, placeholder in (("image", "<image>"), ("video", "<video>")):
+        conv = chat(name, f"{placeholder}\nWhat is this?", None)
+        messages = conv.to_messages()
+        user = next(m for m in messages if m["role"] == "user")
+        user["content"] = [{"type": part}, {"type": "text", "text": "What is this?"}]
+        rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        assert rendered == conv.get_prompt()
 
 
 def test_assistant_tokens_mask_equals_the_training_labels(per_template):

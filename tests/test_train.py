@@ -378,6 +378,13 @@ def test_every_checkpoint_kind_loads_with_the_trained_models_logits(start, recor
             torch.testing.assert_close(_logits(loaded, tokenizer, records), expected, atol=1e-5, rtol=1e-5)
     else:
         assert {"model.safetensors", "preprocessor_config.json", "tokenizer.json"} <= files
+        # self-contained: the processor with the run's video settings, the model code, the model card
+        assert {"processor_config.json", "processing_llava.py", "modeling_llava_qwen.py", "README.md"} <= files
+        saved = json.loads((out / "processor_config.json").read_text())
+        assert saved["video"]["mode"] == "codec" and saved["video"]["codec"]["patch_size"] == 16
+        assert "AutoModelForImageTextToText" in json.loads((out / "config.json").read_text())["auto_map"]
+        card = (out / "README.md").read_text()
+        assert "--max_steps 2" in card and str(tmp_path) not in card
         _, loaded, _, _ = load_pretrained_model(str(out), torch_dtype=torch.float32)
     torch.testing.assert_close(_logits(loaded, tokenizer, records), expected, atol=1e-5, rtol=1e-5)
 

@@ -8,7 +8,7 @@ of lmms-eval is needed. Every visual lmms-eval hands over (PIL images, several i
 lists of frames) goes through the one input layer (``llava.mm_inputs``) with the checkpoint's image
 settings; prompts are rendered by the conversation template and tokenised as training tokenises them.
 
-Videos in ``video_mode=codec`` (the default) are read from precomputed codec assets when a
+Videos in ``video_mode=codec`` (the default when the checkpoint saved none) are read from precomputed codec assets when a
 ``codec_offline_root`` has them (``llava.eval.codec_assets``: upstream's and this project's layouts; each
 read at its own canvas, patch grid and mosaic count) and computed online by ``cv_reader`` otherwise (with
 ``codec_frames`` / ``codec_images`` / ``codec_canvas``); ``video_mode=frames`` samples ``max_frames``
@@ -20,7 +20,8 @@ model_args: ``pretrained`` (required), ``model_base`` (LoRA / projector-only che
 ``conv_template`` (default: the checkpoint's), ``device``, ``device_map``, ``torch_dtype``
 (``auto`` | ``float32`` | ``bfloat16`` | ``float16``), ``attn_implementation``, ``batch_size``,
 ``video_mode`` (``codec`` | ``frames``), ``max_frames``, ``codec_frames``, ``codec_images``,
-``codec_canvas``, ``codec_offline_root`` (one or more folders joined by ``:``).
+``codec_canvas`` (each not given: the checkpoint's saved setting, what it was trained with),
+``codec_offline_root`` (one or more folders joined by ``:``).
 """
 
 from __future__ import annotations
@@ -36,13 +37,13 @@ from lmms_eval.utils import Collator
 from tqdm import tqdm
 
 from ..chat import default_conv_template
+from ..cli_options import resolve_video_options
 from ..constants import DEFAULT_IMAGE_TOKEN
 from ..conversation import get_conv_template
 from ..generation import continuation_logprobs, generate_batch
-from ..mm_inputs import MediaError, VideoOptions, VisualInputs, VisualProcessor, codec_options, is_image_path
-from ..model.builder import load_pretrained_model
+from ..mm_inputs import MediaError, VisualInputs, VisualProcessor, is_image_path
+from ..model.builder import load_pretrained_model, saved_video_settings
 from ..preprocess import tokenize_prompt
-from ..video_io import LLAVA_CODEC
 from .codec_assets import CodecAssets, CodecAssetStats
 
 logger = logging.getLogger("llava.eval")
@@ -72,11 +73,11 @@ class LlavaOVEncoder(lmms):
         attn_implementation: str | None = None,
         batch_size: int | str = 1,
         max_batch_size: int | None = None,
-        video_mode: str = "codec",
-        max_frames: int = VideoOptions.frames_upbound,
-        codec_frames: int = LLAVA_CODEC.sequence_length,
-        codec_images: int = LLAVA_CODEC.keep_frames_equiv,
-        codec_canvas: int = LLAVA_CODEC.square_size,
+        video_mode: str | None = None,
+        max_frames: int | None = None,
+        codec_frames: int | None = None,
+        codec_images: int | None = None,
+        codec_canvas: int | None = None,
         codec_offline_root: str | None = None,
         max_new_tokens: int = 1024,
         **unknown,
@@ -110,10 +111,12 @@ class LlavaOVEncoder(lmms):
         self.model.eval()
         self.conv_template = conv_template or default_conv_template(self.model.config)
         get_conv_template(self.conv_template)  # an unknown name fails here, naming the known ones
-        patch = image_processor.patch_size
-        codec = codec_options(int(codec_frames), int(codec_images), int(codec_canvas), patch)
-        self.processor = VisualProcessor(image_processor, self.model.config,
-                                         VideoOptions(video_mode, int(max_frames), codec=codec))
+        # video options not given take the checkpoint's saved ones (what it was trained with)
+        video = resolve_video_options(
+            saved_video_settings(pretrained), image_processor.patch_size, video_mode,
+            *(None if value is None else int(value) for value in (max_frames, codec_frames, codec_images, codec_canvas)),
+        )
+        self.processor = VisualProcessor(image_processor, self.model.config, video)
         self.batch_size_per_gpu = int(batch_size)
         self.max_new_tokens = int(max_new_tokens)
         self.assets = CodecAssets(codec_offline_root)

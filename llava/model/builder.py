@@ -21,8 +21,9 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoTokenizer
 
-from .language_model import LLAVA_LMS, llava_lm_for_model_type
-from .multimodal_encoder import OneVisionEncoderImageProcessor
+from .families import LLAVA_LMS, llava_lm_for_model_type
+from .folder import ensure_image_token
+from .image_processing_onevision_encoder import OneVisionEncoderImageProcessor
 from .weights import (
     NON_LORA_FILES,
     PROJECTOR_FILES,
@@ -108,6 +109,8 @@ def load_pretrained_model(
         model = model_class.from_pretrained(str(path), **load_kwargs)
         tokenizer = _load_tokenizer(path)
     model.eval()
+    if model.config.image_token_id is None:  # written before the processor existed: give it the image token
+        ensure_image_token(tokenizer, model)
 
     image_processor = load_image_processor(path, base, model)
     context_len = model.config.tokenizer_model_max_length or model.config.max_position_embeddings
@@ -136,4 +139,17 @@ def load_image_processor(path: str | Path, base: str | Path | None, model) -> On
     return model.get_vision_tower().image_processor
 
 
-__all__ = ["load_image_processor", "load_pretrained_model"]
+def saved_video_settings(path: str | Path | None) -> dict:
+    """The video settings a checkpoint folder saved with its processor (``processor_config.json``'s ``video``:
+    the mode and sampling it was trained with); ``{}`` for folders written before the processor existed."""
+    config_file = Path(path) / "processor_config.json" if path is not None else None
+    if config_file is None or not config_file.is_file():
+        return {}
+    try:
+        video = json.loads(config_file.read_text()).get("video")
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{config_file} is not valid JSON: {error}") from None
+    return video if isinstance(video, dict) else {}
+
+
+__all__ = ["load_image_processor", "load_pretrained_model", "saved_video_settings"]

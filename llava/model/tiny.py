@@ -12,17 +12,16 @@ special tokens, ``preprocessor_config.json`` and ``generation_config.json``. It 
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from transformers import GenerationConfig
 
 from ..tokenizer_utils import build_tiny_qwen_tokenizer
-from .language_model import LLAVA_LMS, LlavaLM
-from .multimodal_encoder import OneVisionEncoderConfig, OneVisionEncoderImageProcessor
+from .configuration_onevision_encoder import OneVisionEncoderConfig
+from .families import LLAVA_LMS, LlavaLM
+from .folder import write_checkpoint, write_directory_atomically
+from .image_processing_onevision_encoder import OneVisionEncoderImageProcessor
 
 TINY_ENCODER = dict(
     hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, patch_size=16,
@@ -55,6 +54,8 @@ def tiny_llava_config(tokenizer, llm: str = "qwen2", **multimodal):
         bos_token_id=None,
         eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
         pad_token_id=tokenizer.pad_token_id,
+        image_token_id=tokenizer.convert_tokens_to_ids("<|image_pad|>"),
+        conv_template=_family(llm).conv_template,
         mm_vision_tower="tiny-ov-encoder",
         vision_config=encoder.to_dict(),
         mm_hidden_size=encoder.hidden_size,
@@ -86,41 +87,27 @@ def build_tiny_model(llm: str = "qwen2", seed: int = 0, **multimodal):
     return tokenizer, model, processor
 
 
-def _write_atomically(out: str | Path, write) -> Path:
-    """Run ``write(staging_dir)``, then rename the staging directory to ``out`` (refuses a non-empty ``out``)."""
-    out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"{out} exists and is not empty")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        write(staging)
-        if out.exists():
-            out.rmdir()
-        os.replace(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return out
-
-
 def _save_generation_config(config, directory: Path) -> None:
     GenerationConfig(eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id, max_new_tokens=64).save_pretrained(
         directory
     )
 
 
+def _refuse_non_empty(out: Path) -> Path:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FileExistsError(f"{out} exists and is not empty")
+    return out
+
+
 def save_tiny_checkpoint(out: str | Path, llm: str = "qwen2", seed: int = 0, **multimodal) -> Path:
-    """Write a loadable tiny LLaVA-OV checkpoint to ``out`` atomically (temp dir, then rename)."""
+    """Write a loadable, self-contained tiny LLaVA-OV checkpoint to ``out`` atomically (temp dir, then rename)."""
     tokenizer, model, processor = build_tiny_model(llm, seed, **multimodal)
-
-    def write(staging: Path) -> None:
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-        processor.save_pretrained(staging)
-        _save_generation_config(model.config, staging)
-
-    return _write_atomically(out, write)
+    model.generation_config = GenerationConfig(eos_token_id=model.config.eos_token_id,
+                                               pad_token_id=model.config.pad_token_id, max_new_tokens=64)
+    card = {"name": Path(out).name, "base_model": f"tiny random {llm}", "data": ["none (random weights)"]}
+    out = _refuse_non_empty(Path(out))
+    write_directory_atomically(out, lambda staging: write_checkpoint(staging, model, tokenizer, processor, card=card))
+    return out
 
 
 def save_tiny_parts(out: str | Path, llm: str = "qwen2", seed: int = 0) -> tuple[Path, Path]:
@@ -131,7 +118,7 @@ def save_tiny_parts(out: str | Path, llm: str = "qwen2", seed: int = 0) -> tuple
     """
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from .multimodal_encoder import OneVisionEncoderModel
+    from .modeling_onevision_encoder import OneVisionEncoderModel
 
     tokenizer = tiny_tokenizer(llm)
     family = _family(llm)
@@ -154,7 +141,8 @@ def save_tiny_parts(out: str | Path, llm: str = "qwen2", seed: int = 0) -> tuple
         encoder.save_pretrained(staging / "encoder")
         processor.save_pretrained(staging / "encoder")
 
-    out = _write_atomically(out, write)
+    out = _refuse_non_empty(Path(out))
+    write_directory_atomically(out, write)
     return out / "llm", out / "encoder"
 
 

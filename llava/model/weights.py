@@ -1,7 +1,8 @@
 """Loading weight files into a LLaVA model: projector-only, non-LoRA trainables, the tower's source.
 
-Why its own module: the model (``llava_arch``, when attaching a pre-trained projector) and the
-checkpoint loader (``builder``) both need it; neither imports the other. Every file is read
+Why its own module: the trainer (attaching a pre-trained projector, resuming) and the checkpoint
+loader (``builder``) both need it, and the model files that travel in checkpoint folders must not
+(they stay self-contained). Every file is read
 without unpickling code (safetensors, or ``torch.load(..., weights_only=True)``).
 """
 
@@ -63,7 +64,7 @@ def load_non_lora_trainables(model: nn.Module, path: str | Path) -> None:
 
 def load_tower_weights_from_source(model) -> None:
     """Fill the tower (built from its config only) with the weights of the encoder checkpoint it names."""
-    from .multimodal_encoder import OneVisionEncoderModel
+    from .modeling_onevision_encoder import OneVisionEncoderModel
 
     tower = model.get_vision_tower()
     source = tower.vision_tower_name

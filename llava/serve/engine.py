@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
-from ..generation import StopRule, sampling_kwargs
+from ..generation import StopRule, expand_prompt, sampling_kwargs
 from ..mm_inputs import VisualInputs
 from ..preprocess import tokenize_prompt
 
@@ -123,16 +123,17 @@ class ChatEngine:
         with self.lock:
             yield
 
-    def prompt_ids(self, conversation) -> torch.Tensor:
-        return tokenize_prompt(conversation, self.tokenizer)
+    def prompt_ids(self, conversation, visual: VisualInputs) -> torch.Tensor:
+        """The prompt's ids, each placeholder expanded into its visual tokens."""
+        return expand_prompt(self.model, tokenize_prompt(conversation, self.tokenizer), visual)
 
     def stream(self, conversation, visual: VisualInputs, sampling: Sampling, cancel: threading.Event,
                answer: Answer) -> Iterator[str]:
         """Yield the answer's text as it is generated (call inside :meth:`slot`); ``answer`` gets the
         counts and the finish reason when the iterator ends."""
-        ids = self.prompt_ids(conversation)[None].to(self.model.device)
+        ids = self.prompt_ids(conversation, visual)[None].to(self.model.device)
         visual = visual.to(self.model.device)
-        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=False, skip_special_tokens=True)
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         template_stop = StopRule.of(conversation, self.tokenizer)  # ends the answer as the template says
         stop_text = StopText([*sampling.stop, template_stop.text])
         kwargs = dict(
@@ -150,9 +151,8 @@ class ChatEngine:
 
         def run() -> None:
             try:
-                with torch.inference_mode(), _prefill_length(self.model) as prefill:
+                with torch.inference_mode():
                     result["output"] = self.model.generate(ids, **kwargs)
-                result["prompt_tokens"] = prefill[0] if prefill else int(ids.shape[1])
             except BaseException as error:  # surfaced to the caller below
                 result["error"] = error
                 streamer.end()
@@ -179,9 +179,9 @@ class ChatEngine:
             raise result["error"]
         if not cancel.is_set():
             self.answered += 1
-        generated = result["output"].sequences[0]
+        generated = result["output"].sequences[0, ids.shape[1]:]
         answer.text = stop_text.text.strip()
-        answer.prompt_tokens = result["prompt_tokens"]
+        answer.prompt_tokens = int(ids.shape[1])
         answer.completion_tokens = int((generated != self.tokenizer.pad_token_id).sum())
         hit_eos = bool(len(generated)) and int(generated[-1]) == template_stop.token_id
         long = not (stop_text.stopped or hit_eos) and answer.completion_tokens >= sampling.max_tokens
@@ -193,23 +193,6 @@ class ChatEngine:
         for _ in self.stream(conversation, visual, sampling, cancel, answer):
             pass
         return answer
-
-
-@contextmanager
-def _prefill_length(model):
-    """The sequence length of the language model's first forward (the prompt with its visual tokens)."""
-    seen: list[int] = []
-
-    def hook(module, args, kwargs):
-        embeds = kwargs.get("inputs_embeds")
-        if not seen and embeds is not None:
-            seen.append(int(embeds.shape[1]))
-
-    handle = model.get_model().register_forward_pre_hook(hook, with_kwargs=True)
-    try:
-        yield seen
-    finally:
-        handle.remove()
 
 
 __all__ = ["Answer", "Busy", "ChatEngine", "Sampling", "StopText"]

@@ -29,16 +29,15 @@ import argparse
 import importlib.util
 import json
 import os
-import shutil
 import sys
-import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from llava.model.builder import load_pretrained_model
+from llava.model.folder import ensure_image_token, write_checkpoint, write_directory_atomically
+from llava.model.resave import saved_or_default_video
 from llava.model.weights import PROJECTOR_FILES, find_file
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -133,58 +132,6 @@ def _saved_dtype(path: Path, dtype: str) -> torch.dtype:
     return DTYPES.get(str(recorded), torch.float32)
 
 
-def _write_checkpoint(folder: Path, model, tokenizer, image_processor) -> None:
-    """The files of a full checkpoint, as training saves one: weights + config (+ generation config),
-    tokenizer, image processor."""
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    image_processor.save_pretrained(folder)
-
-
-def _fsync_tree(folder: Path) -> None:
-    """Flush every file and folder under ``folder`` to disk, so the rename publishes complete files."""
-    for path in sorted(folder.rglob("*"), reverse=True):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_directory_atomically(out: Path, write: Callable[[Path], None]) -> None:
-    """Run ``write(staging)`` on a fresh folder beside ``out``, flush it to disk, then rename it to ``out``.
-
-    An existing ``out`` (the caller has checked it may go) is first renamed aside and removed only
-    after the new folder is in place; on any failure the staging folder is removed and ``out`` is
-    left as it was.
-    """
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=out.parent))
-    try:
-        write(staging)
-        _fsync_tree(staging)
-        if not out.exists():
-            os.replace(staging, out)
-            return
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        os.replace(out, old / out.name)
-        try:
-            os.replace(staging, out)
-        except BaseException:
-            os.replace(old / out.name, out)
-            shutil.rmtree(old, ignore_errors=True)
-            raise
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-
-
 def export_lora(
     model_path: str | os.PathLike,
     out: str | os.PathLike,
@@ -212,8 +159,10 @@ def export_lora(
     if leftover or hasattr(model, "peft_config"):
         raise RuntimeError(f"{path}: the adapter did not merge (parameters left: {leftover[:3]})")
     model = model.to(saved_dtype)
-    write_directory_atomically(out, lambda staging: _write_checkpoint(staging, model, tokenizer,
-                                                                      image_processor))
+    ensure_image_token(tokenizer, model)
+    video = saved_or_default_video(path, model.config, image_processor.patch_size)
+    write_directory_atomically(out, lambda staging: write_checkpoint(
+        staging, model, tokenizer, image_processor, video, {"name": out.name, "base_model": base.name}))
     parameters = sum(p.numel() for p in model.parameters())
     return Exported(out=out, model_base=base, base_from=base_from, dtype=saved_dtype, parameters=parameters)
 

@@ -15,8 +15,8 @@ import logging
 import torch
 from transformers import AutoConfig, AutoTokenizer
 
-from ..model.language_model import LLAVA_LMS, LlavaLM, llava_lm_for_llm, llava_lm_for_model_type
-from ..model.multimodal_encoder.tower import OVEncoderVisionTower
+from ..model.families import LLAVA_LMS, LlavaLM, llava_lm_for_llm, llava_lm_for_model_type
+from ..model.modeling_llava_vision import OVEncoderVisionTower
 from ..model.weights import load_projector_weights
 from .arguments import DataArguments, ModelArguments, TrainingArguments, parts_of
 
@@ -73,7 +73,7 @@ def _family_of_llm(model_type: str, class_name: str | None) -> LlavaLM:
         raise ValueError(
             f"--model_name_or_path is a {model_type!r} model; LLaVA families here build on "
             f"{sorted(lm.llm_model_type for lm in LLAVA_LMS.values())} "
-            "(add one with llava.model.language_model.define_llava_lm)"
+            "(add one: llava/model/families.py)"
         )
     return family
 
@@ -108,7 +108,7 @@ def build_model(model_args: ModelArguments, data_args: DataArguments, training_a
             load_projector_weights(model, model_args.pretrain_mm_mlp_adapter)
     else:
         family = _family_of_llm(config.model_type, model_args.model_class_name)
-        llava_config = family.config_class(**config.to_dict())
+        llava_config = family.config_class(**{k: v for k, v in config.to_dict().items() if k != "model_type"})
         model = family.causal_lm_class.from_pretrained(
             model_args.model_name_or_path, config=llava_config, **load
         )
@@ -128,8 +128,9 @@ def build_model(model_args: ModelArguments, data_args: DataArguments, training_a
             vision_attn_implementation=(
                 model_args.vision_attn_implementation or _tower_attention(training_args)
             ),
-            pretrain_mm_mlp_adapter=model_args.pretrain_mm_mlp_adapter,
         )
+        if model_args.pretrain_mm_mlp_adapter:
+            load_projector_weights(model, model_args.pretrain_mm_mlp_adapter)
         model.get_vision_tower().to(dtype=dtype)
     if model_args.vision_tower_pretrained:
         encoder = OVEncoderVisionTower(model_args.vision_tower_pretrained).vision_tower

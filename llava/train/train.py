@@ -24,6 +24,7 @@ from transformers.integrations import is_deepspeed_zero3_enabled
 
 import llava  # noqa: F401  (registers the LLaVA and OV-Encoder classes)
 from llava.model.builder import load_image_processor
+from llava.model.folder import ensure_image_token, video_settings
 from llava.train.arguments import DataArguments, ModelArguments, TrainingArguments, check_arguments
 from llava.train.checkpoints import IncompleteCheckpoint, check_resumable, newest_complete
 from llava.train.data import make_data_module
@@ -63,6 +64,7 @@ def setup(argv: list[str] | None = None) -> tuple[LLaVATrainer, dict]:
     try:
         tokenizer = build_tokenizer(model_args, training_args)
         model = build_model(model_args, data_args, training_args)
+        ensure_image_token(tokenizer, model)  # the token the processor expands each visual token into
     except (ValueError, OSError) as error:
         raise SetupError(f"cannot build the model: {error}") from error
     newline = getattr(model.get_model(), "image_newline", None)
@@ -90,7 +92,9 @@ def setup(argv: list[str] | None = None) -> tuple[LLaVATrainer, dict]:
     trainer = LLaVATrainer(
         model=model, args=training_args, processing_class=tokenizer, image_processor=image_processor,
         projector_only=only_projector, bad_record_limit=data_args.bad_record_limit,
-        malformed=dataset.malformed_count, **data,
+        malformed=dataset.malformed_count, folder=folder_facts(argv, model_args, data_args, training_args,
+                                                              llava_model.config, image_processor.patch_size),
+        **data,
     )
     if training_args.should_log:
         logger.info(
@@ -98,6 +102,23 @@ def setup(argv: list[str] | None = None) -> tuple[LLaVATrainer, dict]:
             len(dataset), dataset.malformed_count, ", ".join(f"{k} {v:,}" for k, v in trainable.items()),
         )
     return trainer, "projector" if only_projector else ("lora" if training_args.lora_enable else "full")
+
+
+def folder_facts(argv, model_args, data_args, training_args, config, patch_size: int) -> dict:
+    """What a saved checkpoint folder records beyond the weights: the video settings the model is trained
+    with (its processor reads videos the same way) and the model card's facts (names, never local paths)."""
+    video = video_settings(
+        config, patch_size, mode=data_args.video_mode, frames_upbound=data_args.frames_upbound,
+        fps=data_args.video_fps, force_sample=data_args.force_sample,
+        codec={"sequence_length": data_args.codec_frames, "keep_frames_equiv": data_args.codec_images,
+               "square_size": data_args.codec_canvas},
+    )
+    data = [Path(part).name for part in str(data_args.data_path or "").split(",") if part]
+    flags = [Path(arg).name if "/" in arg and not arg.startswith("--") else arg
+             for arg in (sys.argv[1:] if argv is None else argv)]
+    card = {"name": Path(training_args.output_dir).name, "base_model": Path(model_args.model_name_or_path).name,
+            "data": data, "flags": flags}
+    return {"video": video, "card": card}
 
 
 def train(argv: list[str] | None = None) -> dict:

@@ -40,6 +40,7 @@ from transformers.trainer import TRAINING_ARGS_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..constants import IGNORE_INDEX
+from ..model.folder import build_processor, save_folder
 from ..model.weights import (
     NON_LORA_FILES,
     PROJECTOR_FILES,
@@ -104,9 +105,10 @@ def decay_parameter_names(model: torch.nn.Module) -> set[str]:
 
 class LLaVATrainer(Trainer):
     def __init__(self, *args, image_processor=None, projector_only: bool = False,
-                 bad_record_limit: float = 0.1, malformed: int = 0, **kwargs):
+                 bad_record_limit: float = 0.1, malformed: int = 0, folder: dict | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.image_processor = image_processor
+        self.folder = folder  # video settings and model-card facts for self-contained checkpoints
         self.projector_only = projector_only
         self.bad_record_limit = bad_record_limit
         self.bad_seen: set[tuple[str, str]] = set()
@@ -304,6 +306,13 @@ class LLaVATrainer(Trainer):
                 self.processing_class.save_pretrained(output_dir)
             if self.image_processor is not None:
                 self.image_processor.save_pretrained(output_dir)
+            if self.folder is not None and not self.projector_only:
+                processor = build_processor(self.processing_class, self.image_processor, llava.config,
+                                            video=self.folder.get("video"))
+                if _is_peft(model):  # the video settings, for the merge (llava.train.export)
+                    processor.save_pretrained(output_dir)
+                else:  # processor, model code + auto_map, model card: the folder loads without this project
+                    save_folder(output_dir, llava.config, processor, self.folder.get("card"))
 
     def _save_projector(self, model, output_dir: str) -> None:
         keys = ("mm_projector", "image_newline")

@@ -1,8 +1,21 @@
-"""The multimodal mixins shared by the LLaVA language models.
+"""LLaVA-OV on any Hugging Face causal LM: what every language-model family shares.
 
 ``LlavaMetaModel`` is mixed into the base language model (it owns the OV-Encoder tower,
 the projector and the learned newline token); ``LlavaMetaForCausalLM`` into the causal-LM
-class (it turns ``<image>`` placeholders into visual features).
+class (it encodes the visual inputs and puts their features where the prompt says), with
+``MultimodalCausalLMMixin`` (``forward`` / ``generate`` with visual inputs). One file per family
+(``modeling_llava_qwen.py``, ``modeling_llava_qwen3.py``) puts them on that family's classes.
+
+Prompts reach the model in one of two forms:
+
+* **expanded** (Hugging Face's form, what ``LlavaOVProcessor`` returns): each visual token is one
+  ``config.image_token_id`` in ``input_ids``; ``forward`` scatters the features into those
+  positions, ``generate`` is the standard one (it returns prompt + new tokens, the visual inputs
+  go to the first step only);
+* **placeholders** (LLaVA-NeXT's form): one ``IMAGE_TOKEN_INDEX`` (-200) per ``<image>``;
+  ``forward`` splices the features in (the sequences grow), pads or packs the batch
+  (``pack_sequences``) and truncates it to ``tokenizer_model_max_length`` (never inside visual
+  tokens); ``generate`` returns only the new tokens, as LLaVA-NeXT's does.
 
 Visual inputs are a flat list ``images`` (one entry per ``<image>`` placeholder, in the
 order the placeholders appear across the batch) with a parallel list ``modalities``:
@@ -28,26 +41,28 @@ All visual inputs of a batch go through the encoder in **one** packed pass.
 
 from __future__ import annotations
 
+import inspect
 import math
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.utils import logging
 
-from ..constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
-from ..mm_utils import get_anyres_image_grid_shape, parse_anyres_max, unpad_image
-from .multimodal_encoder.modeling_onevision_encoder import OneVisionEncoderPoolingHead
-from .multimodal_encoder.tower import (
+from .configuration_llava import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from .image_processing_llava import get_anyres_image_grid_shape, parse_anyres_max, unpad_image
+from .modeling_llava_vision import (
     OVEncoderVisionTower,
     VisualPiece,
+    build_vision_projector,
     build_vision_tower,
     grid_positions,
     temporal_slots,
 )
-from .multimodal_projector import build_vision_projector
-from .weights import load_projector_weights
+from .modeling_onevision_encoder import OneVisionEncoderPoolingHead
 
 MODALITIES = ("image", "video", "codec")
 logger = logging.get_logger(__name__)
@@ -84,10 +99,8 @@ class LlavaMetaModel:
         """Attach a pretrained OV-Encoder and a fresh projector to a text-only model.
 
         ``options`` are LLaVA config keys (``mm_projector_type``, ``mm_vision_select_layer``,
-        ``mm_patch_merge_type``, ``image_aspect_ratio``, ...) written into the config, plus
-        ``pretrain_mm_mlp_adapter`` (a projector-only checkpoint to load).
+        ``mm_patch_merge_type``, ``image_aspect_ratio``, ...) written into the config.
         """
-        adapter = options.pop("pretrain_mm_mlp_adapter", None)
         config = self.config
         config.mm_vision_tower = vision_tower
         for key, value in options.items():
@@ -105,8 +118,6 @@ class LlavaMetaModel:
         if "unpad" in config.mm_patch_merge_type and not hasattr(self, "image_newline"):
             std = 1 / math.sqrt(config.hidden_size)
             self.image_newline = nn.Parameter(torch.randn(config.hidden_size, dtype=self.embed_tokens.weight.dtype) * std)
-        if adapter is not None:
-            load_projector_weights(self, adapter)
 
 
 def init_multimodal_weights(module: nn.Module, std: float) -> None:
@@ -360,14 +371,7 @@ class LlavaMetaForCausalLM(ABC):
         tower = self.get_vision_tower()
         has_visual = tower is not None and images is not None and len(images) > 0
         embedded = self.get_model().embed_tokens(input_ids.clamp(min=0))  # one call for the batch (ZeRO-3)
-        anchor = None
-        if tower is not None and self.training and not has_visual:
-            # Every rank must run the same modules, forward and backward (ZeRO-3 gathers each
-            # module's weights collectively; DDP wants a gradient for every trainable weight): a
-            # text-only batch runs the tower and projector on one blank patch and adds zero.
-            patch = tower.config.patch_size
-            blank = torch.zeros(tower.config.num_channels, patch, patch, dtype=tower.dtype, device=tower.device)
-            anchor = self.placeholder_features([blank], ["image"])[0].sum() * 0.0
+        anchor = self._text_only_anchor() if not has_visual else None
         visual = self.placeholder_features(images, modalities, image_sizes, patch_positions) if has_visual else []
         keep = attention_mask.bool() if attention_mask is not None else torch.ones_like(input_ids, dtype=torch.bool)
         if labels is None:
@@ -407,6 +411,20 @@ class LlavaMetaForCausalLM(ABC):
                 f"but the text has {next_visual} (per sample: {counts})"
             )
         return sequences, sequence_labels
+
+    def _text_only_anchor(self) -> torch.Tensor | None:
+        """Zero that depends on the tower and projector, for a training batch without visual inputs.
+
+        Every rank must run the same modules, forward and backward (ZeRO-3 gathers each module's
+        weights collectively; DDP wants a gradient for every trainable weight): a text-only batch runs
+        the tower and projector on one blank patch and adds zero. None outside training.
+        """
+        tower = self.get_vision_tower()
+        if tower is None or not self.training:
+            return None
+        patch = tower.config.patch_size
+        blank = torch.zeros(tower.config.num_channels, patch, patch, dtype=tower.dtype, device=tower.device)
+        return self.placeholder_features([blank], ["image"])[0].sum() * 0.0
 
     def _truncated_length(self, length: int, visual_end: int, sample: int) -> int:
         """``tokenizer_model_max_length``, or more when a sample's visual tokens alone reach past it."""
@@ -502,4 +520,178 @@ class LlavaMetaForCausalLM(ABC):
             past_key_values,
             embeds,
             labels if with_labels else None,
+        )
+
+
+# ============================================================== forward / generate
+@dataclass
+class LlavaCausalLMOutput(CausalLMOutputWithPast):
+    """The training output: the loss, no logits, and ``num_tokens`` (tokens the LM processed, padding excluded)."""
+
+    num_tokens: torch.Tensor | None = None
+
+
+class MultimodalCausalLMMixin:
+    """Put before the Hugging Face ``*ForCausalLM`` class in the bases.
+
+    ``forward(..., images, image_sizes, modalities, patch_positions)`` takes a prompt in either form
+    (module docstring). ``generate`` is Hugging Face's for expanded prompts and text; for a
+    LLaVA-NeXT prompt (``-200`` placeholders) it splices the features into the prompt's embeddings
+    and returns only the new tokens, as LLaVA-NeXT does.
+    """
+
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        init_multimodal_weights(module, self.config.initializer_range)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values=None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        images=None,
+        image_sizes=None,
+        modalities=None,
+        patch_positions=None,
+        logits_to_keep: int | torch.Tensor = 0,
+        pack_sequences: bool = False,
+        **kwargs,
+    ):
+        """Causal-LM forward with visual inputs, the prompt in either form (module docstring).
+
+        ``pack_sequences=True`` packs the placeholder-form samples of the batch into rows of at most
+        ``tokenizer_model_max_length`` tokens, each sample attending only to itself (training).
+        In training mode with ``labels`` the LM head runs only on the positions that carry a
+        label and ``logits`` is None: a codec video's 10,368 visual tokens and the prompt never
+        get full-vocabulary logits. The loss is the same as the full computation (the mean over
+        supervised tokens, or their sum / ``num_items_in_batch`` when the Trainer passes it).
+        """
+        token_id = self.config.image_token_id
+        # an image token is a visual position only when visual inputs come with it (a generated one is text)
+        expanded = (input_ids is not None and images is not None and token_id is not None
+                    and bool((input_ids == token_id).any()))
+        splice = inputs_embeds is None and input_ids is not None and not expanded and (
+            bool((input_ids == IMAGE_TOKEN_INDEX).any()) or pack_sequences or images is not None
+            or (labels is not None and self.training)
+        )
+        if splice and labels is not None and self.training:
+            sequences, sequence_labels = self.splice_visual_tokens(
+                input_ids, attention_mask, labels, images, modalities, image_sizes, patch_positions
+            )
+            if pack_sequences:
+                position_ids, attention_mask, _, inputs_embeds, labels = self._pack_rows(sequences, sequence_labels, True)
+            else:
+                position_ids, attention_mask, _, inputs_embeds, labels = self._pad_batch(
+                    sequences, sequence_labels, position_ids, attention_mask, None, True
+                )
+            num_tokens = sum(s.shape[0] for s in sequences)
+            return self._supervised_forward(attention_mask, position_ids, inputs_embeds, labels, num_tokens, kwargs)
+        if splice:
+            (input_ids, position_ids, attention_mask, past_key_values, inputs_embeds, labels) = (
+                self.prepare_inputs_labels_for_multimodal(
+                    input_ids, position_ids, attention_mask, past_key_values, labels,
+                    images, modalities, image_sizes, patch_positions, pack_sequences=pack_sequences,
+                )
+            )
+        elif expanded and inputs_embeds is None:
+            inputs_embeds = self.scatter_visual_tokens(input_ids, images, modalities, image_sizes, patch_positions)
+            input_ids = None
+            if labels is not None and self.training:
+                num_tokens = int(attention_mask.sum()) if attention_mask is not None else labels.numel()
+                return self._supervised_forward(attention_mask, position_ids, inputs_embeds, labels, num_tokens,
+                                                kwargs)
+        if past_key_values is not None:  # newer transformers call the cache differently: pass it only if set
+            kwargs["past_key_values"] = past_key_values
+        return super().forward(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            labels=labels,
+            use_cache=use_cache,
+            logits_to_keep=logits_to_keep,
+            **kwargs,
+        )
+
+    def scatter_visual_tokens(self, input_ids, images, modalities=None, image_sizes=None, patch_positions=None):
+        """The embeddings of an expanded prompt with the visual features in the ``image_token_id`` positions.
+
+        The features of all placeholders, in order, must be exactly as many as those positions
+        (``LlavaOVProcessor`` counts them); otherwise ``ValueError`` with both numbers.
+        """
+        embeds = self.get_model().embed_tokens(input_ids)
+        token_id = self.config.image_token_id
+        if token_id is None:
+            raise ValueError(
+                "this checkpoint has no image_token_id (it predates the processor): pass LLaVA-NeXT prompts "
+                "(one -200 per <image>), or re-save it in the new layout (python -m llava.model.resave)"
+            )
+        slots = input_ids == token_id
+        features = torch.cat(self.placeholder_features(images, modalities, image_sizes, patch_positions)) if images \
+            else embeds.new_zeros(0, embeds.shape[-1])
+        if int(slots.sum()) != features.shape[0]:
+            raise ValueError(
+                f"the prompt has {int(slots.sum())} image tokens (id {token_id}) but its visual inputs make "
+                f"{features.shape[0]} visual tokens: expand each placeholder with the checkpoint's processor"
+            )
+        return embeds.masked_scatter(slots[..., None].to(embeds.device), features.to(embeds.dtype))
+
+    def prepare_inputs_for_generation(self, input_ids, *args, inputs_embeds=None, images=None, modalities=None,
+                                      image_sizes=None, patch_positions=None, **kwargs):
+        """Hugging Face's, with the visual inputs passed to the first step only (the prompt's)."""
+        inputs = super().prepare_inputs_for_generation(input_ids, *args, inputs_embeds=inputs_embeds, **kwargs)
+        if "is_first_iteration" in inspect.signature(super().prepare_inputs_for_generation).parameters:
+            first = bool(kwargs.get("is_first_iteration", False))
+        else:  # older transformers: the first step is the one at cache position 0
+            positions = kwargs.get("cache_position")
+            first = positions is None or int(positions[0]) == 0
+        if first or not kwargs.get("use_cache", True):
+            inputs.update(images=images, modalities=modalities, image_sizes=image_sizes,
+                          patch_positions=patch_positions)
+        return inputs
+
+    def _supervised_forward(self, attention_mask, position_ids, inputs_embeds, labels, num_tokens, kwargs):
+        """Hidden states for every position, the LM head and cross-entropy only where a label is."""
+        num_items_in_batch = kwargs.pop("num_items_in_batch", None)
+        kwargs.pop("past_key_values", None)
+        outputs = self.get_model()(
+            attention_mask=attention_mask, position_ids=position_ids, inputs_embeds=inputs_embeds, use_cache=False,
+            **kwargs,
+        )
+        hidden = outputs.last_hidden_state[:, :-1]
+        targets = labels[:, 1:].to(hidden.device)
+        supervised = targets != IGNORE_INDEX
+        logits = self.lm_head(hidden[supervised]).float()
+        loss = F.cross_entropy(logits, targets[supervised], reduction="sum")
+        if num_items_in_batch is not None:
+            loss = loss / torch.as_tensor(num_items_in_batch, device=loss.device)
+        elif supervised.any():
+            loss = loss / supervised.sum()
+        return LlavaCausalLMOutput(
+            loss=loss, logits=None, hidden_states=outputs.hidden_states, attentions=outputs.attentions,
+            num_tokens=torch.tensor(num_tokens),
+        )
+
+    @torch.no_grad()
+    def generate(self, inputs: torch.Tensor | None = None, images=None, image_sizes=None, modalities=None,
+                 patch_positions=None, **kwargs):
+        """Hugging Face's ``generate``; a LLaVA-NeXT prompt (``-200`` placeholders) is spliced first and only
+        the new tokens are returned (module docstring)."""
+        ids = inputs if inputs is not None else kwargs.get("input_ids")
+        if ids is None or not bool((ids == IMAGE_TOKEN_INDEX).any()):
+            visual = {"images": images, "image_sizes": image_sizes, "modalities": modalities,
+                      "patch_positions": patch_positions} if images is not None else {}
+            return super().generate(inputs, **visual, **kwargs)
+        kwargs.pop("input_ids", None)
+        position_ids = kwargs.pop("position_ids", None)
+        attention_mask = kwargs.pop("attention_mask", None)
+        _, position_ids, attention_mask, _, inputs_embeds, _ = self.prepare_inputs_labels_for_multimodal(
+            ids, position_ids, attention_mask, None, None, images, modalities, image_sizes, patch_positions
+        )
+        return super().generate(
+            position_ids=position_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, **kwargs
         )

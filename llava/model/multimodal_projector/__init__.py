@@ -1,3 +1,0 @@
-from .builder import SpatialMergeProjector, build_vision_projector
-
-__all__ = ["SpatialMergeProjector", "build_vision_projector"]
