@@ -125,3 +125,31 @@ def test_the_entry_points_default_to_the_saved_video_settings(folders):
             options.codec.square_size) == ("codec", 32, 4, 64)
     flagged = resolve_video_options(saved, 16, mode="frames", codec_images=2)
     assert (flagged.mode, flagged.codec.keep_frames_equiv, flagged.codec.sequence_length) == ("frames", 2, 32)
+
+
+def test_a_codec_video_through_the_processor_answers_as_the_cli_with_the_saved_settings(folders, tmp_path):
+    """With the codec reader installed, the processor reads a codec-mode video with the folder's saved codec
+    settings, and the chat CLI (no video flags) reads it the same way: the same answer."""
+    from train_helpers import write_video
+    from transformers import AutoModelForImageTextToText
+
+    root, _, old, _ = folders
+    out = root / "codec-small"
+    if not out.exists():
+        assert resave_main([str(old), str(out), "--codec-frames", "16", "--codec-images", "2",
+                            "--codec-canvas", "64"]) == 0
+    video = write_video(tmp_path / "clip.mp4", frames=24)
+    processor = AutoProcessor.from_pretrained(str(out), trust_remote_code=True)
+    model = AutoModelForImageTextToText.from_pretrained(str(out), trust_remote_code=True).eval()
+    messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": QUESTION}]}]
+    inputs = processor(text=processor.apply_chat_template(messages, add_generation_prompt=True), videos=[str(video)])
+    assert inputs["modalities"] == ["codec"] and inputs["images"][0].shape[:2] == (3, 2)  # 2 mosaics
+    output = model.generate(**inputs, max_new_tokens=8, do_sample=False)
+    answer = processor.answer(processor.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))
+
+    result = subprocess.run(
+        [sys.executable, "-m", "llava.serve.cli", "--model-path", str(out), "--video", str(video),
+         "--temperature", "0", "--max-new-tokens", "8"],
+        input=QUESTION + "\n", capture_output=True, text=True, timeout=300, check=True,
+    )
+    assert answer and answer == result.stdout.split("assistant: ", 1)[1].strip()
