@@ -25,7 +25,7 @@ needs about 7.5 GiB).
 Cases, each a pass over the whole mix, in one process, interleaved round by round:
 
   (a) unpacked  batch 1 per step, one step per sample (as upstream trains), supervised-only head
-  (b) packed    ``pack_sequences=True``: the samples grouped first-fit-decreasing into rows of at
+  (b) packed    ``llava.batching`` packing: the samples grouped first-fit-decreasing into rows of at
                 most ``--max-length`` tokens, one row per step, supervised-only head
   (c) naive     the steps of (b), but full-vocabulary logits at every position and the loss from
                 them (the plain Hugging Face forward on the same ``inputs_embeds``: upstream's way)
@@ -167,9 +167,9 @@ def make_sample(spec: SampleSpec, scale: float, vocab: int, generator):
             placeholders, visual_tokens = mosaics, count
     head = max(1, prompt // 4)  # system prompt and question start before the placeholders
     ids = torch.cat([
-        torch.randint(0, vocab, (head,), generator=generator),
+        torch.randint(0, vocab - 2, (head,), generator=generator),
         torch.full((placeholders,), IMAGE_TOKEN_INDEX, dtype=torch.long),
-        torch.randint(0, vocab, (max(0, prompt - head) + answer,), generator=generator),
+        torch.randint(0, vocab - 2, (max(0, prompt - head) + answer,), generator=generator),
     ])
     labels = torch.full_like(ids, IGNORE_INDEX)
     labels[-answer:] = ids[-answer:]
@@ -207,8 +207,10 @@ def to_device(batch: dict, device: str) -> dict:
     return out
 
 
-def make_inputs(args):
+def make_inputs(args, model):
     """Samples, their info, the packed groups and the batches of each case (on the device)."""
+    from types import SimpleNamespace
+
     import torch
 
     from llava.train.data import DataCollator
@@ -223,7 +225,8 @@ def make_inputs(args):
     pad = args.vocab - 1
 
     def collate(indices: list[int], pack: bool) -> dict:
-        batch = DataCollator(pad, pack=pack)([samples[i] for i in indices])
+        collator = DataCollator.for_model(SimpleNamespace(pad_token_id=pad), model, pack=pack)
+        batch = collator([samples[i] for i in indices])
         batch.pop("report")
         return to_device(batch, args.device)
 
@@ -253,6 +256,7 @@ def build(args):
         max_position_embeddings=max(32768, args.capacity), tie_word_embeddings=args.tie_embeddings,
         vision_config=encoder.to_dict(), mm_hidden_size=encoder.hidden_size,
         tokenizer_model_max_length=args.capacity, vision_attn_implementation=args.attn, use_cache=False,
+        image_token_id=args.vocab - 2,  # random text never draws it (make_sample)
     )
     config._attn_implementation = args.attn  # the decoder's; the tower's is vision_attn_implementation
     torch.manual_seed(0)
@@ -278,21 +282,18 @@ def supervised_loss(model, batch: dict):
 
 
 def full_logits_loss(model, batch: dict):
-    """The naive way: the same spliced (and packed) inputs, full-vocabulary logits at every position,
-    the loss from them (the Hugging Face causal-LM forward on ``inputs_embeds``, as upstream LLaVA)."""
-    sequences, labels = model.splice_visual_tokens(
-        batch["input_ids"], batch["attention_mask"], batch["labels"], batch.get("images"),
-        batch.get("modalities"), batch.get("image_sizes"), batch.get("patch_positions"),
-    )
-    if batch.get("pack_sequences"):
-        position_ids, mask, _, embeds, labels = model._pack_rows(sequences, labels, True)
-    else:
-        position_ids, mask, _, embeds, labels = model._pad_batch(
-            sequences, labels, None, batch["attention_mask"], None, True
-        )
-    output = model(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids, labels=labels,
-                   use_cache=False)
-    return output.loss
+    """The naive way: the same (packed) inputs, full-vocabulary logits at every position, the loss from them
+    (the Hugging Face causal-LM forward on ``inputs_embeds``, as upstream LLaVA)."""
+    import torch.nn.functional as F
+
+    embeds = model.scatter_visual_tokens(batch["input_ids"], batch.get("images"), batch.get("modalities"),
+                                         batch.get("image_sizes"), batch.get("patch_positions"))
+    segments = batch.get("segment_ids")
+    mask = model.packed_attention_mask(segments, embeds.dtype) if segments is not None else batch["attention_mask"]
+    logits = model(inputs_embeds=embeds, attention_mask=mask, position_ids=batch.get("position_ids"),
+                   use_cache=False).logits
+    labels = batch["labels"]
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
 
 
 LOSSES = {"unpacked": supervised_loss, "packed": supervised_loss, "naive": full_logits_loss,
@@ -394,7 +395,7 @@ def time_cases(args) -> dict:
     import torch
 
     model, optimizer = build(args)
-    info, groups, batches = make_inputs(args)
+    info, groups, batches = make_inputs(args, model)
     check = check_equivalence(model, info, groups, batches, args.device, "upstream" in args.cases)
     print(f"check: |packed - unpacked| loss {check['packed_vs_unpacked']:.2e}, "
           f"|full logits - supervised-only| {check['naive_vs_supervised']:.2e} (loss {check['loss']:.3f})",
@@ -426,7 +427,7 @@ def peak_memory(case: str, args, queue) -> None:
     import torch
 
     model, optimizer = build(args)
-    _, _, batches = make_inputs(args)
+    _, _, batches = make_inputs(args, model)
     smallest = min(batches[case], key=lambda b: b["input_ids"].numel())
     train_pass(model, optimizer, [smallest], LOSSES[case], args.device)  # AdamW state, one-time setup
     sync(args.device)
@@ -553,7 +554,7 @@ CPU; the vocabulary is Qwen's 151,936, so the cost of full-vocabulary logits sho
 multiplies every token count (and the row length).
 
 Cases, each a pass over the whole mix, interleaved round by round in one process (median of the
-rounds): (a) batch 1 per step, one step per sample, as upstream trains; (b) `pack_sequences=True`,
+rounds): (a) batch 1 per step, one step per sample, as upstream trains; (b) packed rows (`llava.batching`),
 samples grouped first-fit-decreasing into rows of at most `--max-length` tokens, one row per step;
 (c) the steps of (b) with full-vocabulary logits at every position and the loss from them (the
 plain Hugging Face forward on the same inputs, as upstream) instead of the supervised-only LM

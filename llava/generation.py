@@ -10,18 +10,18 @@ generated answer ends, for these two and for the chat session and the server too
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from transformers import StoppingCriteriaList
 
+from .batching import Example, collate, expand
 from .conversation import Conversation, get_conv_template
 from .mm_inputs import VisualInputs
 from .mm_utils import KeywordsStoppingCriteria
-from .model.processing_llava import VisualLayout, expand_placeholders
+from .model.processing_llava import VisualLayout
 
 Prompt = tuple[torch.Tensor, VisualInputs]
 
@@ -73,42 +73,32 @@ class StopRule:
         return text.split(self.text, 1)[0]
 
 
-def expand_prompt(model, ids: torch.Tensor, visual: VisualInputs) -> torch.Tensor:
-    """1-D prompt ids with each ``<image>`` placeholder (-200, ``llava.preprocess.tokenize_prompt``) replaced by
-    its run of ``config.image_token_id`` tokens: the ids the checkpoint's processor makes for the same prompt,
-    which ``generate`` takes as any Hugging Face model's."""
-    if not len(visual):
-        return ids
-    tower = model.get_vision_tower()
+def _layout(model) -> tuple[VisualLayout, int]:
     token_id = model.config.image_token_id
     if token_id is None:
         raise ValueError(
             "this checkpoint has no image_token_id (it predates the processor): re-save it in the new layout "
             "(python -m llava.model.resave OLD NEW)"
         )
-    layout = VisualLayout.from_config(model.config, tower.config.patch_size)
-    return torch.tensor(expand_placeholders(ids.tolist(), visual.placeholder_tokens(layout), token_id),
-                        dtype=torch.long)
+    return VisualLayout.from_config(model.config, model.get_vision_tower().config.patch_size), token_id
 
 
-@contextmanager
-def left_padding(model) -> Iterator[None]:
-    """The model re-pads the spliced sequences on the left while inside (batched generation needs it)."""
-    previous = getattr(model.config, "tokenizer_padding_side", "right")
-    model.config.tokenizer_padding_side = "left"
-    try:
-        yield
-    finally:
-        model.config.tokenizer_padding_side = previous
+def expand_prompt(model, ids: torch.Tensor, visual: VisualInputs) -> torch.Tensor:
+    """1-D prompt ids with each ``<image>`` placeholder (-200, ``llava.preprocess.tokenize_prompt``) replaced by
+    its run of ``config.image_token_id`` tokens: the ids the checkpoint's processor makes for the same prompt."""
+    if not len(visual):
+        return ids
+    return expand(Example(ids, None, visual), *_layout(model))[0]
 
 
-def _left_padded(sequences: Sequence[torch.Tensor], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    longest = max(len(ids) for ids in sequences)
-    batch = torch.full((len(sequences), longest), pad_id, dtype=torch.long)
-    mask = torch.zeros_like(batch)
-    for row, ids in enumerate(sequences):
-        batch[row, longest - len(ids):], mask[row, longest - len(ids):] = ids, 1
-    return batch, mask
+def prompt_batch(model, tokenizer, prompts: Sequence[tuple[torch.Tensor, VisualInputs]]) -> dict:
+    """Left-padded model inputs of ``prompts`` (ids with placeholders, visual inputs), on the model's device
+    (``llava.batching.collate``)."""
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    layout, token_id = _layout(model) if any(len(visual) for _, visual in prompts) else (None, -1)
+    batch = collate([Example(ids, None, visual) for ids, visual in prompts], layout, token_id, pad_id, side="left")
+    return {key: value.to(model.device) if isinstance(value, torch.Tensor) else
+            [v.to(model.device) if isinstance(v, torch.Tensor) else v for v in value] for key, value in batch.items()}
 
 
 def generate_batch(model, tokenizer, prompts: Sequence[Prompt], template: str | Conversation,
@@ -121,14 +111,14 @@ def generate_batch(model, tokenizer, prompts: Sequence[Prompt], template: str | 
     ``do_sample``, ``temperature``, ``top_p``, ``num_beams``, ...).
     """
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    ids, mask = _left_padded([expand_prompt(model, ids, visual) for ids, visual in prompts], pad_id)
-    visual = VisualInputs.concat(p[1] for p in prompts).to(model.device)
+    batch = prompt_batch(model, tokenizer, prompts)
+    batch.pop("position_ids")  # generate derives them from the mask, step after step
     stop = StopRule.of(template, tokenizer)
-    kwargs = dict(pad_token_id=pad_id, **stop.generate_kwargs(tokenizer, ids), **generate_kwargs)
+    length = batch["input_ids"].shape[1]
+    kwargs = dict(pad_token_id=pad_id, **stop.generate_kwargs(tokenizer, batch["input_ids"]), **generate_kwargs)
     with torch.inference_mode():
-        output = model.generate(ids.to(model.device), attention_mask=mask.to(model.device), **kwargs,
-                                **visual.model_kwargs())
-    return [stop.cut(tokenizer.decode(row[ids.shape[1]:], skip_special_tokens=True)).strip() for row in output]
+        output = model.generate(**batch, **kwargs)
+    return [stop.cut(tokenizer.decode(row[length:], skip_special_tokens=True)).strip() for row in output]
 
 
 def continuation_logprobs(
@@ -140,17 +130,14 @@ def continuation_logprobs(
     The rows are left-padded, so every continuation ends at the last position and the LM head runs only
     on the last ``max(len(continuation)) + 1`` positions, never on the visual tokens.
     """
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     for _, continuation, _ in requests:
         if len(continuation) == 0:
             raise ValueError("a continuation needs at least one token, got an empty one")
-    sequences = [torch.cat([prompt, continuation]) for prompt, continuation, _ in requests]
-    ids, mask = _left_padded(sequences, pad_id)
-    visual = VisualInputs.concat(r[2] for r in requests).to(model.device)
+    batch = prompt_batch(model, tokenizer, [(torch.cat([prompt, continuation]), visual)
+                                            for prompt, continuation, visual in requests])
     keep = max(len(c) for _, c, _ in requests) + 1
-    with left_padding(model), torch.inference_mode():
-        logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device), use_cache=False,
-                       logits_to_keep=keep, **visual.model_kwargs()).logits.float()
+    with torch.inference_mode():
+        logits = model(**batch, use_cache=False, logits_to_keep=keep).logits.float()
     results = []
     for row, (_, continuation, _) in enumerate(requests):
         n = len(continuation)
@@ -162,6 +149,6 @@ def continuation_logprobs(
 
 
 __all__ = [
-    "GREEDY_BELOW", "Prompt", "StopRule", "continuation_logprobs", "expand_prompt", "generate_batch", "left_padding",
+    "GREEDY_BELOW", "Prompt", "StopRule", "continuation_logprobs", "expand_prompt", "generate_batch", "prompt_batch",
     "sampling_kwargs",
 ]

@@ -36,8 +36,8 @@ subclass naming the file and the problem.
 
     processor = VisualProcessor(image_processor, model.config, video_mode="codec")
     visual = processor([pil_image, "clip.mp4"])               # one sample, two placeholders
-    batch = VisualInputs.concat([visual_a, visual_b])          # a batch: placeholders in order
-    model.generate(input_ids, **batch.to(model.device).model_kwargs(), max_new_tokens=64)
+    batch = prompt_batch(model, tokenizer, [(ids_a, visual_a), (ids_b, visual_b)])   # llava.generation
+    model.generate(**batch, max_new_tokens=64)
 """
 
 from __future__ import annotations

@@ -66,6 +66,8 @@ def test_streamed_answer_is_the_models_greedy_answer(checkpoint, image_file, mon
     import torch
 
     from llava.conversation import get_conv_template
+    from llava.generation import expand_prompt
+    from llava.mm_inputs import VisualInputs
     from llava.mm_utils import tokenizer_image_token
     from llava.model.image_processing_llava import process_images
     from llava.model.builder import load_pretrained_model
@@ -78,10 +80,11 @@ def test_streamed_answer_is_the_models_greedy_answer(checkpoint, image_file, mon
     image = Image.open(image_file).convert("RGB")
     pixels = process_images([image], processor, model.config)
     im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    output = model.generate(ids, images=[pixels[0]], modalities=["image"], image_sizes=[image.size],
-                            max_new_tokens=5, do_sample=False, eos_token_id=im_end,
+    visual = VisualInputs([pixels[0]], ["image"], [image.size], [None])
+    ids = expand_prompt(model, ids[0], visual)[None]
+    output = model.generate(ids, **visual.model_kwargs(), max_new_tokens=5, do_sample=False, eos_token_id=im_end,
                             pad_token_id=tokenizer.pad_token_id)
-    expected = tokenizer.decode(output[0], skip_special_tokens=True)
+    expected = tokenizer.decode(output[0, ids.shape[1]:], skip_special_tokens=True)
 
     code, out, err = chat(
         monkeypatch, capsys,

@@ -8,7 +8,10 @@ import pytest
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
+from llava.batching import Example, collate
 from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from llava.mm_inputs import VisualInputs
+from llava.model.processing_llava import VisualLayout
 from llava.conversation import get_conv_template
 from llava.model.builder import load_pretrained_model
 from llava.model.tiny import TINY_ENCODER, build_tiny_model, save_tiny_checkpoint
@@ -53,26 +56,30 @@ def tiny(request):
     return tokenizer, model
 
 
+def sample_visual(kinds) -> VisualInputs:
+    """The visual inputs of one sample: ``(kind, seed)`` pairs."""
+    out = VisualInputs()
+    for kind, seed in kinds:
+        entry, modality, pos, _ = visual(kind, seed)
+        out = out + VisualInputs([entry], [modality], [(entry.shape[-1], entry.shape[-2])], [pos])
+    return out
+
+
+def batch_for(model, ids_list, kinds_per_sample, labels_list=None, pad_id=0, pack=False, side="right"):
+    """The model's inputs for a batch of prompts with ``-200`` placeholders (``llava.batching.collate``); labels
+    default to the ids (every text token supervised)."""
+    examples = [
+        Example(ids, labels_list[i] if labels_list is not None else ids.clamp(min=0), sample_visual(kinds))
+        for i, (ids, kinds) in enumerate(zip(ids_list, kinds_per_sample))
+    ]
+    layout = VisualLayout.from_config(model.config, PATCH)
+    return collate(examples, layout, model.config.image_token_id, pad_id, model.config.tokenizer_model_max_length,
+                   side=side, pack=pack)
+
+
 def run(model, ids_list, kinds_per_sample, labels_list=None, pad_id=0):
     """Right-pad a batch of id tensors and run the model with the visual inputs of each sample."""
-    longest = max(len(ids) for ids in ids_list)
-    batch = torch.full((len(ids_list), longest), pad_id, dtype=torch.long)
-    mask = torch.zeros_like(batch)
-    labels = torch.full_like(batch, IGNORE_INDEX)
-    for i, ids in enumerate(ids_list):
-        batch[i, : len(ids)], mask[i, : len(ids)] = ids, 1
-        labels[i, : len(ids)] = labels_list[i] if labels_list is not None else ids.clamp(min=0)
-    images, modalities, positions = [], [], []
-    for kinds in kinds_per_sample:
-        for kind, seed in kinds:
-            entry, modality, pos, _ = visual(kind, seed)
-            images.append(entry)
-            modalities.append(modality)
-            positions.append(pos)
-    return model(
-        input_ids=batch, attention_mask=mask, labels=labels, images=images or None, modalities=modalities,
-        patch_positions=positions,
-    )
+    return model(**batch_for(model, ids_list, kinds_per_sample, labels_list, pad_id))
 
 
 # --- losses ---------------------------------------------------------------------
@@ -163,7 +170,7 @@ def test_bad_conversation_is_named(tiny):
         tokenize_conversation([{"from": "robot", "value": "hi"}], tokenizer, where="record-7")
 
 
-# --- splicing -----------------------------------------------------------------------
+# --- visual tokens in the prompt -----------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("kind", ["image", "video", "codec"])
@@ -175,9 +182,9 @@ def test_spliced_token_count_equals_encoder_output(tiny, kind):
     entry, modality, positions, expected = visual(kind)
     count = placeholder_count(entry, modality)
     ids = prompt_ids(tokenizer, "look " + " and ".join(["<image>"] * count) + " here")
-    _, _, _, _, embeds, labels = model.prepare_inputs_labels_for_multimodal(
-        ids[None], None, None, None, ids[None].clamp(min=0), [entry], [modality], None, [positions]
-    )
+    batch = batch_for(model, [ids], [[(kind, 0)]])
+    embeds, labels = model.scatter_visual_tokens(batch["input_ids"], [entry], [modality], None, [positions]), \
+        batch["labels"]
     assert embeds.shape[1] == len(ids) - count + expected
     assert (labels == IGNORE_INDEX).sum() == expected
     features = model.encode_visual_inputs([entry], [modality], None, [positions])[0]
@@ -245,9 +252,11 @@ def test_truncation_to_tokenizer_model_max_length(tiny):
 @pytest.mark.parametrize(
     "texts, kinds, message",
     [
-        (["<image> one", "<image> two"], [[("image", 0)], []], "sample 1 has 1 <image> placeholders"),
-        (["no placeholder"], [[("image", 0)]], r"take 1 <image> placeholders .* but the text has 0 \(per sample: \[0\]\)"),
-        (["<image> one mosaic only"], [[("codec", 0)]], r"take 2 <image> placeholders \(a codec input one per mosaic\)"),
+        (["<image> one", "<image> two"], [[("image", 0)], []],
+         r"sample 1: the prompt has 1 <image> placeholders but its visual inputs take 0"),
+        (["no placeholder"], [[("image", 0)]], r"sample 0: the prompt has 0 <image> placeholders but its visual"),
+        (["<image> one mosaic only"], [[("codec", 0)]],
+         r"has 1 <image> placeholders but its visual inputs take 2 \(a codec input one per mosaic\)"),
     ],
 )
 def test_placeholder_count_mismatch_names_the_sample(tiny, texts, kinds, message):
@@ -270,11 +279,10 @@ def test_codec_positions_must_match_mosaics(tiny):
 
 def logits_for(model, tokenizer):
     ids = prompt_ids(tokenizer, "<image>\ndescribe <image><image>")
-    entry_a, mod_a, _, _ = visual("image", 5)
-    entry_b, mod_b, pos_b, _ = visual("codec", 6)
+    batch = batch_for(model, [ids], [[("image", 5), ("codec", 6)]])
+    batch.pop("labels")
     with torch.no_grad():
-        return model(input_ids=ids[None], images=[entry_a, entry_b], modalities=[mod_a, mod_b],
-                     patch_positions=[None, pos_b]).logits
+        return model(**batch).logits
 
 
 @pytest.mark.parametrize("llm", ["qwen2", "qwen3"])
@@ -358,40 +366,32 @@ def test_not_a_checkpoint_is_a_clear_error(tmp_path):
 def test_generate_stops_at_im_end(tiny):
     tokenizer, model = tiny
     ids = prompt_ids(tokenizer, "<|im_start|>user\n<image>\nhi<|im_end|>\n<|im_start|>assistant\n")
-    entry, modality, _, _ = visual("image")
+    batch = batch_for(model, [ids], [[("image", 0)]])
+    batch.pop("labels"), batch.pop("position_ids")
+    n = batch["input_ids"].shape[1]
     im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    free = model.generate(ids[None], images=[entry], modalities=[modality], max_new_tokens=6, do_sample=False,
-                          eos_token_id=im_end, pad_token_id=tokenizer.pad_token_id)
+    options = dict(max_new_tokens=6, do_sample=False, eos_token_id=im_end, pad_token_id=tokenizer.pad_token_id)
+    output = model.generate(**batch, **options)
+    assert output[0, :n].tolist() == batch["input_ids"][0].tolist()  # Hugging Face's form: prompt + new tokens
+    free = output[:, n:]
     assert free.shape[1] == 6 and im_end not in free[0].tolist()
     first = int(free[0, 0])
-    stopped = model.generate(ids[None], images=[entry], modalities=[modality], max_new_tokens=6, do_sample=False,
-                             eos_token_id=im_end, pad_token_id=tokenizer.pad_token_id,
-                             sequence_bias={(first, im_end): 100.0})
+    after_first = (int(batch["input_ids"][0, -1]), first, im_end)  # the prompt's last token, then the first new one
+    stopped = model.generate(**batch, **options, sequence_bias={after_first: 100.0})[:, n:]
     assert stopped[0].tolist() == [first, im_end]
     text_only = model.generate(ids[None][:, :3], max_new_tokens=3, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-    assert text_only.shape == (1, 6) and text_only[0, :3].tolist() == ids[:3].tolist()  # Hugging Face's form
+    assert text_only.shape == (1, 6) and text_only[0, :3].tolist() == ids[:3].tolist()
 
 
-def test_an_expanded_prompt_generates_what_the_placeholder_prompt_does(tiny):
-    """Hugging Face's form (one image token per visual token, the processor's) and LLaVA-NeXT's (one -200 per
-    ``<image>``) are the same prompt: the same new tokens, for every kind of visual input."""
-    from llava.model.processing_llava import VisualLayout, expand_placeholders
-
+def test_llava_next_placeholders_are_refused_with_what_to_do(tiny):
+    """The model takes prompts as the processor writes them; a -200 placeholder says where to expand it."""
     tokenizer, model = tiny
-    layout = VisualLayout.from_config(model.config, TINY_ENCODER["patch_size"])
-    for kind in ("image", "video", "codec"):
-        entry, modality, positions, _ = visual(kind)
-        size = (entry.shape[-1], entry.shape[-2])
-        placeholders = "<image>\n" * layout.placeholders(tuple(entry.shape), modality)
-        ids = prompt_ids(tokenizer, f"<|im_start|>user\n{placeholders}hi<|im_end|>\n<|im_start|>assistant\n")
-        kwargs = dict(images=[entry], modalities=[modality], image_sizes=[size], patch_positions=[positions],
-                      max_new_tokens=5, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-        legacy = model.generate(ids[None], **kwargs)
-        runs = layout.placeholder_tokens(tuple(entry.shape), modality, size, positions)
-        expanded = torch.tensor([expand_placeholders(ids.tolist(), runs, model.config.image_token_id)])
-        output = model.generate(expanded, **kwargs)
-        assert output[0, : expanded.shape[1]].tolist() == expanded[0].tolist()
-        assert output[0, expanded.shape[1]:].tolist() == legacy[0].tolist(), kind
+    ids = prompt_ids(tokenizer, "<image>\nhi")
+    entry, modality, _, _ = visual("image")
+    with pytest.raises(ValueError, match=r"placeholders \(-200\).*LlavaOVProcessor.*llava.batching.collate"):
+        model(input_ids=ids[None], images=[entry], modalities=[modality])
+    with pytest.raises(ValueError, match=r"placeholders \(-200\)"):
+        model.generate(ids[None], images=[entry], modalities=[modality], max_new_tokens=2)
 
 
 def test_attach_a_pretrained_encoder_to_a_text_only_model(tmp_path):
@@ -427,7 +427,9 @@ def test_attach_a_pretrained_encoder_to_a_text_only_model(tmp_path):
 
 def test_left_padded_batch_generation_matches_each_prompt():
     """Batched generation (left padding, per-sample images of different sizes) = one prompt at a time."""
-    tokenizer, model, _ = build_tiny_model("qwen2", seed=1, tokenizer_padding_side="left")
+    from llava.generation import prompt_batch
+
+    tokenizer, model, _ = build_tiny_model("qwen2", seed=1)
     torch.manual_seed(3)
     with torch.no_grad():  # larger weights so greedy outputs differ from token to token
         for name, param in model.named_parameters():
@@ -438,16 +440,17 @@ def test_left_padded_batch_generation_matches_each_prompt():
                                                                                       generator=generator)]
     prompts = ["<|im_start|>user\n<image>\nwhat is it, tell me more<|im_end|>\n<|im_start|>assistant\n",
                "<|im_start|>user\n<image>\nhi<|im_end|>\n<|im_start|>assistant\n"]
-    ids = [prompt_ids(tokenizer, p) for p in prompts]
+    samples = [(prompt_ids(tokenizer, p), VisualInputs([image], ["image"], [(image.shape[-1], image.shape[-2])],
+                                                        [None])) for p, image in zip(prompts, images)]
     options = dict(max_new_tokens=6, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-    alone = [model.generate(i[None], images=[image], **options)[0].tolist() for i, image in zip(ids, images)]
-    longest = max(len(i) for i in ids)
-    batch = torch.full((2, longest), tokenizer.pad_token_id)
-    mask = torch.zeros(2, longest, dtype=torch.long)
-    for row, i in enumerate(ids):
-        batch[row, longest - len(i):], mask[row, longest - len(i):] = i, 1
-    together = model.generate(batch, attention_mask=mask, images=images, **options)
-    assert together.tolist() == alone
+
+    def new_tokens(batch):
+        batch.pop("position_ids")
+        return model.generate(**batch, **options)[:, batch["input_ids"].shape[1]:].tolist()
+
+    alone = [new_tokens(prompt_batch(model, tokenizer, [sample]))[0] for sample in samples]
+    together = new_tokens(prompt_batch(model, tokenizer, samples))
+    assert together == alone
     assert len(set(alone[0])) > 1
 
 
@@ -581,25 +584,9 @@ def test_a_language_model_family_is_explicit_classes_and_one_record(tmp_path):
 # --- packing, supervised-only loss, truncation ------------------------------------------
 
 
-def batch_of(tokenizer, texts, kinds, pad_id):
-    """Right-padded ids / mask / labels (text labels = ids) and the flat visual lists."""
-    ids_list = [prompt_ids(tokenizer, t) for t in texts]
-    longest = max(len(ids) for ids in ids_list)
-    batch = torch.full((len(ids_list), longest), pad_id, dtype=torch.long)
-    mask = torch.zeros_like(batch)
-    labels = torch.full_like(batch, IGNORE_INDEX)
-    for i, ids in enumerate(ids_list):
-        batch[i, : len(ids)], mask[i, : len(ids)] = ids, 1
-        labels[i, : len(ids)] = ids.clamp(min=0)
-    images, modalities, positions = [], [], []
-    for sample in kinds:
-        for kind, seed in sample:
-            entry, modality, pos, _ = visual(kind, seed)
-            images.append(entry)
-            modalities.append(modality)
-            positions.append(pos)
-    return dict(input_ids=batch, attention_mask=mask, labels=labels, images=images or None,
-                modalities=modalities, patch_positions=positions)
+def batch_of(model, tokenizer, texts, kinds, pack=False):
+    """Right-padded (or packed) inputs with every text token labelled, through ``llava.batching``."""
+    return batch_for(model, [prompt_ids(tokenizer, t) for t in texts], kinds, pad_id=tokenizer.pad_token_id, pack=pack)
 
 
 PACK_TEXTS = ["a text-only sample that is a little longer than the rest", "<image>\nimage",
@@ -612,17 +599,19 @@ def test_packed_loss_equals_unpacked_loss(tiny, attention):
     tokenizer, model = tiny
     model.set_attn_implementation(attention)
     try:
-        inputs = batch_of(tokenizer, PACK_TEXTS, PACK_KINDS, tokenizer.pad_token_id)
         model.train()
         with torch.no_grad():
-            unpacked = model(**inputs).loss
-            packed = model(**inputs, pack_sequences=True).loss
+            unpacked = model(**batch_of(model, tokenizer, PACK_TEXTS, PACK_KINDS)).loss
+            packed_inputs = batch_of(model, tokenizer, PACK_TEXTS, PACK_KINDS, pack=True)
+            packed = model(**packed_inputs).loss
             model.config.tokenizer_model_max_length = 40  # several rows
-            rows = model(**inputs, pack_sequences=True).loss
+            row_inputs = batch_of(model, tokenizer, PACK_TEXTS, PACK_KINDS, pack=True)
+            rows = model(**row_inputs).loss
     finally:
         model.config.tokenizer_model_max_length = 2048
         model.eval()
         model.set_attn_implementation("sdpa")
+    assert packed_inputs["input_ids"].shape[0] == 1 and row_inputs["input_ids"].shape[0] > 1
     torch.testing.assert_close(packed, unpacked, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(rows, unpacked, atol=1e-5, rtol=1e-5)
 
@@ -632,14 +621,18 @@ def test_packed_samples_do_not_see_each_other(tiny, attention):
     """Changing one sample's tokens leaves the others' logits as they are; each equals the sample alone."""
     tokenizer, model = tiny
     model.set_attn_implementation(attention)
+
+    def logits(texts, kinds, pack):
+        inputs = batch_of(model, tokenizer, texts, kinds, pack=pack)
+        inputs.pop("labels")
+        return model(**inputs).logits
+
     try:
         with torch.no_grad():
-            inputs = batch_of(tokenizer, PACK_TEXTS, PACK_KINDS, tokenizer.pad_token_id)
-            first = model(**{k: v for k, v in inputs.items() if k != "labels"}, pack_sequences=True).logits
+            first = logits(PACK_TEXTS, PACK_KINDS, True)
             changed_texts = [PACK_TEXTS[0].replace("longer", "shorter"), *PACK_TEXTS[1:]]
-            changed = batch_of(tokenizer, changed_texts, PACK_KINDS, tokenizer.pad_token_id)
-            second = model(**{k: v for k, v in changed.items() if k != "labels"}, pack_sequences=True).logits
-            alone = run(model, [prompt_ids(tokenizer, PACK_TEXTS[-1])], [PACK_KINDS[-1]]).logits[0]
+            second = logits(changed_texts, PACK_KINDS, True)
+            alone = logits(PACK_TEXTS[-1:], PACK_KINDS[-1:], False)[0]
     finally:
         model.set_attn_implementation("sdpa")
     assert first.shape[0] == 1  # one row: the whole batch fits in 2048 tokens
@@ -653,7 +646,7 @@ def test_packed_samples_do_not_see_each_other(tiny, attention):
 def test_training_runs_the_lm_head_only_on_supervised_positions(tiny):
     """Same loss as the full computation, and no full-vocabulary logits for unlabelled positions."""
     tokenizer, model = tiny
-    inputs = batch_of(tokenizer, PACK_TEXTS, PACK_KINDS, tokenizer.pad_token_id)
+    inputs = batch_of(model, tokenizer, PACK_TEXTS, PACK_KINDS)
     inputs["labels"][:, :6] = IGNORE_INDEX  # an unsupervised prompt
     rows = []
     hook = model.lm_head.register_forward_hook(lambda module, args, out: rows.append(args[0].shape))
@@ -674,19 +667,18 @@ def test_training_runs_the_lm_head_only_on_supervised_positions(tiny):
 
 
 def test_truncation_never_cuts_visual_tokens(tiny):
+    """Only text after the last visual token is cut: a limit inside the visual tokens keeps them whole."""
     tokenizer, model = tiny
     ids = prompt_ids(tokenizer, "hi <image><image> and then a long tail of text words")
-    entry, modality, positions, tokens = visual("codec")
-    visual_end = 3 + tokens  # "hi " is not 3 tokens in general: measured below
+    _, _, _, tokens = visual("codec")
     prefix = len(prompt_ids(tokenizer, "hi "))
     visual_end = prefix + tokens
     for limit, expected in ((visual_end - 3, visual_end), (visual_end + 2, visual_end + 2)):
         model.config.tokenizer_model_max_length = limit
         try:
-            _, _, _, _, embeds, labels = model.prepare_inputs_labels_for_multimodal(
-                ids[None], None, None, None, ids[None], [entry], [modality], None, [positions]
-            )
+            batch = batch_for(model, [ids], [[("codec", 0)]])
         finally:
             model.config.tokenizer_model_max_length = 2048
-        assert embeds.shape[1] == expected
-        assert (labels[0, prefix:visual_end] == IGNORE_INDEX).all()
+        assert batch["input_ids"].shape[1] == expected
+        assert (batch["labels"][0, prefix:visual_end] == IGNORE_INDEX).all()
+        assert (batch["input_ids"][0, prefix:visual_end] == model.config.image_token_id).all()

@@ -14,6 +14,7 @@ from lmms_eval.api.instance import GenerationResult, Instance  # the dev and eva
 from PIL import Image
 from train_helpers import sharpened, write_video
 
+from llava.generation import expand_prompt
 from llava.mm_inputs import VisualInputs
 from llava.video_io import LLAVA_CODEC, load_codec_inputs
 
@@ -163,7 +164,8 @@ def test_loglikelihood_in_batches_equals_one_request_and_the_full_forward(checkp
     prompt = tokenize_prompt(conv, model.tokenizer)
     target = torch.tensor(model.tokenizer("red", add_special_tokens=False).input_ids)
     with torch.no_grad():
-        logits = model.model(input_ids=torch.cat([prompt, target])[None], **visual.model_kwargs()).logits[0]
+        ids = expand_prompt(model.model, torch.cat([prompt, target]), visual)
+        logits = model.model(input_ids=ids[None], **visual.model_kwargs()).logits[0]
     logprobs = torch.log_softmax(logits[-len(target) - 1:-1].float(), -1)
     expected = -float(logprobs.gather(1, target[:, None]).mean())  # lmms-eval's convention: a loss
     assert results[1][0][0] == pytest.approx(expected, abs=1e-4)
@@ -176,7 +178,8 @@ def test_greedy_is_true_only_for_the_argmax_continuation(checkpoint, media):
     visual = model.processor(docs[0]["visual"])
     prompt = model._prompt(docs[0]["q"], visual)
     with torch.no_grad():
-        next_logits = model.model(input_ids=prompt[None], **visual.model_kwargs()).logits[0, -1]
+        ids = expand_prompt(model.model, prompt, visual)
+        next_logits = model.model(input_ids=ids[None], **visual.model_kwargs()).logits[0, -1]
     ranked = next_logits.argsort(descending=True).tolist()
     tokenizer = model.tokenizer
     # tokens whose text tokenises back to them: the argmax one and a runner-up

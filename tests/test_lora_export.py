@@ -24,6 +24,7 @@ from train_helpers import CODEC, REPO, tiny_start, train_args, write_jsonl, writ
 
 from llava.cli_options import load_checkpoint
 from llava.constants import IMAGE_TOKEN_INDEX
+from llava.generation import expand_prompt
 from llava.mm_inputs import VideoOptions, VisualProcessor
 from llava.model.builder import load_pretrained_model
 from llava.model.tiny import save_tiny_checkpoint
@@ -70,9 +71,9 @@ def _inputs(model, tokenizer, processor, records):
     out = {"text": {"input_ids": torch.tensor([tokenizer("What is two plus two? Four.").input_ids])}}
     for name, media in (("image", records / "image1.png"), ("video", records / "clip.mp4")):
         visual = visuals(str(media))
-        ids = [*tokenizer("look ").input_ids, *[IMAGE_TOKEN_INDEX] * visual.num_placeholders,
-               *tokenizer(" at it").input_ids]
-        out[name] = {"input_ids": torch.tensor([ids]), **visual.model_kwargs()}
+        ids = torch.tensor([*tokenizer("look ").input_ids, *[IMAGE_TOKEN_INDEX] * visual.num_placeholders,
+                            *tokenizer(" at it").input_ids])
+        out[name] = {"input_ids": expand_prompt(model, ids, visual)[None], **visual.model_kwargs()}
     return out
 
 

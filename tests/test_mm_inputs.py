@@ -13,7 +13,7 @@ from train_helpers import sharpened
 
 from llava.constants import IMAGE_TOKEN_INDEX
 from llava.conversation import get_conv_template
-from llava.generation import expand_prompt
+from llava.generation import prompt_batch
 from llava.mm_inputs import (
     CodecInputError,
     ImageReadError,
@@ -61,26 +61,21 @@ def prompt(tokenizer, placeholders: int) -> torch.Tensor:
 
 
 def generate(model, tokenizer, ids_list, kwargs):
-    """Greedy new tokens of a left-padded batch (one prompt per row), each prompt expanded as the entry points
-    expand it (``llava.generation.expand_prompt``: its placeholders' visual inputs, in order)."""
+    """Greedy new tokens of a left-padded batch (one prompt per row), batched as the entry points batch
+    (``llava.generation.prompt_batch``: each prompt with its placeholders' visual inputs, in order)."""
     entries = VisualInputs(**kwargs) if kwargs else VisualInputs()
-    counts, expanded, start = entries.placeholder_counts, [], 0
+    counts, prompts, start = entries.placeholder_counts, [], 0
     for ids in ids_list:
         wanted, stop = int((ids == IMAGE_TOKEN_INDEX).sum()), start
         while wanted > 0:
             wanted, stop = wanted - counts[stop], stop + 1
-        own = VisualInputs(*(getattr(entries, f)[start:stop] for f in ("images", "modalities", "image_sizes",
-                                                                         "patch_positions")))
-        expanded.append(expand_prompt(model, ids, own))
+        prompts.append((ids, VisualInputs(*(getattr(entries, f)[start:stop] for f in (
+            "images", "modalities", "image_sizes", "patch_positions")))))
         start = stop
-    longest = max(len(ids) for ids in expanded)
-    batch = torch.full((len(expanded), longest), tokenizer.pad_token_id)
-    mask = torch.zeros_like(batch)
-    for row, ids in enumerate(expanded):
-        batch[row, longest - len(ids):], mask[row, longest - len(ids):] = ids, 1
-    out = model.generate(batch, attention_mask=mask, max_new_tokens=5, do_sample=False,
-                         pad_token_id=tokenizer.pad_token_id, **kwargs)
-    return out[:, longest:].tolist()
+    batch = prompt_batch(model, tokenizer, prompts)
+    batch.pop("position_ids")
+    out = model.generate(**batch, max_new_tokens=5, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    return out[:, batch["input_ids"].shape[1]:].tolist()
 
 
 def decode_uniform_frames(path, count: int) -> list[np.ndarray]:

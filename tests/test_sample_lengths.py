@@ -82,18 +82,17 @@ def test_token_counts_from_geometry_equal_the_models(records, name):
 
 
 def _spliced_lengths(trainer, indices) -> list[int]:
-    """What the model really trains on: each built sample's spliced sequence (visual tokens in place)."""
+    """What the model really trains on: each built sample's length once collated (visual tokens in place), checked
+    against what the model makes of its visual inputs."""
     dataset, model = trainer.train_dataset, trainer.model
-    collate = DataCollator(trainer.processing_class.pad_token_id)
+    collate = DataCollator.for_model(trainer.processing_class, model)
     lengths = []
     with torch.no_grad():
         for i in indices:
-            batch = {k: v for k, v in collate([dataset[i]]).items() if k != "report"}
-            sequences, _ = model.splice_visual_tokens(batch["input_ids"], batch["attention_mask"],
-                                                      batch["labels"], batch.get("images"),
-                                                      batch.get("modalities"), batch.get("image_sizes"),
-                                                      batch.get("patch_positions"))
-            lengths.append(sequences[0].shape[0])
+            batch = collate([dataset[i]])
+            embeds = model.scatter_visual_tokens(batch["input_ids"], batch.get("images"), batch.get("modalities"),
+                                                 batch.get("image_sizes"), batch.get("patch_positions"))
+            lengths.append(embeds.shape[1])
     return lengths
 
 

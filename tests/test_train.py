@@ -66,6 +66,7 @@ def records(tmp_path_factory):
 
 def _dataset(start, records, kinds, tmp_path, **data):
     from llava.model.builder import load_image_processor
+    from llava.model.folder import ensure_image_token
     from llava.train.arguments import ModelArguments, TrainingArguments
     from llava.train.model_setup import build_model, build_tokenizer
 
@@ -79,6 +80,7 @@ def _dataset(start, records, kinds, tmp_path, **data):
                                       model_max_length=2048)
     tokenizer = build_tokenizer(model_args, training_args)
     model = build_model(model_args, data_args, training_args)
+    ensure_image_token(tokenizer, model)  # as train.setup does
     processor = load_image_processor(start[0], None, model)
     from llava.mm_inputs import VisualProcessor
 
@@ -157,9 +159,12 @@ def test_every_record_kind_through_dataset_and_collator(start, records, tmp_path
         assert torch.equal(video_sample.visual.patch_positions[0], codec_sample.visual.patch_positions[0])
     else:
         assert video_sample.visual.images[0].shape[1] == 4  # frames_upbound frames
-    batch = DataCollator(tokenizer.pad_token_id)(samples)
+    batch = DataCollator.for_model(tokenizer, model)(samples)
     assert batch["input_ids"].shape == batch["labels"].shape == batch["attention_mask"].shape
-    assert batch["attention_mask"].sum(1).tolist() == [len(s.input_ids) for s in samples]
+    layout = DataCollator.for_model(tokenizer, model).layout  # each placeholder becomes its visual tokens
+    expanded = [len(s.input_ids) - s.visual.num_placeholders + sum(s.visual.placeholder_tokens(layout))
+                for s in samples]
+    assert batch["attention_mask"].sum(1).tolist() == expanded
     assert len(batch["images"]) == sum(len(s.visual) for s in samples) and batch["report"].bad == []
     model.train()
     assert torch.isfinite(model(**{k: v for k, v in batch.items() if k != "report"}).loss)
@@ -178,7 +183,7 @@ def test_two_codec_samples_in_one_batch_equal_each_alone(start, records, tmp_pat
     dataset, tokenizer, model = _dataset(start, records, ["codec"], tmp_path)
     dataset = SupervisedDataset(path, tokenizer, dataset.visual, dataset.data_args)
     samples = [dataset[i] for i in range(4)]
-    collate = DataCollator(tokenizer.pad_token_id)
+    collate = DataCollator.for_model(tokenizer, model)
     model.train()
     with torch.no_grad():
         together = model(**{k: v for k, v in collate(samples).items() if k != "report"}).loss

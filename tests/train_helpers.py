@@ -148,13 +148,14 @@ def probe_inputs(records_root: Path, model, tokenizer) -> dict:
     import torch
 
     from llava.constants import IMAGE_TOKEN_INDEX
+    from llava.generation import expand_prompt
     from llava.mm_inputs import VisualProcessor
     from llava.model.builder import load_image_processor
 
     processor = load_image_processor(str(records_root), None, model)
     visual = VisualProcessor(processor, model.config)(str(Path(records_root) / "image1.png"))
-    ids = torch.tensor([[*tokenizer("look ").input_ids, IMAGE_TOKEN_INDEX, *tokenizer(" at it").input_ids]])
-    return dict(input_ids=ids, **visual.model_kwargs())
+    ids = torch.tensor([*tokenizer("look ").input_ids, IMAGE_TOKEN_INDEX, *tokenizer(" at it").input_ids])
+    return dict(input_ids=expand_prompt(model, ids, visual)[None], **visual.model_kwargs())
 
 
 def free_port() -> int:

@@ -73,9 +73,11 @@ class LlavaConfigMixin:
     mm_use_im_start_end: bool = False
     mm_use_im_patch_token: bool = False
     tokenizer_model_max_length: int | None = None
-    """Spliced sequences are cut to this many tokens."""
+    """Samples are cut to this many tokens once expanded, never inside their visual tokens (``llava.batching``),
+    and packed rows hold at most this many."""
     tokenizer_padding_side: str = "right"
-    """Side the model pads a spliced batch on (``left`` for batched generation)."""
+    """LLaVA-NeXT's key, kept for its checkpoints: batches are padded by ``llava.batching`` (right for training,
+    left for generation), not by the model."""
     # ---- prompts
     image_token_id: int | None = None
     """The token a processor repeats once per visual token (``<|image_pad|>``); the model scatters the

@@ -3,19 +3,14 @@
 ``LlavaMetaModel`` is mixed into the base language model (it owns the OV-Encoder tower,
 the projector and the learned newline token); ``LlavaMetaForCausalLM`` into the causal-LM
 class (it encodes the visual inputs and puts their features where the prompt says), with
-``MultimodalCausalLMMixin`` (``forward`` / ``generate`` with visual inputs). One file per family
+``MultimodalCausalLMMixin`` (``forward`` and generation with visual inputs). One file per family
 (``modeling_llava_qwen.py``, ``modeling_llava_qwen3.py``) puts them on that family's classes.
 
-Prompts reach the model in one of two forms:
-
-* **expanded** (Hugging Face's form, what ``LlavaOVProcessor`` returns): each visual token is one
-  ``config.image_token_id`` in ``input_ids``; ``forward`` scatters the features into those
-  positions, ``generate`` is the standard one (it returns prompt + new tokens, the visual inputs
-  go to the first step only);
-* **placeholders** (LLaVA-NeXT's form): one ``IMAGE_TOKEN_INDEX`` (-200) per ``<image>``;
-  ``forward`` splices the features in (the sequences grow), pads or packs the batch
-  (``pack_sequences``) and truncates it to ``tokenizer_model_max_length`` (never inside visual
-  tokens); ``generate`` returns only the new tokens, as LLaVA-NeXT's does.
+A prompt reaches the model in Hugging Face's form, the one ``LlavaOVProcessor`` returns: each visual
+token is one ``config.image_token_id`` in ``input_ids``, and ``forward`` scatters the visual features
+into those positions; ``generate`` is the standard one (the visual inputs go to its first step). The
+processor and ``llava.batching`` expand LLaVA's ``<image>`` placeholders, pad, pack and truncate: the
+model does none of it (packed rows come with ``segment_ids``, which become the attention mask).
 
 Visual inputs are a flat list ``images`` (one entry per ``<image>`` placeholder, in the
 order the placeholders appear across the batch) with a parallel list ``modalities``:
@@ -35,7 +30,7 @@ order the placeholders appear across the batch) with a parallel list ``modalitie
 
 Video and codec entries keep the image processor's ``pixel_values_videos`` layout (one
 sample of it), which is also the encoder's. ``image_sizes`` entries are ``(width, height)``
-(the convention of ``llava.mm_utils``). ``llava.mm_inputs`` builds all of these from media.
+(``image_processing_llava.py``). The processor (or ``llava.mm_inputs``) builds all of these from media.
 All visual inputs of a batch go through the encoder in **one** packed pass.
 """
 
@@ -133,7 +128,7 @@ def init_multimodal_weights(module: nn.Module, std: float) -> None:
 
 
 class LlavaMetaForCausalLM(ABC):
-    """Mixin for the causal LM: encodes visual inputs and splices them into the text."""
+    """Mixin for the causal LM: encodes visual inputs and arranges their tokens, one run per placeholder."""
 
     @abstractmethod
     def get_model(self) -> LlavaMetaModel: ...
@@ -326,91 +321,7 @@ class LlavaMetaForCausalLM(ABC):
         grid = torch.cat([grid, newline[:, None, None].expand(hidden, rows, 1).to(grid.dtype)], dim=-1)
         return torch.cat([base, grid.flatten(1).transpose(0, 1)])
 
-    # -- splice into the text ----------------------------------------------------------
-
-    def prepare_inputs_labels_for_multimodal(
-        self,
-        input_ids: torch.Tensor,
-        position_ids: torch.Tensor | None,
-        attention_mask: torch.Tensor | None,
-        past_key_values,
-        labels: torch.Tensor | None,
-        images,
-        modalities=None,
-        image_sizes=None,
-        patch_positions=None,
-        pack_sequences: bool = False,
-    ):
-        """Replace every ``<image>`` placeholder (``IMAGE_TOKEN_INDEX``) by its visual tokens.
-
-        Returns ``(None, position_ids, attention_mask, past_key_values, inputs_embeds, labels)``
-        with visual positions labelled ``IGNORE_INDEX``. Each sample is truncated to
-        ``config.tokenizer_model_max_length``, but never inside visual tokens (only text after
-        the last visual token is cut). The batch is re-padded on ``config.tokenizer_padding_side``
-        (default right), or, with ``pack_sequences``, packed: see :meth:`_pack_rows`.
-        """
-        has_visual = self.get_vision_tower() is not None and images is not None and len(images) > 0
-        if not pack_sequences and (not has_visual or input_ids.shape[1] == 1):
-            return input_ids, position_ids, attention_mask, past_key_values, None, labels
-        sequences, sequence_labels = self.splice_visual_tokens(
-            input_ids, attention_mask, labels, images, modalities, image_sizes, patch_positions
-        )
-        if pack_sequences:
-            return (None,) + self._pack_rows(sequences, sequence_labels, labels is not None)
-        return (None,) + self._pad_batch(sequences, sequence_labels, position_ids, attention_mask, past_key_values,
-                                         labels is not None)
-
-    def splice_visual_tokens(self, input_ids, attention_mask, labels, images, modalities=None, image_sizes=None,
-                             patch_positions=None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Per sample: the embeddings with visual tokens in place of the placeholders, and the labels.
-
-        Text tokens keep their labels (``IGNORE_INDEX`` when ``labels`` is None), visual tokens get
-        ``IGNORE_INDEX``; padding (``attention_mask`` 0) is dropped; each sample is truncated as
-        :meth:`prepare_inputs_labels_for_multimodal` says.
-        """
-        tower = self.get_vision_tower()
-        has_visual = tower is not None and images is not None and len(images) > 0
-        embedded = self.get_model().embed_tokens(input_ids.clamp(min=0))  # one call for the batch (ZeRO-3)
-        anchor = self._text_only_anchor() if not has_visual else None
-        visual = self.placeholder_features(images, modalities, image_sizes, patch_positions) if has_visual else []
-        keep = attention_mask.bool() if attention_mask is not None else torch.ones_like(input_ids, dtype=torch.bool)
-        if labels is None:
-            labels = torch.full_like(input_ids, IGNORE_INDEX)
-
-        sequences, sequence_labels = [], []
-        next_visual = 0
-        for i in range(input_ids.shape[0]):
-            ids, lab = input_ids[i][keep[i]], labels[i][keep[i]]
-            slots = torch.nonzero(ids == IMAGE_TOKEN_INDEX).flatten().tolist()
-            if next_visual + len(slots) > len(visual):
-                raise ValueError(
-                    f"sample {i} has {len(slots)} <image> placeholders but only {len(visual) - next_visual} of the "
-                    f"batch's {len(visual)} visual placeholder inputs are left (a codec input takes one placeholder "
-                    "per mosaic)"
-                )
-            text = embedded[i][keep[i]]
-            if anchor is not None:
-                text = text + anchor.to(text.dtype)
-            chunks, chunk_labels, start, visual_end = [], [], 0, 0
-            for slot in slots:
-                feats = visual[next_visual].to(text.dtype)
-                next_visual += 1
-                chunks += [text[start:slot], feats]
-                chunk_labels += [lab[start:slot], lab.new_full((feats.shape[0],), IGNORE_INDEX)]
-                start = slot + 1
-                visual_end = sum(c.shape[0] for c in chunks)
-            chunks.append(text[start:])
-            chunk_labels.append(lab[start:])
-            keep_length = self._truncated_length(sum(c.shape[0] for c in chunks), visual_end, i)
-            sequences.append(torch.cat(chunks)[:keep_length])
-            sequence_labels.append(torch.cat(chunk_labels)[:keep_length])
-        if next_visual != len(visual):
-            counts = [(input_ids[i][keep[i]] == IMAGE_TOKEN_INDEX).sum().item() for i in range(input_ids.shape[0])]
-            raise ValueError(
-                f"the batch's visual inputs take {len(visual)} <image> placeholders (a codec input one per mosaic) "
-                f"but the text has {next_visual} (per sample: {counts})"
-            )
-        return sequences, sequence_labels
+    # -- text-only batches, packed rows ----------------------------------------------
 
     def _text_only_anchor(self) -> torch.Tensor | None:
         """Zero that depends on the tower and projector, for a training batch without visual inputs.
@@ -426,104 +337,29 @@ class LlavaMetaForCausalLM(ABC):
         blank = torch.zeros(tower.config.num_channels, patch, patch, dtype=tower.dtype, device=tower.device)
         return self.placeholder_features([blank], ["image"])[0].sum() * 0.0
 
-    def _truncated_length(self, length: int, visual_end: int, sample: int) -> int:
-        """``tokenizer_model_max_length``, or more when a sample's visual tokens alone reach past it."""
-        max_length = self.config.tokenizer_model_max_length
-        if max_length is None or length <= max_length:
-            return length
-        if visual_end > max_length:
-            logger.warning(
-                "sample %d: its visual tokens end at %d, past tokenizer_model_max_length=%d; the text after them "
-                "is dropped but the visual tokens are kept whole",
-                sample, visual_end, max_length,
-            )
-        return max(max_length, visual_end)
+    def packed_attention_mask(self, segment_ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | None:
+        """The attention mask of packed rows: each token sees the earlier tokens of its own sample only.
 
-    def _pack_rows(self, sequences, sequence_labels, with_labels):
-        """Pack the samples into as few rows as fit ``tokenizer_model_max_length`` (first fit, in order).
-
-        Each sample keeps its own positions (``position_ids`` restart at 0) and attends only to
-        itself: with ``flash_attention_2`` all samples share one row and the kernel reads the
-        sample boundaries from the restarting ``position_ids``; with other backends each row gets
-        a 4-D block-diagonal causal mask ``[rows, 1, L, L]`` (boolean for SDPA, 0 / -inf for
-        eager; padding attends to itself so no row is empty). A sample's first label is ignored,
-        so no sample is trained to predict the next one's first token.
-        Returns ``(position_ids, attention_mask, None, inputs_embeds, labels)``.
+        ``segment_ids`` ``[rows, L]`` names each position's sample (-1: padding, which sees itself so no
+        row is empty). A 4-D block-diagonal causal mask ``[rows, 1, L, L]``: boolean for SDPA, 0 / -inf
+        for eager and others; None for ``flash_attention_2``, which reads the sample boundaries from the
+        restarting ``position_ids``.
         """
         implementation = self.config._attn_implementation
-        capacity = self.config.tokenizer_model_max_length
-        rows: list[list[int]] = []
-        room: list[int] = []
-        for index, seq in enumerate(sequences):
-            n = seq.shape[0]
-            fits = next(
-                (r for r, free in enumerate(room) if implementation == "flash_attention_2" or capacity is None
-                 or n <= free), None,
-            )
-            if fits is None:
-                rows.append([index])
-                room.append((capacity or n) - n)
-            else:
-                rows[fits].append(index)
-                room[fits] -= n
-        first = sequences[0]
-        device = first.device
-        lengths = [sum(sequences[i].shape[0] for i in row) for row in rows]
-        longest = max(lengths)
-        embeds = first.new_zeros(len(rows), longest, first.shape[-1])
-        labels = torch.full((len(rows), longest), IGNORE_INDEX, dtype=torch.long, device=device)
-        positions = torch.zeros(len(rows), longest, dtype=torch.long, device=device)
-        segment = torch.full((len(rows), longest), -1, dtype=torch.long, device=device)  # -1 = padding
-        for r, row in enumerate(rows):
-            start = 0
-            for index in row:
-                n = sequences[index].shape[0]
-                embeds[r, start : start + n] = sequences[index]
-                labels[r, start : start + n] = sequence_labels[index]
-                labels[r, start] = IGNORE_INDEX
-                positions[r, start : start + n] = torch.arange(n, device=device)
-                segment[r, start : start + n] = index
-                start += n
         if implementation == "flash_attention_2":
-            mask = None
-        else:
-            same = segment[:, :, None] == segment[:, None, :]
-            causal = torch.ones(longest, longest, dtype=torch.bool, device=device).tril()
-            allowed = same & causal & (segment[:, :, None] >= 0)
-            allowed |= torch.eye(longest, dtype=torch.bool, device=device) & (segment < 0)[:, :, None]
-            mask = allowed[:, None]
-            if implementation != "sdpa":  # eager and others take an additive float mask
-                mask = torch.zeros(mask.shape, dtype=first.dtype, device=device).masked_fill(
-                    ~mask, torch.finfo(first.dtype).min
-                )
-        return positions, mask, None, embeds, labels if with_labels else None
-
-    def _pad_batch(self, sequences, sequence_labels, position_ids, attention_mask, past_key_values, with_labels):
-        lengths = [s.shape[0] for s in sequences]
-        longest, batch = max(lengths), len(sequences)
-        hidden = sequences[0].shape[-1]
-        first = sequences[0]
-        embeds = first.new_zeros(batch, longest, hidden)
-        labels = torch.full((batch, longest), IGNORE_INDEX, dtype=torch.long, device=first.device)
-        mask = torch.zeros(batch, longest, dtype=torch.bool, device=first.device)
-        positions = torch.zeros(batch, longest, dtype=torch.long, device=first.device)
-        left = self.config.tokenizer_padding_side == "left"
-        for i, (seq, lab) in enumerate(zip(sequences, sequence_labels)):
-            n = seq.shape[0]
-            span = slice(longest - n, longest) if left else slice(0, n)
-            embeds[i, span], labels[i, span], mask[i, span] = seq, lab, True
-            positions[i, span] = torch.arange(n, device=first.device)
-        ragged = len(set(lengths)) > 1
-        return (
-            positions if (position_ids is not None or (left and ragged)) else None,
-            mask if (attention_mask is not None or ragged) else None,
-            past_key_values,
-            embeds,
-            labels if with_labels else None,
-        )
+            return None
+        length = segment_ids.shape[1]
+        same = segment_ids[:, :, None] == segment_ids[:, None, :]
+        causal = torch.ones(length, length, dtype=torch.bool, device=segment_ids.device).tril()
+        allowed = same & causal & (segment_ids[:, :, None] >= 0)
+        allowed |= torch.eye(length, dtype=torch.bool, device=segment_ids.device) & (segment_ids < 0)[:, :, None]
+        mask = allowed[:, None]
+        if implementation == "sdpa":
+            return mask
+        return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
 
 
-# ============================================================== forward / generate
+
 @dataclass
 class LlavaCausalLMOutput(CausalLMOutputWithPast):
     """The training output: the loss, no logits, and ``num_tokens`` (tokens the LM processed, padding excluded)."""
@@ -532,13 +368,9 @@ class LlavaCausalLMOutput(CausalLMOutputWithPast):
 
 
 class MultimodalCausalLMMixin:
-    """Put before the Hugging Face ``*ForCausalLM`` class in the bases.
-
-    ``forward(..., images, image_sizes, modalities, patch_positions)`` takes a prompt in either form
-    (module docstring). ``generate`` is Hugging Face's for expanded prompts and text; for a
-    LLaVA-NeXT prompt (``-200`` placeholders) it splices the features into the prompt's embeddings
-    and returns only the new tokens, as LLaVA-NeXT does.
-    """
+    """Put before the Hugging Face ``*ForCausalLM`` class in the bases: ``forward`` with visual inputs
+    (``images``, ``image_sizes``, ``modalities``, ``patch_positions``; packed rows' ``segment_ids``) and a
+    ``prepare_inputs_for_generation`` that passes them to the first step only."""
 
     def _init_weights(self, module):
         super()._init_weights(module)
@@ -557,53 +389,38 @@ class MultimodalCausalLMMixin:
         image_sizes=None,
         modalities=None,
         patch_positions=None,
+        segment_ids: torch.LongTensor | None = None,
         logits_to_keep: int | torch.Tensor = 0,
-        pack_sequences: bool = False,
         **kwargs,
     ):
-        """Causal-LM forward with visual inputs, the prompt in either form (module docstring).
+        """Causal-LM forward with the visual features scattered into the prompt's image tokens.
 
-        ``pack_sequences=True`` packs the placeholder-form samples of the batch into rows of at most
-        ``tokenizer_model_max_length`` tokens, each sample attending only to itself (training).
-        In training mode with ``labels`` the LM head runs only on the positions that carry a
-        label and ``logits`` is None: a codec video's 10,368 visual tokens and the prompt never
-        get full-vocabulary logits. The loss is the same as the full computation (the mean over
-        supervised tokens, or their sum / ``num_items_in_batch`` when the Trainer passes it).
+        ``segment_ids`` (packed rows, ``llava.batching``) replaces ``attention_mask``: each sample attends
+        only to itself. In training mode with ``labels`` the LM head runs only on the positions that carry
+        a label and ``logits`` is None: a codec video's 10,368 visual tokens and the prompt never get
+        full-vocabulary logits. The loss is the same as the full computation (the mean over supervised
+        tokens, or their sum / ``num_items_in_batch`` when the Trainer passes it).
         """
-        token_id = self.config.image_token_id
-        # an image token is a visual position only when visual inputs come with it (a generated one is text)
-        expanded = (input_ids is not None and images is not None and token_id is not None
-                    and bool((input_ids == token_id).any()))
-        splice = inputs_embeds is None and input_ids is not None and not expanded and (
-            bool((input_ids == IMAGE_TOKEN_INDEX).any()) or pack_sequences or images is not None
-            or (labels is not None and self.training)
-        )
-        if splice and labels is not None and self.training:
-            sequences, sequence_labels = self.splice_visual_tokens(
-                input_ids, attention_mask, labels, images, modalities, image_sizes, patch_positions
+        if input_ids is not None and bool((input_ids == IMAGE_TOKEN_INDEX).any()):
+            raise ValueError(
+                "input_ids hold LLaVA-NeXT <image> placeholders (-200): expand each into its visual tokens "
+                "first, with the checkpoint's processor (LlavaOVProcessor) or llava.batching.collate"
             )
-            if pack_sequences:
-                position_ids, attention_mask, _, inputs_embeds, labels = self._pack_rows(sequences, sequence_labels, True)
-            else:
-                position_ids, attention_mask, _, inputs_embeds, labels = self._pad_batch(
-                    sequences, sequence_labels, position_ids, attention_mask, None, True
-                )
-            num_tokens = sum(s.shape[0] for s in sequences)
-            return self._supervised_forward(attention_mask, position_ids, inputs_embeds, labels, num_tokens, kwargs)
-        if splice:
-            (input_ids, position_ids, attention_mask, past_key_values, inputs_embeds, labels) = (
-                self.prepare_inputs_labels_for_multimodal(
-                    input_ids, position_ids, attention_mask, past_key_values, labels,
-                    images, modalities, image_sizes, patch_positions, pack_sequences=pack_sequences,
-                )
-            )
-        elif expanded and inputs_embeds is None:
+        supervised = labels is not None and self.training
+        if inputs_embeds is None and input_ids is not None and (images is not None or supervised):
             inputs_embeds = self.scatter_visual_tokens(input_ids, images, modalities, image_sizes, patch_positions)
             input_ids = None
-            if labels is not None and self.training:
-                num_tokens = int(attention_mask.sum()) if attention_mask is not None else labels.numel()
-                return self._supervised_forward(attention_mask, position_ids, inputs_embeds, labels, num_tokens,
-                                                kwargs)
+        if segment_ids is not None:
+            attention_mask = self.packed_attention_mask(segment_ids, inputs_embeds.dtype if inputs_embeds is not None
+                                                        else self.dtype)
+        if supervised:
+            if segment_ids is not None:
+                num_tokens = int((segment_ids >= 0).sum())
+            elif attention_mask is not None and attention_mask.ndim == 2:
+                num_tokens = int(attention_mask.sum())
+            else:
+                num_tokens = labels.numel()
+            return self._supervised_forward(attention_mask, position_ids, inputs_embeds, labels, num_tokens, kwargs)
         if past_key_values is not None:  # newer transformers call the cache differently: pass it only if set
             kwargs["past_key_values"] = past_key_values
         return super().forward(
@@ -625,14 +442,18 @@ class MultimodalCausalLMMixin:
         """
         embeds = self.get_model().embed_tokens(input_ids)
         token_id = self.config.image_token_id
-        if token_id is None:
+        if token_id is None and images:
             raise ValueError(
                 "this checkpoint has no image_token_id (it predates the processor): pass LLaVA-NeXT prompts "
                 "(one -200 per <image>), or re-save it in the new layout (python -m llava.model.resave)"
             )
         slots = input_ids == token_id
-        features = torch.cat(self.placeholder_features(images, modalities, image_sizes, patch_positions)) if images \
-            else embeds.new_zeros(0, embeds.shape[-1])
+        if not images:
+            if bool(slots.any()):
+                raise ValueError(f"the prompt has {int(slots.sum())} image tokens (id {token_id}) but no visual inputs")
+            anchor = self._text_only_anchor()
+            return embeds if anchor is None else embeds + anchor.to(embeds.dtype)
+        features = torch.cat(self.placeholder_features(images, modalities, image_sizes, patch_positions))
         if int(slots.sum()) != features.shape[0]:
             raise ValueError(
                 f"the prompt has {int(slots.sum())} image tokens (id {token_id}) but its visual inputs make "
@@ -658,6 +479,7 @@ class MultimodalCausalLMMixin:
         """Hidden states for every position, the LM head and cross-entropy only where a label is."""
         num_items_in_batch = kwargs.pop("num_items_in_batch", None)
         kwargs.pop("past_key_values", None)
+        kwargs.pop("input_ids", None)
         outputs = self.get_model()(
             attention_mask=attention_mask, position_ids=position_ids, inputs_embeds=inputs_embeds, use_cache=False,
             **kwargs,
@@ -674,24 +496,4 @@ class MultimodalCausalLMMixin:
         return LlavaCausalLMOutput(
             loss=loss, logits=None, hidden_states=outputs.hidden_states, attentions=outputs.attentions,
             num_tokens=torch.tensor(num_tokens),
-        )
-
-    @torch.no_grad()
-    def generate(self, inputs: torch.Tensor | None = None, images=None, image_sizes=None, modalities=None,
-                 patch_positions=None, **kwargs):
-        """Hugging Face's ``generate``; a LLaVA-NeXT prompt (``-200`` placeholders) is spliced first and only
-        the new tokens are returned (module docstring)."""
-        ids = inputs if inputs is not None else kwargs.get("input_ids")
-        if ids is None or not bool((ids == IMAGE_TOKEN_INDEX).any()):
-            visual = {"images": images, "image_sizes": image_sizes, "modalities": modalities,
-                      "patch_positions": patch_positions} if images is not None else {}
-            return super().generate(inputs, **visual, **kwargs)
-        kwargs.pop("input_ids", None)
-        position_ids = kwargs.pop("position_ids", None)
-        attention_mask = kwargs.pop("attention_mask", None)
-        _, position_ids, attention_mask, _, inputs_embeds, _ = self.prepare_inputs_labels_for_multimodal(
-            ids, position_ids, attention_mask, None, None, images, modalities, image_sizes, patch_positions
-        )
-        return super().generate(
-            position_ids=position_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, **kwargs
         )

@@ -250,20 +250,6 @@ class LlavaOVProcessor(ProcessorMixin):
         return ["input_ids", "attention_mask", *VISUAL_KEYS]
 
 
-def expand_placeholders(ids: Sequence[int], tokens: Sequence[int], image_token_id: int,
-                        placeholder_id: int = -200) -> list[int]:
-    """``ids`` with its ``placeholder_id`` markers (LLaVA-NeXT's -200, one per ``<image>``) replaced by runs of
-    ``image_token_id``, ``tokens[i]`` for the ``i``-th: the ids the processor makes from the same text."""
-    slots = [i for i, token in enumerate(ids) if token == placeholder_id]
-    if len(slots) != len(tokens):
-        raise ValueError(f"the prompt has {len(slots)} <image> placeholders but its visual inputs take {len(tokens)}")
-    out, start = [], 0
-    for slot, count in zip(slots, tokens):
-        out += [*ids[start:slot], *[image_token_id] * count]
-        start = slot + 1
-    return out + list(ids[start:])
-
-
 def _flat(media) -> list:
     """Media as one list in prompt order: one item, a list, or one list per text."""
     if media is None:
@@ -275,4 +261,4 @@ def _flat(media) -> list:
     return list(media)
 
 
-__all__ = ["IMAGE_PAD", "IMAGE_PLACEHOLDER", "VIDEO_PLACEHOLDER", "LlavaOVProcessor", "VisualLayout", "expand_placeholders"]
+__all__ = ["IMAGE_PAD", "IMAGE_PLACEHOLDER", "VIDEO_PLACEHOLDER", "LlavaOVProcessor", "VisualLayout"]

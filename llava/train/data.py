@@ -56,6 +56,7 @@ from cv_reader.dataset import DatasetReader, check_record
 from cv_reader.stage2 import VIDEO_TOKEN, placeholder_counts, rewrite_conversations, text_key
 from torch.utils.data import DataLoader, Dataset
 
+from ..batching import Example, collate
 from ..constants import DEFAULT_IMAGE_TOKEN, IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from ..conversation import SeparatorStyle, get_conv_template
 from ..mm_inputs import (
@@ -66,6 +67,7 @@ from ..mm_inputs import (
     codec_options,
     read_image_size,
 )
+from ..model.processing_llava import VisualLayout
 from ..preprocess import SYSTEM_ROLE, record_conversation, tokenize_conversation, tokenize_prompt
 from ..video_io import VideoTiming, time_instruction
 from .arguments import DataArguments
@@ -472,23 +474,34 @@ def modalities_and_lengths(
 
 @dataclass
 class DataCollator:
-    """Right-padded ids / labels / mask and the flat visual lists of a batch of :class:`Sample`."""
+    """A batch of :class:`Sample` for the model (``llava.batching.collate``: placeholders expanded, padded on
+    the right or packed), with the batch's :class:`BatchReport`."""
 
     pad_token_id: int
+    layout: VisualLayout
+    image_token_id: int
+    max_length: int | None = None
     pack: bool = False
+    one_row: bool = False  # flash attention: every sample of a packed batch in one row
+
+    @classmethod
+    def for_model(cls, tokenizer, model, pack: bool = False) -> DataCollator:
+        """The collator of ``model`` (its visual layout, image token, maximum length, attention backend)."""
+        config = model.config
+        if config.image_token_id is None:
+            raise ValueError("the model has no image_token_id: call llava.model.folder.ensure_image_token(tokenizer, "
+                             "model) first (the trainer's set-up does)")
+        return cls(
+            tokenizer.pad_token_id, VisualLayout.from_config(config, model.get_vision_tower().config.patch_size),
+            config.image_token_id, config.tokenizer_model_max_length, pack,
+            one_row=config._attn_implementation == "flash_attention_2",
+        )
 
     def __call__(self, samples: Sequence[Sample]) -> dict:
-        longest = max(len(s.input_ids) for s in samples)
-        input_ids = torch.full((len(samples), longest), self.pad_token_id, dtype=torch.long)
-        labels = torch.full((len(samples), longest), IGNORE_INDEX, dtype=torch.long)
-        attention_mask = torch.zeros((len(samples), longest), dtype=torch.long)
-        for row, sample in enumerate(samples):
-            n = len(sample.input_ids)
-            input_ids[row, :n], labels[row, :n], attention_mask[row, :n] = sample.input_ids, sample.labels, 1
-        batch = dict(input_ids=input_ids, labels=labels, attention_mask=attention_mask)
-        batch.update(VisualInputs.concat(s.visual for s in samples).model_kwargs())
-        if self.pack:
-            batch["pack_sequences"] = True
+        batch = collate(
+            [Example(s.input_ids, s.labels, s.visual) for s in samples], self.layout, self.image_token_id,
+            self.pad_token_id, self.max_length, pack=self.pack, one_row=self.one_row,
+        )
         batch["report"] = BatchReport(
             bad=[bad for s in samples for bad in s.bad],
             over_length=[over for s in samples for over in s.over_length],
@@ -503,7 +516,7 @@ def make_data_module(tokenizer, model, image_processor, data_args: DataArguments
     visual = VisualProcessor(image_processor, model.config,
                              video_options(data_args, image_processor.patch_size))
     dataset = SupervisedDataset(data_args.data_path, tokenizer, visual, data_args, template, seed=seed)
-    return dict(train_dataset=dataset, data_collator=DataCollator(tokenizer.pad_token_id, pack=pack))
+    return dict(train_dataset=dataset, data_collator=DataCollator.for_model(tokenizer, model, pack))
 
 
 __all__ = [
