@@ -72,8 +72,8 @@ def worker(case: dict) -> dict:
     import numpy as np
     from PIL import Image
 
-    from llava.mm_inputs import VisualProcessor
     from llava.model.tiny import build_tiny_model
+    from llava.processing.media import VisualProcessor
 
     _, model, processor = build_tiny_model("qwen2", seed=0)
     processor.max_pixels = 28 * 28 * 1280  # the released checkpoints' image budget, not the tiny one's

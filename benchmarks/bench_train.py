@@ -98,7 +98,7 @@ class SampleSpec:
 
 def codec_shape() -> tuple[int, int]:
     """(mosaics, mosaic side in patches) of a codec video with the LLaVA codec configuration."""
-    from llava.video_io import LLAVA_CODEC
+    from llava.processing.video import LLAVA_CODEC
 
     return LLAVA_CODEC.keep_frames_equiv, LLAVA_CODEC.square_size // LLAVA_CODEC.patch_size
 
@@ -144,7 +144,7 @@ def make_sample(spec: SampleSpec, scale: float, vocab: int, generator):
     import torch
 
     from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
-    from llava.mm_inputs import VisualInputs
+    from llava.processing.media import VisualInputs
     from llava.train.data import Sample
 
     prompt, answer = scaled(spec.prompt, scale), scaled(spec.answer, scale)

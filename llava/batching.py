@@ -1,7 +1,7 @@
 """Prompts -> model batches: placeholder expansion, truncation, padding and packing, in one place.
 
-A prompt arrives as LLaVA's token ids (one ``-200`` per ``<image>``, ``llava.preprocess``), optional
-labels, and its visual inputs (``llava.mm_inputs.VisualInputs``). :func:`collate` expands every
+A prompt arrives as LLaVA's token ids (one ``-200`` per ``<image>``, ``llava.processing.prompts``), optional
+labels, and its visual inputs (``llava.processing.media.VisualInputs``). :func:`collate` expands every
 placeholder into its run of ``image_token_id`` tokens (as many as the model makes visual tokens:
 ``VisualLayout``, the processor's count), cuts each sample to ``max_length`` (never inside its visual
 tokens), then pads the batch (right for training, left for generation) or packs it into rows of at
@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import torch
 
 from .constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
-from .mm_inputs import VisualInputs
 from .model.processing_llava import VisualLayout
+from .processing.media import VisualInputs
 
 logger = logging.getLogger(__name__)
 

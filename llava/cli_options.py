@@ -3,7 +3,7 @@
 The chat CLI (``llava.serve.cli``) and the held-out predictor (``llava.eval.predict``) take the same
 ``--model-path --model-base --device`` and ``--video-mode --frames --codec-frames --codec-canvas
 --codec-images`` flags; they are defined once here, with one loading rule (float32 on the CPU,
-the checkpoint's dtype elsewhere) and one way from the flags to :class:`~llava.mm_inputs.VideoOptions`:
+the checkpoint's dtype elsewhere) and one way from the flags to :class:`~llava.processing.media.VideoOptions`:
 a flag not given takes the checkpoint's saved setting (its processor's ``video``, what it was trained
 with), and the codec is cut in the encoder's patch size, as training cuts it.
 """
@@ -14,9 +14,9 @@ import argparse
 
 import torch
 
-from .mm_inputs import VIDEO_MODES, VideoOptions, codec_options
 from .model.builder import load_pretrained_model, saved_video_settings
-from .video_io import LLAVA_CODEC
+from .processing.media import VIDEO_MODES, VideoOptions, codec_options
+from .processing.video import LLAVA_CODEC
 
 
 def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:

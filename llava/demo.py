@@ -29,8 +29,8 @@ from transformers import AutoImageProcessor, AutoModel
 import llava  # noqa: F401  (registers the OV-Encoder with the Auto classes)
 from llava.model import OneVisionEncoderConfig, OneVisionEncoderImageProcessor, OneVisionEncoderModel
 from llava.model.modeling_llava_vision import temporal_slots
+from llava.processing.video import MediaError, load_codec_inputs, load_video_frames
 from llava.sample_data import sample_video_path
-from llava.video_io import MediaError, load_codec_inputs, load_video_frames
 
 DEMO_ENCODER = dict(
     hidden_size=256, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=4, patch_size=16,

@@ -65,12 +65,12 @@ def test_streamed_answer_is_the_models_greedy_answer(checkpoint, image_file, mon
     """What the CLI prints is what generate() produces for the same prompt and image."""
     import torch
 
-    from llava.conversation import get_conv_template
-    from llava.generation import expand_prompt
-    from llava.mm_inputs import VisualInputs
-    from llava.mm_utils import tokenizer_image_token
-    from llava.model.image_processing_llava import process_images
+    from llava.inference.generation import expand_prompt
     from llava.model.builder import load_pretrained_model
+    from llava.model.image_processing_llava import process_images
+    from llava.processing.conversation import get_conv_template
+    from llava.processing.media import VisualInputs
+    from llava.processing.prompts import tokenizer_image_token
 
     tokenizer, model, processor, _ = load_pretrained_model(str(checkpoint), torch_dtype=torch.float32)
     conv = get_conv_template("qwen_1_5")

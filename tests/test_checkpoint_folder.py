@@ -1,7 +1,7 @@
 """Checkpoint folders: the processor saved with them, folders written before it still load, the re-save command.
 
 The processor must make the ids the project's own prompt path makes (``tokenize_prompt`` + expansion), and
-its visual inputs the ones ``llava.mm_inputs`` makes; a folder of the old layout (no processor, no code, no
+its visual inputs the ones ``llava.processing.media`` makes; a folder of the old layout (no processor, no code, no
 image token in the config) loads and answers as the same weights in the new layout, and
 ``python -m llava.model.resave`` brings it to the new layout.
 """
@@ -19,14 +19,14 @@ import torch
 from PIL import Image
 from transformers import AutoProcessor
 
-from llava.conversation import get_conv_template
-from llava.generation import expand_prompt
-from llava.mm_inputs import VisualProcessor
+from llava.inference.generation import expand_prompt
 from llava.model.builder import load_pretrained_model, saved_video_settings
 from llava.model.folder import CODE_FILES
 from llava.model.resave import main as resave_main
 from llava.model.tiny import save_tiny_checkpoint
-from llava.preprocess import tokenize_prompt
+from llava.processing.conversation import get_conv_template
+from llava.processing.media import VisualProcessor
+from llava.processing.prompts import tokenize_prompt
 
 QUESTION = "What is in the picture?"
 NEW_FILES = ("processor_config.json", "README.md", "modeling_llava_qwen.py", *CODE_FILES)

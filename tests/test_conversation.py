@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from llava import conversation as conversation_lib
-from llava.conversation import (
+from llava.processing import conversation as conversation_lib
+from llava.processing.conversation import (
     Conversation,
     SeparatorStyle,
     conv_templates,

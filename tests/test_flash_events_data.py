@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 from task_helpers import import_by_path, offline_task_media
 
+from llava.processing.video import LLAVA_CODEC, load_codec_inputs, sample_frame_indices
 from llava.synthetic import flash_events as gen  # the videos' generator
-from llava.video_io import LLAVA_CODEC, load_codec_inputs, sample_frame_indices
 
 ROOT = Path(__file__).resolve().parents[1]
 TASKS_DIR = ROOT / "llava" / "eval" / "tasks"

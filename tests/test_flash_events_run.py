@@ -93,7 +93,7 @@ def test_flash_reached_is_what_the_reader_selects(quick_run, runner, monkeypatch
     """The codec figure, read back from the eval's Stage-2 packs, equals cv_reader's own selection."""
     from cv_reader import sample_frame_ids_uniform, select_patches
 
-    from llava.mm_inputs import codec_options
+    from llava.processing.media import codec_options
 
     out, _ = quick_run
     media = out / "media"

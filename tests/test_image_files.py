@@ -1,4 +1,4 @@
-"""How every entry point opens an image file (``cv_reader.read_image``, through ``llava.mm_inputs``): upright
+"""How every entry point opens an image file (``cv_reader.read_image``, through ``llava.processing.media``): upright
 by its EXIF orientation, high-bit-depth samples scaled rather than clipped, regular files only (a FIFO is
 refused at once, never opened for a blocking read), and a decompression bomb refused from its header."""
 
@@ -13,8 +13,8 @@ import pytest
 from cv_reader import ImageReadError, ImageTooLargeError, MediaError, read_image
 from PIL import Image
 
-from llava.mm_inputs import VisualProcessor
 from llava.model.tiny import build_tiny_model
+from llava.processing.media import VisualProcessor
 
 
 @pytest.fixture(scope="module")

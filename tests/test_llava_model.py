@@ -10,13 +10,13 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from llava.batching import Example, collate
 from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
-from llava.mm_inputs import VisualInputs
-from llava.model.processing_llava import VisualLayout
-from llava.conversation import get_conv_template
 from llava.model.builder import load_pretrained_model
+from llava.model.processing_llava import VisualLayout
 from llava.model.tiny import TINY_ENCODER, build_tiny_model, save_tiny_checkpoint
 from llava.model.weights import load_projector_weights
-from llava.preprocess import tokenize_conversation
+from llava.processing.conversation import get_conv_template
+from llava.processing.media import VisualInputs
+from llava.processing.prompts import tokenize_conversation
 
 PATCH = TINY_ENCODER["patch_size"]
 
@@ -45,7 +45,7 @@ def visual(kind: str, seed: int = 0):
 
 
 def prompt_ids(tokenizer, text: str) -> torch.Tensor:
-    from llava.mm_utils import tokenizer_image_token
+    from llava.processing.prompts import tokenizer_image_token
 
     return torch.tensor(tokenizer_image_token(text, tokenizer), dtype=torch.long)
 
@@ -427,7 +427,7 @@ def test_attach_a_pretrained_encoder_to_a_text_only_model(tmp_path):
 
 def test_left_padded_batch_generation_matches_each_prompt():
     """Batched generation (left padding, per-sample images of different sizes) = one prompt at a time."""
-    from llava.generation import prompt_batch
+    from llava.inference.generation import prompt_batch
 
     tokenizer, model, _ = build_tiny_model("qwen2", seed=1)
     torch.manual_seed(3)

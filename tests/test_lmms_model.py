@@ -14,9 +14,9 @@ from lmms_eval.api.instance import GenerationResult, Instance  # the dev and eva
 from PIL import Image
 from train_helpers import sharpened, write_video
 
-from llava.generation import expand_prompt
-from llava.mm_inputs import VisualInputs
-from llava.video_io import LLAVA_CODEC, load_codec_inputs
+from llava.inference.generation import expand_prompt
+from llava.processing.media import VisualInputs
+from llava.processing.video import LLAVA_CODEC, load_codec_inputs
 
 TASK, SPLIT = "tiny", "test"
 CODEC = dict(codec_frames=8, codec_images=2, codec_canvas=64)
@@ -139,8 +139,8 @@ def test_anyres_images_of_different_sizes_in_a_batch_equal_each_alone(tmp_path, 
 
 @pytest.mark.parametrize("video_mode", ["codec", "frames"])
 def test_loglikelihood_in_batches_equals_one_request_and_the_full_forward(checkpoint, media, video_mode):
-    from llava.conversation import get_conv_template
-    from llava.preprocess import tokenize_prompt
+    from llava.processing.conversation import get_conv_template
+    from llava.processing.prompts import tokenize_prompt
 
     docs = _docs(media)
     continuations = ["red", "a moving square"]

@@ -24,10 +24,10 @@ from train_helpers import CODEC, REPO, tiny_start, train_args, write_jsonl, writ
 
 from llava.cli_options import load_checkpoint
 from llava.constants import IMAGE_TOKEN_INDEX
-from llava.generation import expand_prompt
-from llava.mm_inputs import VideoOptions, VisualProcessor
+from llava.inference.generation import expand_prompt
 from llava.model.builder import load_pretrained_model
 from llava.model.tiny import save_tiny_checkpoint
+from llava.processing.media import VideoOptions, VisualProcessor
 from llava.serve import cli
 from llava.serve.openai_api import build_parser
 from llava.train import export

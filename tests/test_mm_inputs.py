@@ -1,4 +1,4 @@
-"""llava.mm_inputs: every kind of media becomes the model inputs an independent construction gives,
+"""llava.processing.media: every kind of media becomes the model inputs an independent construction gives,
 through generate(), alone and batched; the (width, height) size convention end to end."""
 
 from __future__ import annotations
@@ -12,9 +12,11 @@ from PIL import Image
 from train_helpers import sharpened
 
 from llava.constants import IMAGE_TOKEN_INDEX
-from llava.conversation import get_conv_template
-from llava.generation import prompt_batch
-from llava.mm_inputs import (
+from llava.inference.generation import prompt_batch
+from llava.model.image_processing_llava import process_images
+from llava.model.tiny import TINY_ENCODER, build_tiny_model
+from llava.processing.conversation import get_conv_template
+from llava.processing.media import (
     CodecInputError,
     ImageReadError,
     VideoOptions,
@@ -22,11 +24,9 @@ from llava.mm_inputs import (
     VisualInputs,
     VisualProcessor,
 )
-from llava.mm_utils import tokenizer_image_token
-from llava.model.image_processing_llava import process_images
-from llava.model.tiny import TINY_ENCODER, build_tiny_model
+from llava.processing.prompts import tokenizer_image_token
+from llava.processing.video import LLAVA_CODEC
 from llava.sample_data import sample_video_path
-from llava.video_io import LLAVA_CODEC
 
 PATCH = TINY_ENCODER["patch_size"]
 CODEC = LLAVA_CODEC.replace(sequence_length=16, square_size=64, keep_frames_equiv=2)
@@ -62,7 +62,7 @@ def prompt(tokenizer, placeholders: int) -> torch.Tensor:
 
 def generate(model, tokenizer, ids_list, kwargs):
     """Greedy new tokens of a left-padded batch (one prompt per row), batched as the entry points batch
-    (``llava.generation.prompt_batch``: each prompt with its placeholders' visual inputs, in order)."""
+    (``llava.inference.generation.prompt_batch``: each prompt with its placeholders' visual inputs, in order)."""
     entries = VisualInputs(**kwargs) if kwargs else VisualInputs()
     counts, prompts, start = entries.placeholder_counts, [], 0
     for ids in ids_list:

@@ -14,10 +14,10 @@ import torch
 from PIL import Image
 from train_helpers import CODEC, stage2_pack, tiny_start, train_args, write_jsonl, write_records, write_video
 
-from llava.mm_inputs import CodecInputError, VisualProcessor
 from llava.model.tiny import build_tiny_model
+from llava.processing.media import CodecInputError, VisualProcessor
+from llava.processing.video import load_codec_inputs
 from llava.train import train as train_module
-from llava.video_io import load_codec_inputs
 
 
 @pytest.fixture(scope="module")

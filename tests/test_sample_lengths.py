@@ -22,8 +22,8 @@ from train_helpers import (
 )
 
 from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
-from llava.mm_inputs import VideoOptions, VisualProcessor
 from llava.model.tiny import build_tiny_model
+from llava.processing.media import VideoOptions, VisualProcessor
 from llava.train import train as train_module
 from llava.train.data import DataCollator
 

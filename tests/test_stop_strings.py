@@ -1,5 +1,5 @@
 """Every entry point that generates ends an answer where its conversation template says (ChatML at
-``<|im_end|>``, ``plain`` at its ``"\\n"`` separator), through the one rule ``llava.generation.StopRule``.
+``<|im_end|>``, ``plain`` at its ``"\\n"`` separator), through the one rule ``llava.inference.generation.StopRule``.
 The held-out predictor and the lmms-eval model are tested beside their other tests."""
 
 from __future__ import annotations
@@ -9,12 +9,12 @@ import threading
 import pytest
 from train_helpers import scripted
 
-from llava.chat import ChatSession
-from llava.conversation import get_conv_template
-from llava.generation import StopRule
-from llava.mm_inputs import VisualInputs
+from llava.inference.chat import ChatSession
+from llava.inference.generation import StopRule
 from llava.model.builder import load_pretrained_model
 from llava.model.tiny import save_tiny_checkpoint
+from llava.processing.conversation import get_conv_template
+from llava.processing.media import VisualInputs
 from llava.serve.engine import ChatEngine, Sampling
 
 SCRIPT = "Yes.\nNo<|im_end|>More\nAgain"  # what the model writes; then "Again" forever

@@ -11,8 +11,8 @@ import torch
 from train_helpers import CODEC, conversation, write_jsonl, write_records
 
 from llava.constants import IMAGE_TOKEN_INDEX
-from llava.mm_inputs import VisualProcessor
 from llava.model.tiny import build_tiny_model
+from llava.processing.media import VisualProcessor
 from llava.train.arguments import DataArguments
 from llava.train.data import SupervisedDataset, video_options
 

@@ -25,9 +25,9 @@ from cv_reader.dataset import DatasetReader
 from PIL import Image
 
 from llava.constants import IGNORE_INDEX
-from llava.mm_inputs import VisualInputs, VisualProcessor
 from llava.model.tiny import build_tiny_model
-from llava.preprocess import tokenize_conversation
+from llava.processing.media import VisualInputs, VisualProcessor
+from llava.processing.prompts import tokenize_conversation
 from llava.synthetic import tiny_sft as md
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -8,9 +8,9 @@ import pytest
 from test_conversation import MULTI, THOUGHTS, chat, conversation_cases, llava_next_qwen
 from transformers import AutoTokenizer
 
-from llava.conversation import conv_templates, get_conv_template
-from llava.preprocess import tokenize_conversation
-from llava.tokenizer_utils import SPECIAL_TOKENS, THINK_TOKENS, build_tiny_qwen_tokenizer
+from llava.processing.conversation import conv_templates, get_conv_template
+from llava.processing.prompts import tokenize_conversation
+from llava.synthetic.tokenizer import SPECIAL_TOKENS, THINK_TOKENS, build_tiny_qwen_tokenizer
 
 TEXTS = [
     "The quick brown fox jumps over the lazy dog.",

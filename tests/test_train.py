@@ -82,7 +82,7 @@ def _dataset(start, records, kinds, tmp_path, **data):
     model = build_model(model_args, data_args, training_args)
     ensure_image_token(tokenizer, model)  # as train.setup does
     processor = load_image_processor(start[0], None, model)
-    from llava.mm_inputs import VisualProcessor
+    from llava.processing.media import VisualProcessor
 
     visual = VisualProcessor(processor, model.config, video_options(data_args, processor.patch_size))
     return SupervisedDataset(path, tokenizer, visual, data_args), tokenizer, model
@@ -278,7 +278,7 @@ def test_bad_records_are_replaced_counted_and_named(start, records, tmp_path):
 
 def test_placeholders_that_do_not_fit_the_media_and_fields_of_the_wrong_type_are_bad_records(start, records,
                                                                                               tmp_path):
-    from llava.mm_inputs import VisualProcessor
+    from llava.processing.media import VisualProcessor
 
     root, by_kind = records
     video, image = by_kind["video"], by_kind["image"]
@@ -397,7 +397,7 @@ def test_every_checkpoint_kind_loads_with_the_trained_models_logits(start, recor
 def test_the_checkpoint_records_its_template_for_chat_evaluation_and_serving(start, records, tmp_path):
     """Trained with a template other than its family's default (as the recipe trains Qwen3 with
     qwen_1_5): every inference entry point renders prompts with the trained one."""
-    from llava.chat import default_conv_template
+    from llava.inference.chat import default_conv_template
 
     root, by_kind = records
     path = write_jsonl(tmp_path / "d.jsonl", [by_kind["text"], by_kind["image"]])

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-
 import av
 import numpy as np
 import pytest
 from PIL import Image
 
-from llava.sample_data import sample_video_path
-from llava.video_io import (
+from llava.processing.video import (
     LLAVA_CODEC,
     CodecInputError,
     MediaError,
@@ -18,6 +16,7 @@ from llava.video_io import (
     load_video_frames,
     sample_frame_indices,
 )
+from llava.sample_data import sample_video_path
 
 NUM_FRAMES, FPS = 24, 12
 

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from llava.model.tiny import save_tiny_parts
-from llava.video_io import LLAVA_CODEC
+from llava.processing.video import LLAVA_CODEC
 
 REPO = Path(__file__).resolve().parents[1]
 CODEC = LLAVA_CODEC.replace(sequence_length=8, square_size=64, keep_frames_equiv=2)
@@ -148,9 +148,9 @@ def probe_inputs(records_root: Path, model, tokenizer) -> dict:
     import torch
 
     from llava.constants import IMAGE_TOKEN_INDEX
-    from llava.generation import expand_prompt
-    from llava.mm_inputs import VisualProcessor
+    from llava.inference.generation import expand_prompt
     from llava.model.builder import load_image_processor
+    from llava.processing.media import VisualProcessor
 
     processor = load_image_processor(str(records_root), None, model)
     visual = VisualProcessor(processor, model.config)(str(Path(records_root) / "image1.png"))

@@ -11,7 +11,7 @@ count ``T`` is not recorded anywhere in the pack (``pack.json`` lists only the f
 upstream's assets have no ``pack.json``; the Stage-1 ``meta.json`` that knows ``T`` stays
 under ``--visidx_root``), so a pack is only known to span ``max(t) + 1`` frames: ``t`` is
 checked non-negative, and below a bound only where the caller has one (the encoder's temporal
-RoPE grid, ``llava.mm_inputs``).
+RoPE grid, ``llava.processing.media``).
 """
 
 from __future__ import annotations

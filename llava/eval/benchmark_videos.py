@@ -39,7 +39,7 @@ from pathlib import Path
 from cv_reader.batch import atomic_write_bytes, one_line
 from tqdm import tqdm
 
-from ..mm_inputs import is_image_path
+from ..processing.media import is_image_path
 from .run import LOCAL_TASKS
 
 #: A path inside the message of a task util that stopped on a missing file (``video path:/x.mp4 does

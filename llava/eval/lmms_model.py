@@ -5,7 +5,7 @@
 
 Registered through the ``lmms_eval.models`` entry point (``llava.eval.lmms_registration``), so no fork
 of lmms-eval is needed. Every visual lmms-eval hands over (PIL images, several images, video paths,
-lists of frames) goes through the one input layer (``llava.mm_inputs``) with the checkpoint's image
+lists of frames) goes through the one input layer (``llava.processing.media``) with the checkpoint's image
 settings; prompts are rendered by the conversation template and tokenised as training tokenises them.
 
 Videos in ``video_mode=codec`` (the default when the checkpoint saved none) are read from precomputed codec assets when a
@@ -36,14 +36,14 @@ from lmms_eval.api.model import lmms
 from lmms_eval.utils import Collator
 from tqdm import tqdm
 
-from ..chat import default_conv_template
 from ..cli_options import resolve_video_options
 from ..constants import DEFAULT_IMAGE_TOKEN
-from ..conversation import get_conv_template
-from ..generation import continuation_logprobs, generate_batch
-from ..mm_inputs import MediaError, VisualInputs, VisualProcessor, is_image_path
+from ..inference.chat import default_conv_template
+from ..inference.generation import continuation_logprobs, generate_batch
 from ..model.builder import load_pretrained_model, saved_video_settings
-from ..preprocess import tokenize_prompt
+from ..processing.conversation import get_conv_template
+from ..processing.media import MediaError, VisualInputs, VisualProcessor, is_image_path
+from ..processing.prompts import tokenize_prompt
 from .codec_assets import CodecAssets, CodecAssetStats
 
 logger = logging.getLogger("llava.eval")

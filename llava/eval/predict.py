@@ -7,7 +7,7 @@
 Records are read and their media turned into inputs exactly as training does
 (``llava.train.data``: same dataset reader, same placeholders, same prompt tokenisation), then
 answered greedily in left-padded batches, each answer ending at the template's stop string
-(``llava.generation.StopRule``). Writes ``{"id", "prediction"}`` lines (atomically);
+(``llava.inference.generation.StopRule``). Writes ``{"id", "prediction"}`` lines (atomically);
 unusable records are reported and skipped. (Benchmarks are scored with lmms-eval; the tiny SFT
 preset scores these predictions with ``playground/tiny_sft/score.py``.)
 """
@@ -22,10 +22,10 @@ from pathlib import Path
 from cv_reader.batch import atomic_write_bytes
 from tqdm import tqdm
 
-from ..chat import default_conv_template
 from ..cli_options import add_checkpoint_arguments, add_video_arguments, load_checkpoint, video_options
-from ..generation import generate_batch
-from ..mm_inputs import VisualProcessor
+from ..inference.chat import default_conv_template
+from ..inference.generation import generate_batch
+from ..processing.media import VisualProcessor
 from ..train.arguments import DataArguments
 from ..train.data import RECORD_ERRORS, SupervisedDataset
 

@@ -16,6 +16,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 from pathlib import Path
 
 import torch
@@ -61,6 +63,16 @@ def _load_tokenizer(*paths: Path):
         if path is not None and any((path / f).exists() for f in ("tokenizer.json", "tokenizer_config.json")):
             return AutoTokenizer.from_pretrained(str(path), use_fast=True)
     raise ValueError(f"no tokenizer found in {[str(p) for p in paths if p is not None]}")
+
+
+def get_model_name_from_path(model_path: str | os.PathLike) -> str:
+    """``.../llava-qwen`` -> ``llava-qwen``; ``.../run/checkpoint-500`` -> ``run_checkpoint-500``."""
+    parts = [p for p in re.split(r"[\\/]+", str(model_path).strip()) if p]
+    if not parts:
+        raise ValueError(f"cannot derive a model name from an empty path {model_path!r}")
+    if parts[-1].startswith("checkpoint-") and len(parts) > 1:
+        return f"{parts[-2]}_{parts[-1]}"
+    return parts[-1]
 
 
 def load_pretrained_model(
@@ -152,4 +164,4 @@ def saved_video_settings(path: str | Path | None) -> dict:
     return video if isinstance(video, dict) else {}
 
 
-__all__ = ["load_image_processor", "load_pretrained_model", "saved_video_settings"]
+__all__ = ["get_model_name_from_path", "load_image_processor", "load_pretrained_model", "saved_video_settings"]

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..conversation import get_conv_template
+from ..processing.conversation import get_conv_template
 from .families import llava_lm_for_model_type
 from .processing_llava import IMAGE_PAD, LlavaOVProcessor, VisualLayout
 

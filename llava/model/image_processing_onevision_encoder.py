@@ -105,7 +105,7 @@ class OneVisionEncoderImageProcessor(BaseImageProcessor):
     ``__call__(images=..., videos=...)`` returns a ``BatchFeature`` with ``pixel_values``
     (``[B, C, H, W]`` when every image gets the same size, else a list of ``[C, H, W]``)
     and ``image_sizes`` (each input's original ``(width, height)``: the size convention of
-    ``llava.mm_utils``, which the model reads, so this value can be forwarded as is), and for videos
+    ``llava.model.image_processing_llava``, which the model reads, so this value can be forwarded as is), and for videos
     ``pixel_values_videos`` (``[B, C, T, H, W]``, or a list of ``[C, T, H, W]``); all the
     frames of one video share one size, chosen from the first frame.
     """

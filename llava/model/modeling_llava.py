@@ -30,7 +30,7 @@ order the placeholders appear across the batch) with a parallel list ``modalitie
 
 Video and codec entries keep the image processor's ``pixel_values_videos`` layout (one
 sample of it), which is also the encoder's. ``image_sizes`` entries are ``(width, height)``
-(``image_processing_llava.py``). The processor (or ``llava.mm_inputs``) builds all of these from media.
+(``image_processing_llava.py``). The processor (or ``llava.processing.media``) builds all of these from media.
 All visual inputs of a batch go through the encoder in **one** packed pass.
 """
 

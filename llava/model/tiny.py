@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from transformers import GenerationConfig
 
-from ..tokenizer_utils import build_tiny_qwen_tokenizer
+from ..synthetic.tokenizer import build_tiny_qwen_tokenizer
 from .configuration_onevision_encoder import OneVisionEncoderConfig
 from .families import LLAVA_LMS, LlavaLM
 from .folder import write_checkpoint, write_directory_atomically

@@ -9,9 +9,9 @@ This file is copied alone into such folders: it imports only the standard librar
 * :func:`uniform_frame_ids` is ``cv_reader.sample_frame_ids_uniform`` (from the first frame): the
   one uniform sampler, so frames mode and the codec reader pick the same frames;
 * :func:`sample_frame_indices` adds LLaVA-NeXT's ``frames_upbound`` / ``fps`` / ``force_sample``
-  rules on top; it is the canonical definition (``llava.video_io`` uses this one);
+  rules on top; it is the canonical definition (``llava.processing.video`` uses this one);
 * :func:`read_video_frames` decodes the sampled frames as upright RGB uint8. Where ``cv_reader`` is
-  installed it is used (``probe`` + ``read_frames``, as ``llava.video_io.load_video_frames`` does:
+  installed it is used (``probe`` + ``read_frames``, as ``llava.processing.video.load_video_frames`` does:
   it seeks between GOP segments). Elsewhere the video is read with PyAV alone, following the codec
   reader's rules so the result is bit-identical: frames are counted and put in display order from a
   demux of the first video stream (packets, not decoded frames: empty and discarded packets are not

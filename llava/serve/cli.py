@@ -16,11 +16,11 @@ import sys
 
 from transformers import TextStreamer
 
-from ..chat import ChatSession
 from ..cli_options import add_checkpoint_arguments, add_video_arguments, load_checkpoint, video_options
 from ..constants import DEFAULT_IMAGE_TOKEN
-from ..conversation import conv_templates
-from ..mm_inputs import MediaError, VisualInputs, VisualProcessor
+from ..inference.chat import ChatSession
+from ..processing.conversation import conv_templates
+from ..processing.media import MediaError, VisualInputs, VisualProcessor
 
 EXIT_WORDS = {"exit", "quit"}
 

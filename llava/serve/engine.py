@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
-from ..generation import StopRule, expand_prompt, sampling_kwargs
-from ..mm_inputs import VisualInputs
-from ..preprocess import tokenize_prompt
+from ..inference.generation import StopRule, expand_prompt, sampling_kwargs
+from ..processing.media import VisualInputs
+from ..processing.prompts import tokenize_prompt
 
 
 class Busy(Exception):

@@ -7,7 +7,7 @@ fetched. Images are opened by ``cv_reader.read_image`` (regular files only, EXIF
 high-bit-depth scaling) under the policy's pixel budget, checked from the header before decoding;
 a video's frame size is checked the same way from its probe. Each visual's ``<image>``
 placeholders go where its part stands in the message (a codec video takes one per mosaic), and
-every visual goes through the one input layer (``llava.mm_inputs``), as in chat, training and
+every visual goes through the one input layer (``llava.processing.media``), as in chat, training and
 evaluation.
 
 Every problem of a request raises :class:`RequestError` with the OpenAI error fields; the server turns
@@ -31,9 +31,9 @@ from cv_reader import ImageTooLargeError, default_max_pixels, read_image
 from PIL import Image
 
 from ..constants import DEFAULT_IMAGE_TOKEN
-from ..conversation import Conversation, get_conv_template
-from ..mm_inputs import MediaError, VisualInputs, VisualProcessor
-from ..video_io import probe
+from ..processing.conversation import Conversation, get_conv_template
+from ..processing.media import MediaError, VisualInputs, VisualProcessor
+from ..processing.video import probe
 from .protocol import AssistantMessage, ImagePart, SystemMessage, TextPart, UserMessage
 
 #: ``type/subtype`` of a data URL (RFC 2045 tokens, bounded).

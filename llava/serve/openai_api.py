@@ -29,10 +29,10 @@ from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..chat import default_conv_template
 from ..cli_options import add_checkpoint_arguments, add_video_arguments, load_checkpoint, video_options
-from ..conversation import get_conv_template
-from ..mm_inputs import VisualProcessor
+from ..inference.chat import default_conv_template
+from ..processing.conversation import get_conv_template
+from ..processing.media import VisualProcessor
 from .engine import Answer, Busy, ChatEngine, Sampling
 from .messages import MediaPolicy, RequestError, parse_messages
 from .protocol import ChatCompletionRequest, ErrorResponse, InvalidRequest, parse_request

@@ -17,7 +17,7 @@ from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ..mm_inputs import VIDEO_MODES
+from ..processing.media import VIDEO_MODES
 
 #: Bounds on what one request may hold (beyond them a request is refused, not cut).
 MAX_MESSAGES = 256

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 
 import transformers
 
-from ..mm_inputs import VIDEO_MODES
-from ..video_io import LLAVA_CODEC
+from ..processing.media import VIDEO_MODES
+from ..processing.video import LLAVA_CODEC
 
 TUNABLE_PARTS = ("mm_vision_tower", "mm_mlp_adapter", "mm_language_model")
 
@@ -36,7 +36,7 @@ class ModelArguments:
             "help": "LLaVA-NeXT's class override, e.g. LlavaQwen or LlavaQwen3 (default: from the config)"
         },
     )
-    version: str = field(default="qwen_1_5", metadata={"help": "conversation template (llava.conversation)"})
+    version: str = field(default="qwen_1_5", metadata={"help": "conversation template (llava.processing.conversation)"})
     mm_tunable_parts: str | None = field(
         default=None,
         metadata={

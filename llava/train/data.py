@@ -1,8 +1,8 @@
 """Training data: LLaVA records -> token ids, labels and visual inputs; batches of them.
 
 Records come from the one dataset reader (``cv_reader.dataset``: JSON / JSONL / brace lists /
-YAML mixtures), media go through the one input layer (``llava.mm_inputs``) and conversations
-through the one template renderer (``llava.preprocess``), so a sample is built exactly as chat
+YAML mixtures), media go through the one input layer (``llava.processing.media``) and conversations
+through the one template renderer (``llava.processing.prompts``), so a sample is built exactly as chat
 and evaluation build their prompts. Every record kind works:
 
 ====================================================  =========================================
@@ -58,8 +58,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..batching import Example, collate
 from ..constants import DEFAULT_IMAGE_TOKEN, IGNORE_INDEX, IMAGE_TOKEN_INDEX
-from ..conversation import SeparatorStyle, get_conv_template
-from ..mm_inputs import (
+from ..model.processing_llava import VisualLayout
+from ..processing.conversation import SeparatorStyle, get_conv_template
+from ..processing.media import (
     MediaError,
     VideoOptions,
     VisualInputs,
@@ -67,9 +68,8 @@ from ..mm_inputs import (
     codec_options,
     read_image_size,
 )
-from ..model.processing_llava import VisualLayout
-from ..preprocess import SYSTEM_ROLE, record_conversation, tokenize_conversation, tokenize_prompt
-from ..video_io import VideoTiming, time_instruction
+from ..processing.prompts import SYSTEM_ROLE, record_conversation, tokenize_conversation, tokenize_prompt
+from ..processing.video import VideoTiming, time_instruction
 from .arguments import DataArguments
 
 logger = logging.getLogger("llava.train")

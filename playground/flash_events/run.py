@@ -352,7 +352,7 @@ def flash_reached(mode: str, budget: int, docs: list[dict], assets: Path | None)
     from cv_reader import sample_frame_ids_uniform
 
     from llava.eval.codec_assets import CodecAssets
-    from llava.video_io import sample_frame_indices
+    from llava.processing.video import sample_frame_indices
 
     found = CodecAssets(str(assets)) if mode == "codec" else None
     hits = 0
@@ -382,7 +382,7 @@ def input_patches(mode: str, budget: int, base: Path, video: Path) -> int:
     """Patches the vision tower reads for one video in ``mode`` (the same for every video here)."""
     from transformers import AutoImageProcessor
 
-    from llava.mm_inputs import VideoOptions, VisualProcessor, codec_options
+    from llava.processing.media import VideoOptions, VisualProcessor, codec_options
 
     processor = AutoImageProcessor.from_pretrained(base / "encoder")
     options = VideoOptions(

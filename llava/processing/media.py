@@ -36,7 +36,7 @@ subclass naming the file and the problem.
 
     processor = VisualProcessor(image_processor, model.config, video_mode="codec")
     visual = processor([pil_image, "clip.mp4"])               # one sample, two placeholders
-    batch = prompt_batch(model, tokenizer, [(ids_a, visual_a), (ids_b, visual_b)])   # llava.generation
+    batch = prompt_batch(model, tokenizer, [(ids_a, visual_a), (ids_b, visual_b)])   # llava.inference.generation
     model.generate(**batch, max_new_tokens=64)
 """
 
@@ -67,12 +67,12 @@ from cv_reader import (
 )
 from PIL import Image
 
-from .constants import DEFAULT_IMAGE_TOKEN
-from .model.image_processing_llava import process_images
-from .model.modeling_llava import placeholder_count
-from .model.modeling_llava_vision import grid_positions, temporal_slots
-from .model.processing_llava import VisualLayout
-from .video_io import VideoFrames, VideoTiming, codec_timing, load_codec_inputs, load_video_frames
+from ..constants import DEFAULT_IMAGE_TOKEN
+from ..model.image_processing_llava import process_images
+from ..model.modeling_llava import placeholder_count
+from ..model.modeling_llava_vision import grid_positions, temporal_slots
+from ..model.processing_llava import VisualLayout
+from .video import VideoFrames, VideoTiming, codec_timing, load_codec_inputs, load_video_frames
 
 VIDEO_MODES = ("codec", "frames")
 _IMAGE_SUFFIXES = frozenset(Image.registered_extensions())

@@ -27,9 +27,48 @@ from collections.abc import Sequence
 
 import torch
 
-from .constants import DEFAULT_IMAGE_TOKEN, IGNORE_INDEX
+from ..constants import DEFAULT_IMAGE_TOKEN, IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from .conversation import Conversation, Segment, get_conv_template
-from .mm_utils import bos_prefix, tokenizer_image_token
+
+
+def bos_prefix(tokenizer) -> list[int]:
+    """``[bos_id]`` when the tokenizer adds a BOS on its own (Llama-style), else ``[]`` (Qwen)."""
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is None:
+        return []
+    with_special = tokenizer("a").input_ids
+    without = tokenizer("a", add_special_tokens=False).input_ids
+    if with_special[:1] == [bos] and with_special[1 : 1 + len(without)] == without:
+        return [bos]
+    return []
+
+
+def tokenizer_image_token(
+    prompt: str,
+    tokenizer,
+    image_token_index: int = IMAGE_TOKEN_INDEX,
+    return_tensors: str | None = None,
+) -> list[int] | torch.Tensor:
+    """Token ids of ``prompt`` with each ``<image>`` replaced by ``image_token_index``.
+
+    The text between placeholders is tokenised piece by piece (no special tokens), so the
+    placeholder never merges with its neighbours; a BOS is prepended only when the tokenizer
+    would add one itself.
+    """
+    if not isinstance(prompt, str):
+        raise ValueError(f"prompt must be a str, got {type(prompt).__name__}")
+    input_ids = bos_prefix(tokenizer)
+    for index, chunk in enumerate(prompt.split(DEFAULT_IMAGE_TOKEN)):
+        if index > 0:
+            input_ids.append(image_token_index)
+        if chunk:
+            input_ids.extend(tokenizer(chunk, add_special_tokens=False).input_ids)
+    if return_tensors is None:
+        return input_ids
+    if return_tensors == "pt":
+        return torch.tensor(input_ids, dtype=torch.long)
+    raise ValueError(f"unsupported return_tensors={return_tensors!r} (use None or 'pt')")
+
 
 ROLE_ALIASES = {"human": 0, "user": 0, "gpt": 1, "assistant": 1}
 SYSTEM_ROLE = "system"
@@ -171,8 +210,10 @@ def tokenize_prompt(conv: Conversation, tokenizer) -> torch.Tensor:
 __all__ = [
     "ROLE_ALIASES",
     "SYSTEM_ROLE",
+    "bos_prefix",
     "place_image_first",
     "record_conversation",
     "tokenize_conversation",
     "tokenize_prompt",
+    "tokenizer_image_token",
 ]

@@ -8,7 +8,7 @@ text goes through it, so training labels, inference prompts and the Hugging Face
 cannot drift apart:
 
 * ``get_prompt()`` is the concatenation of the segments (inference, LLaVA-NeXT style);
-* ``llava.preprocess`` tokenises the segments one by one and supervises the flagged ones
+* ``llava.processing.prompts`` tokenises the segments one by one and supervises the flagged ones
   (training labels), or tokenises an open conversation the same way (``tokenize_prompt``);
 * ``chat_template()`` writes the same rules as a Jinja template, so
   ``tokenizer.apply_chat_template(conv.to_messages(), add_generation_prompt=...)`` gives
@@ -134,7 +134,7 @@ class Conversation:
 
         Adjacent pieces with the same flag are merged and empty ones dropped, so token
         boundaries fall only where supervision changes: tokenising the pieces one by one (as
-        ``llava.preprocess`` does) gives the same ids for a prompt whether it is a training
+        ``llava.processing.prompts`` does) gives the same ids for a prompt whether it is a training
         sample or the open prefix of one.
         """
         self._check_open_turns()
@@ -162,7 +162,7 @@ class Conversation:
         """The text that ends an assistant answer: ``stop_str`` when set (LLaVA-NeXT's field), else the
         separator that closes a reply (``sep`` for ChatML; ``sep2``, or ``sep``, for ``plain``), which is
         what training supervises as the end of every answer. Generation stops here in every entry point
-        (``llava.generation.StopRule``)."""
+        (``llava.inference.generation.StopRule``)."""
         if self.stop_str:
             return self.stop_str
         if self.sep_style == SeparatorStyle.PLAIN and self.sep2 is not None:

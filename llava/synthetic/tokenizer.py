@@ -18,7 +18,7 @@ from pathlib import Path
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from .conversation import Conversation, get_conv_template
+from ..processing.conversation import Conversation, get_conv_template
 
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|image_pad|>")
 THINK_TOKENS = ("<think>", "</think>")

@@ -1,20 +1,20 @@
 """A multi-turn chat with a loaded LLaVA-OV model: what the chat CLI, the demo and the server share.
 
 The prompt is rendered by the conversation template and tokenised exactly as training
-tokenises it (``llava.preprocess.tokenize_prompt``); the visual inputs come from
-``llava.mm_inputs``. Answers can stream through any ``transformers`` streamer.
+tokenises it (``llava.processing.prompts.tokenize_prompt``); the visual inputs come from
+``llava.processing.media``. Answers can stream through any ``transformers`` streamer.
 """
 
 from __future__ import annotations
 
 import torch
 
-from .constants import DEFAULT_IMAGE_TOKEN
-from .conversation import conv_templates, get_conv_template
+from ..constants import DEFAULT_IMAGE_TOKEN
+from ..model.families import llava_lm_for_model_type
+from ..processing.conversation import conv_templates, get_conv_template
+from ..processing.media import VisualInputs
+from ..processing.prompts import tokenize_prompt
 from .generation import StopRule, expand_prompt, sampling_kwargs
-from .mm_inputs import VisualInputs
-from .model.families import llava_lm_for_model_type
-from .preprocess import tokenize_prompt
 
 
 def default_conv_template(config) -> str:

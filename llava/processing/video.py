@@ -37,7 +37,7 @@ from cv_reader import (
     read_pack,
 )
 
-from .model.video_utils_llava import read_video_frames, sample_frame_indices
+from ..model.video_utils_llava import read_video_frames, sample_frame_indices
 
 #: The codec parameters a pack has its own values of: they apply to videos encoded online only.
 PACK_OWN = ("square_size", "sequence_length", "keep_frames_equiv")

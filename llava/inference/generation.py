@@ -2,8 +2,8 @@
 and where an answer ends.
 
 Used by the held-out predictor (``llava.eval.predict``) and the lmms-eval model
-(``llava.eval.lmms_model``). A prompt is its token ids (``llava.preprocess.tokenize_prompt``) and its
-visual inputs (``llava.mm_inputs``); a batch left-pads the ids and concatenates the visual inputs, so
+(``llava.eval.lmms_model``). A prompt is its token ids (``llava.processing.prompts.tokenize_prompt``) and its
+visual inputs (``llava.processing.media``); a batch left-pads the ids and concatenates the visual inputs, so
 every sample of a batch gets what it would get alone. ``StopRule`` is the one place that decides where a
 generated answer ends, for these two and for the chat session and the server too.
 """
@@ -15,13 +15,12 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from transformers import StoppingCriteriaList
+from transformers import StoppingCriteria, StoppingCriteriaList
 
-from .batching import Example, collate, expand
-from .conversation import Conversation, get_conv_template
-from .mm_inputs import VisualInputs
-from .mm_utils import KeywordsStoppingCriteria
-from .model.processing_llava import VisualLayout
+from ..batching import Example, collate, expand
+from ..model.processing_llava import VisualLayout
+from ..processing.conversation import Conversation, get_conv_template
+from ..processing.media import VisualInputs
 
 Prompt = tuple[torch.Tensor, VisualInputs]
 
@@ -35,6 +34,49 @@ def sampling_kwargs(temperature: float, top_p: float | None = None) -> dict:
     if temperature < GREEDY_BELOW:
         return {"do_sample": False}
     return {"do_sample": True, "temperature": temperature, **({} if top_p is None else {"top_p": top_p})}
+
+
+class KeywordsStoppingCriteria(StoppingCriteria):
+    """Stop a row once its generated text ends with (token ids) or contains (decoded tail) a keyword.
+
+    ``input_ids`` is the prompt as it appears at the start of ``generate``'s output: pass the
+    prompt ids when generating from ``input_ids``; pass ``None`` when generating from
+    ``inputs_embeds`` (LLaVA), whose output holds only new tokens.
+    """
+
+    def __init__(self, keywords: Sequence[str], tokenizer, input_ids: torch.Tensor | None):
+        if isinstance(keywords, str):
+            keywords = [keywords]
+        if not keywords or any(not isinstance(k, str) or not k for k in keywords):
+            raise ValueError(f"keywords must be non-empty strings, got {keywords!r}")
+        self.keywords = list(keywords)
+        self.tokenizer = tokenizer
+        self.keyword_ids = [
+            torch.tensor(tokenizer(k, add_special_tokens=False).input_ids) for k in self.keywords
+        ]
+        self.start_len = 0 if input_ids is None else int(input_ids.shape[-1])
+        self.tail_tokens = max(len(ids) for ids in self.keyword_ids) + 2
+
+    def _ends_with_keyword_ids(self, generated: torch.Tensor) -> torch.Tensor:
+        hit = torch.zeros(generated.shape[0], dtype=torch.bool, device=generated.device)
+        for ids in self.keyword_ids:
+            if 0 < ids.numel() <= generated.shape[1]:
+                hit |= (generated[:, -ids.numel() :] == ids.to(generated.device)).all(dim=1)
+        return hit
+
+    def _tail_contains_keyword(self, generated: torch.Tensor) -> torch.Tensor:
+        tails = self.tokenizer.batch_decode(generated[:, -self.tail_tokens :], skip_special_tokens=False)
+        return torch.tensor(
+            [any(k in tail for k in self.keywords) for tail in tails], device=generated.device
+        )
+
+    def __call__(
+        self, input_ids: torch.LongTensor, scores: torch.FloatTensor | None = None, **kwargs
+    ) -> torch.BoolTensor:
+        generated = input_ids[:, self.start_len :]
+        if generated.shape[1] == 0:
+            return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        return self._ends_with_keyword_ids(generated) | self._tail_contains_keyword(generated)
 
 
 @dataclass(frozen=True)
@@ -84,7 +126,7 @@ def _layout(model) -> tuple[VisualLayout, int]:
 
 
 def expand_prompt(model, ids: torch.Tensor, visual: VisualInputs) -> torch.Tensor:
-    """1-D prompt ids with each ``<image>`` placeholder (-200, ``llava.preprocess.tokenize_prompt``) replaced by
+    """1-D prompt ids with each ``<image>`` placeholder (-200, ``llava.processing.prompts.tokenize_prompt``) replaced by
     its run of ``config.image_token_id`` tokens: the ids the checkpoint's processor makes for the same prompt."""
     if not len(visual):
         return ids
@@ -149,6 +191,6 @@ def continuation_logprobs(
 
 
 __all__ = [
-    "GREEDY_BELOW", "Prompt", "StopRule", "continuation_logprobs", "expand_prompt", "generate_batch", "prompt_batch",
-    "sampling_kwargs",
+    "GREEDY_BELOW", "KeywordsStoppingCriteria", "Prompt", "StopRule", "continuation_logprobs", "expand_prompt",
+    "generate_batch", "prompt_batch", "sampling_kwargs",
 ]

@@ -1,4 +1,6 @@
-"""mm_utils: image-token tokenisation, pad / anyres / native preprocessing, stopping criteria."""
+"""LLaVA-NeXT's input helpers: image-token tokenisation (``llava.processing.prompts``), pad / anyres / native
+preprocessing (``llava.model.image_processing_llava``), stopping criteria (``llava.inference.generation``) and
+model names (``llava.model.builder``)."""
 
 from __future__ import annotations
 
@@ -12,8 +14,9 @@ from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
 from llava.constants import IMAGE_TOKEN_INDEX
-from llava.mm_utils import KeywordsStoppingCriteria, get_model_name_from_path, tokenizer_image_token
+from llava.inference.generation import KeywordsStoppingCriteria
 from llava.model import OneVisionEncoderImageProcessor
+from llava.model.builder import get_model_name_from_path
 from llava.model.image_processing_llava import (
     divide_to_patches,
     expand2square,
@@ -26,7 +29,8 @@ from llava.model.image_processing_llava import (
     select_best_resolution,
     unpad_image,
 )
-from llava.tokenizer_utils import build_tiny_qwen_tokenizer
+from llava.processing.prompts import tokenizer_image_token
+from llava.synthetic.tokenizer import build_tiny_qwen_tokenizer
 
 
 @pytest.fixture(scope="module")
