@@ -2,7 +2,7 @@
 
 The chat CLI (``llava.serve.cli``) and the held-out predictor (``llava.eval.predict``) take the same
 ``--model-path --model-base --device`` and ``--video-mode --frames --codec-frames --codec-canvas
---codec-images`` flags; they are defined once here, with one loading rule (float32 on the CPU,
+--codec-images --time-instruction`` flags; they are defined once here, with one loading rule (float32 on the CPU,
 the checkpoint's dtype elsewhere) and one way from the flags to :class:`~llava.processing.media.VideoOptions`:
 a flag not given takes the checkpoint's saved setting (its processor's ``video``, what it was trained
 with), and the codec is cut in the encoder's patch size, as training cuts it.
@@ -39,6 +39,9 @@ def add_video_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"codec canvas side in pixels ({saved % LLAVA_CODEC.square_size})")
     parser.add_argument("--codec-images", type=int, default=None,
                         help=f"codec mosaics per video (N) ({saved % LLAVA_CODEC.keep_frames_equiv})")
+    parser.add_argument("--time-instruction", action=argparse.BooleanOptionalAction, default=None,
+                        help="follow a video file's placeholders with LLaVA-NeXT's time instruction, as a model "
+                             f"trained with --add_time_instruction expects ({saved % 'off'})")
 
 
 def load_checkpoint(args: argparse.Namespace):
@@ -53,13 +56,13 @@ def video_options(args: argparse.Namespace, patch_size: int) -> VideoOptions:
     """The video options of the flags, each flag not given taken from the checkpoint's saved settings."""
     return resolve_video_options(
         saved_video_settings(getattr(args, "model_path", None)), patch_size, args.video_mode, args.frames,
-        args.codec_frames, args.codec_images, args.codec_canvas,
+        args.codec_frames, args.codec_images, args.codec_canvas, getattr(args, "time_instruction", None),
     )
 
 
 def resolve_video_options(saved: dict, patch_size: int, mode: str | None = None, frames: int | None = None,
                           codec_frames: int | None = None, codec_images: int | None = None,
-                          codec_canvas: int | None = None) -> VideoOptions:
+                          codec_canvas: int | None = None, time_instruction: bool | None = None) -> VideoOptions:
     """Video options from explicit values, else the checkpoint's ``saved`` settings (its processor's ``video``),
     else the defaults; the codec is cut in the encoder's ``patch_size``."""
     codec = saved.get("codec") or {}
@@ -76,7 +79,7 @@ def resolve_video_options(saved: dict, patch_size: int, mode: str | None = None,
     return VideoOptions(
         pick(mode, saved.get("mode"), "codec"), int(pick(frames, saved.get("frames_upbound"), VideoOptions.frames_upbound)),
         fps=saved.get("fps") if frames is None else None, force_sample=bool(saved.get("force_sample", False)),
-        codec=options,
+        codec=options, time_instruction=bool(pick(time_instruction, saved.get("time_instruction"), False)),
     )
 
 

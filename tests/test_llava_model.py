@@ -566,8 +566,8 @@ def test_a_language_model_family_is_explicit_classes_and_one_record(tmp_path):
         def get_model(self):
             return self.model
 
-    lm = register_llava_lm(LlavaLM("llama_test", LlavaLlamaTestConfig, LlavaLlamaTestModel,
-                                   LlavaLlamaTestForCausalLM, "qwen_1_5", "llama", "test_llava_model.py"))
+    register_llava_lm(LlavaLM("llama_test", LlavaLlamaTestConfig, LlavaLlamaTestModel,
+                      LlavaLlamaTestForCausalLM, "qwen_1_5", "llama", "test_llava_model.py"))
     try:
         tokenizer, model, _ = build_tiny_model("llama_test", seed=2)
         out = run(model, [prompt_ids(tokenizer, "<image>\nwhat is this?")], [[("image", 0)]])

@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from train_helpers import write_video
 
 from llava.model.tiny import save_tiny_checkpoint
-from train_helpers import write_video
 
 PLAIN_PYTHON = os.environ.get("LLAVA_PLAIN_PYTHON")
 SCRIPT = Path(__file__).with_name("plain_transformers_answers.py")

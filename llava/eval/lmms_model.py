@@ -20,8 +20,9 @@ model_args: ``pretrained`` (required), ``model_base`` (LoRA / projector-only che
 ``conv_template`` (default: the checkpoint's), ``device``, ``device_map``, ``torch_dtype``
 (``auto`` | ``float32`` | ``bfloat16`` | ``float16``), ``attn_implementation``, ``batch_size``,
 ``video_mode`` (``codec`` | ``frames``), ``max_frames``, ``codec_frames``, ``codec_images``,
-``codec_canvas`` (each not given: the checkpoint's saved setting, what it was trained with),
-``codec_offline_root`` (one or more folders joined by ``:``).
+``codec_canvas``, ``time_instruction`` (a video file's time instruction after its placeholders; each not given:
+the checkpoint's saved setting, what it was trained with), ``codec_offline_root`` (one or more folders joined
+by ``:``).
 """
 
 from __future__ import annotations
@@ -59,6 +60,17 @@ class MediaUnavailable(Exception):
     """A request's visual could not be turned into model inputs (the message says which and why)."""
 
 
+def _flag(value: bool | str | None, name: str) -> bool | None:
+    """A boolean model_arg as lmms-eval hands it (a bool, or the text ``true`` / ``false``)."""
+    if value is None or isinstance(value, bool):
+        return value
+    if str(value).lower() in ("true", "1", "yes"):
+        return True
+    if str(value).lower() in ("false", "0", "no"):
+        return False
+    raise ValueError(f"llava_ov_encoder: {name} must be true or false, got {value!r}")
+
+
 class LlavaOVEncoder(lmms):
     is_simple = True
 
@@ -79,6 +91,7 @@ class LlavaOVEncoder(lmms):
         codec_images: int | None = None,
         codec_canvas: int | None = None,
         codec_offline_root: str | None = None,
+        time_instruction: bool | str | None = None,
         max_new_tokens: int = 1024,
         **unknown,
     ) -> None:
@@ -115,6 +128,7 @@ class LlavaOVEncoder(lmms):
         video = resolve_video_options(
             saved_video_settings(pretrained), image_processor.patch_size, video_mode,
             *(None if value is None else int(value) for value in (max_frames, codec_frames, codec_images, codec_canvas)),
+            _flag(time_instruction, "time_instruction"),
         )
         self.processor = VisualProcessor(image_processor, self.model.config, video)
         self.batch_size_per_gpu = int(batch_size)
@@ -186,7 +200,7 @@ class LlavaOVEncoder(lmms):
         """The prompt ids: the context as the user turn (placeholders added first unless it has them)."""
         count = context.count(DEFAULT_IMAGE_TOKEN)
         if count == 0 and len(visual):
-            context = visual.placeholder_text() + "\n" + context
+            context = visual.prompt_lead() + context
         elif count not in (0, visual.num_placeholders):
             if count != len(visual):
                 raise MediaUnavailable(

@@ -54,7 +54,7 @@ class ChatSession:
             raise ValueError(f"a question may not contain {DEFAULT_IMAGE_TOKEN}: the media given with the "
                              "chat are placed for you")
         if self.turns == 0 and len(self.visual):
-            question = self.visual.placeholder_text() + "\n" + question
+            question = self.visual.prompt_lead() + question
         self.conv.append_message(self.conv.roles[0], question)
         self.conv.append_message(self.conv.roles[1], None)
         input_ids = expand_prompt(self.model, tokenize_prompt(self.conv, self.tokenizer), self.visual)

@@ -59,12 +59,14 @@ def ensure_image_token(tokenizer, model=None) -> int:
 
 
 def video_settings(config, patch_size: int, mode: str = "codec", frames_upbound: int = 16,
-                   fps: float | None = None, force_sample: bool = False, codec: dict | None = None) -> dict:
+                   fps: float | None = None, force_sample: bool = False, codec: dict | None = None,
+                   time_instruction: bool = False) -> dict:
     """The video processor's settings for a model of ``config`` (the codec's patch size is the encoder's)."""
     vision = config.vision_config or {}
     grid_t = vision.get("rope_temporal_size") if isinstance(vision, dict) else vision.rope_temporal_size
     return {"mode": mode, "frames_upbound": frames_upbound, "fps": fps, "force_sample": force_sample,
-            "codec": {**(codec or {}), "patch_size": int(patch_size)}, "rope_temporal_size": grid_t}
+            "codec": {**(codec or {}), "patch_size": int(patch_size)}, "rope_temporal_size": grid_t,
+            "time_instruction": bool(time_instruction)}
 
 
 def build_processor(tokenizer, image_processor, config, video: dict | None = None,

@@ -14,7 +14,9 @@ placeholder into exactly as many ``<|image_pad|>`` tokens as the model makes vis
 
 The visual inputs are lists, one entry per media item in prompt order (``images``, ``modalities``,
 ``image_sizes``, ``patch_positions``; see ``modeling_llava.py``). A codec video is ``N`` mosaics,
-and takes ``N`` runs of tokens separated by a newline, as the model was trained on codec records.
+and takes ``N`` runs of tokens separated by a newline, as the model was trained on codec records. A model
+trained with ``--add_time_instruction`` saves ``time_instruction`` in its video settings: a video file's tokens
+are then followed by LLaVA-NeXT's time instruction, as in training.
 :class:`VisualLayout` is the one definition of how many tokens an input makes.
 
 Self-contained (transformers, torch, numpy, Pillow, PyAV): the file travels inside checkpoint folders.
@@ -220,6 +222,8 @@ class LlavaOVProcessor(ProcessorMixin):
                 entry = self.image_entry(media) if kind == "image" else self.video_processor(media, video_mode)
                 entries.append(entry)
                 parts.append(self.expansion(entry))
+                if entry.instruction:  # a video's time instruction, where training put it
+                    parts.append(f"\n{entry.instruction}\n")
             expanded.append("".join(parts))
         if image_queue or video_queue:
             raise ValueError(f"{len(image_queue)} images and {len(video_queue)} videos were given without a "

@@ -28,7 +28,8 @@ def resave(old: str | Path, new: str | Path, model_base: str | None = None, conv
            **video_flags: int | str | None) -> Path:
     """Load ``old`` (+ ``model_base``) and write it to ``new`` in the self-contained layout; returns ``new``.
 
-    ``video_flags`` (``mode``, ``frames``, ``codec_frames``, ``codec_images``, ``codec_canvas``; None or absent:
+    ``video_flags`` (``mode``, ``frames``, ``codec_frames``, ``codec_images``, ``codec_canvas``,
+    ``time_instruction``; None or absent:
     ``old``'s saved setting, else the default) are the video settings saved with the processor."""
     tokenizer, model, image_processor, _ = load_pretrained_model(
         str(old), model_base, torch_dtype="auto", merge_lora=True
@@ -53,7 +54,8 @@ def saved_or_default_video(folder: str | Path, config, patch_size: int, **video_
     codec = {"sequence_length": options.codec.sequence_length, "keep_frames_equiv": options.codec.keep_frames_equiv,
              "square_size": options.codec.square_size}
     return video_settings(config, patch_size, mode=options.mode, frames_upbound=options.frames_upbound,
-                          fps=options.fps, force_sample=options.force_sample, codec=codec)
+                          fps=options.fps, force_sample=options.force_sample, codec=codec,
+                          time_instruction=options.time_instruction)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,12 +70,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--codec-frames", type=int, default=None, help="codec: frames sampled (T)")
     parser.add_argument("--codec-images", type=int, default=None, help="codec: mosaics per video (N)")
     parser.add_argument("--codec-canvas", type=int, default=None, help="codec: canvas side in pixels")
+    parser.add_argument("--time-instruction", action=argparse.BooleanOptionalAction, default=None,
+                        help="videos get the time instruction (a model trained with --add_time_instruction)")
     args = parser.parse_args(argv)
     try:
         with torch.no_grad():
             path = resave(args.old, args.new, args.model_base, args.conv_template, mode=args.video_mode,
                           frames=args.frames, codec_frames=args.codec_frames, codec_images=args.codec_images,
-                          codec_canvas=args.codec_canvas)
+                          codec_canvas=args.codec_canvas, time_instruction=args.time_instruction)
     except (FileExistsError, ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

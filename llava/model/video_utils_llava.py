@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,6 +60,17 @@ class VideoClip:
     def duration(self) -> float:
         """Length of the video in seconds (frame count / average fps)."""
         return self.total_frames / self.avg_fps
+
+
+def time_instruction(frame_times: Sequence[float], duration: float) -> str:
+    """LLaVA-NeXT's ``--add_time_instruction`` text for a video whose sampled frames are at ``frame_times``
+    seconds, word for word (its missing space after the frame list included, so a checkpoint trained upstream
+    reads the prompt it learnt)."""
+    times = ",".join(f"{t:.2f}s" for t in frame_times)
+    return (
+        f"The video lasts for {duration:.2f} seconds, and {len(frame_times)} frames are uniformly sampled from "
+        f"it. These frames are located at {times}.Please answer the following questions related to this video."
+    )
 
 
 def uniform_frame_ids(total_frames: int, count: int) -> np.ndarray:
@@ -364,4 +375,4 @@ def _read_frames(index: _Index, indices: np.ndarray) -> np.ndarray:
     return np.stack([got[i] for i in ids])
 
 
-__all__ = ["VideoClip", "read_video_frames", "sample_frame_indices", "uniform_frame_ids"]
+__all__ = ["VideoClip", "read_video_frames", "sample_frame_indices", "time_instruction", "uniform_frame_ids"]

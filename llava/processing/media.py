@@ -72,7 +72,7 @@ from ..model.image_processing_llava import process_images
 from ..model.modeling_llava import placeholder_count
 from ..model.modeling_llava_vision import grid_positions, temporal_slots
 from ..model.processing_llava import VisualLayout
-from .video import VideoFrames, VideoTiming, codec_timing, load_codec_inputs, load_video_frames
+from .video import VideoFrames, codec_timing, load_codec_inputs, load_video_frames, time_instruction
 
 VIDEO_MODES = ("codec", "frames")
 _IMAGE_SUFFIXES = frozenset(Image.registered_extensions())
@@ -83,13 +83,15 @@ class VisualInputs:
     """Model-ready visual inputs: one entry per ``<image>`` placeholder, in placeholder order.
 
     ``model_kwargs()`` gives the ``images`` / ``modalities`` / ``image_sizes`` /
-    ``patch_positions`` keyword arguments of ``generate()`` and ``forward()``.
+    ``patch_positions`` keyword arguments of ``generate()`` and ``forward()``. ``time_instructions``: the
+    time instruction of each video file read with ``VideoOptions.time_instruction`` (text, not model input).
     """
 
     images: list[torch.Tensor] = field(default_factory=list)
     modalities: list[str] = field(default_factory=list)
     image_sizes: list[tuple[int, int]] = field(default_factory=list)  # (width, height)
     patch_positions: list[torch.Tensor | None] = field(default_factory=list)
+    time_instructions: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -113,6 +115,15 @@ class VisualInputs:
         """The ``<image>`` placeholders these inputs need in a prompt, e.g. ``"<image>\\n<image>"``."""
         return separator.join([DEFAULT_IMAGE_TOKEN] * self.num_placeholders)
 
+    def prompt_lead(self) -> str:
+        """What a user turn starts with in front of the user's words: the placeholders and a newline, then any
+        time instruction and a blank line, the text training writes for a record whose turn is
+        ``"<image>\\nQuestion"`` (``llava.train.data.add_time_instruction``, upstream's layout)."""
+        if not len(self):
+            return ""
+        lead = self.placeholder_text() + "\n"
+        return lead + "".join(f"{note}\n\n" for note in self.time_instructions)
+
     def __add__(self, other: VisualInputs) -> VisualInputs:
         return VisualInputs.concat([self, other])
 
@@ -125,6 +136,7 @@ class VisualInputs:
             out.modalities += part.modalities
             out.image_sizes += part.image_sizes
             out.patch_positions += part.patch_positions
+            out.time_instructions += part.time_instructions
         return out
 
     def to(self, device: torch.device | str) -> VisualInputs:
@@ -153,6 +165,8 @@ class VideoOptions:
 
     ``mode``: ``codec`` (codec patches with the ``codec`` configuration, computed online) or
     ``frames`` (uniform frames, LLaVA-NeXT's ``frames_upbound`` / ``fps`` / ``force_sample``).
+    ``time_instruction``: a video file's inputs carry LLaVA-NeXT's time instruction (``--add_time_instruction``;
+    ``VisualInputs.time_instructions``).
     """
 
     mode: str = "codec"
@@ -160,6 +174,7 @@ class VideoOptions:
     fps: float | None = None
     force_sample: bool = False
     codec: Stage1Params = LLAVA_CODEC
+    time_instruction: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in VIDEO_MODES:
@@ -278,24 +293,21 @@ class VisualProcessor:
         return VisualInputs([pixels], ["codec"], [size], [positions])
 
     def video(self, path: str | os.PathLike, mode: str | None = None) -> VisualInputs:
-        """One video file, as uniform ``frames`` or online ``codec`` patches (default: the options' mode)."""
-        return self._video(path, mode, timed=False)[0]
-
-    def timed_video(
-        self, path: str | os.PathLike, mode: str | None = None
-    ) -> tuple[VisualInputs, VideoTiming]:
-        """:meth:`video` and the times of the frames it sampled: the uniform frames', or the ``T`` frames
-        the codec sampled its patches from (``--add_time_instruction``)."""
-        return self._video(path, mode, timed=True)
-
-    def _video(self, path, mode: str | None, timed: bool) -> tuple[VisualInputs, VideoTiming | None]:
+        """One video file, as uniform ``frames`` or online ``codec`` patches (default: the options' mode); with
+        ``time_instruction``, its time instruction too (the uniform frames' times, or the ``T`` frames' the codec
+        sampled its patches from)."""
         options = self.video_options if mode is None else replace(self.video_options, mode=mode)
         if options.mode == "frames":
             clip = load_video_frames(path, options.frames_upbound, options.fps, options.force_sample)
-            return self.frames(clip), clip.timing
-        self._check_codec_patch()
-        codec = load_codec_inputs(path, params=options.codec)
-        return self.codec(codec, where=str(path)), codec_timing(path, codec) if timed else None
+            inputs, timing = self.frames(clip), clip.timing
+        else:
+            self._check_codec_patch()
+            codec = load_codec_inputs(path, params=options.codec)
+            inputs = self.codec(codec, where=str(path))
+            timing = codec_timing(path, codec) if options.time_instruction else None
+        if options.time_instruction:
+            inputs.time_instructions.append(time_instruction(timing))
+        return inputs
 
     def codec(self, codec: CodecPatches, where: str = "codec input") -> VisualInputs:
         """Codec mosaics + positions (computed or read) as one ``codec`` entry.

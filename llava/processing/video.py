@@ -37,7 +37,9 @@ from cv_reader import (
     read_pack,
 )
 
+from ..model.video_processing_llava import LlavaOVVideoProcessor
 from ..model.video_utils_llava import read_video_frames, sample_frame_indices
+from ..model.video_utils_llava import time_instruction as _time_instruction
 
 #: The codec parameters a pack has its own values of: they apply to videos encoded online only.
 PACK_OWN = ("square_size", "sequence_length", "keep_frames_equiv")
@@ -57,13 +59,9 @@ class VideoTiming:
 
 
 def time_instruction(timing: VideoTiming) -> str:
-    """LLaVA-NeXT's ``--add_time_instruction`` text for a video, word for word (its missing space after
-    the frame list included, so a checkpoint trained upstream reads the prompt it learnt)."""
-    return (
-        f"The video lasts for {timing.duration:.2f} seconds, and {len(timing.frame_times)} frames are "
-        f"uniformly sampled from it. These frames are located at {timing.frame_time_str()}.Please answer "
-        "the following questions related to this video."
-    )
+    """LLaVA-NeXT's ``--add_time_instruction`` text for a video, word for word (the checkpoint processor's,
+    ``llava.model.video_utils_llava.time_instruction``)."""
+    return _time_instruction(timing.frame_times, timing.duration)
 
 
 @dataclass
@@ -144,14 +142,8 @@ def load_codec_inputs(
 
 def codec_timing(video_path: str | os.PathLike, codec: CodecPatches) -> VideoTiming:
     """The times of the ``T`` frames the codec sampled from ``video_path`` (its ``frame_ids``), as
-    :class:`VideoTiming`; the video is probed again for its frame rate (demuxed, not decoded)."""
-    if codec.frame_ids is None:
-        raise ValueError(f"{video_path}: these codec inputs carry no frame ids (packs record no frame times)")
-    index = probe(video_path)
-    if not index.fps > 0:
-        raise VideoReadError(video_path, "the video stream declares no frame rate")
-    frame_ids = np.asarray(codec.frame_ids, dtype=np.float64)
-    return VideoTiming(frame_ids / index.fps, index.num_frames / index.fps)
+    :class:`VideoTiming` (the checkpoint processor's rule, ``LlavaOVVideoProcessor.codec_timing``)."""
+    return VideoTiming(*LlavaOVVideoProcessor.codec_timing(video_path, codec))
 
 
 __all__ = [

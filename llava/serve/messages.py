@@ -233,7 +233,7 @@ def _user_text(content, param, processor, policy, video_mode, visuals, temporary
             problem = error.problem if isinstance(error, MediaError) else str(error)
             raise RequestError(f"{where}: {problem}", where, code="bad_media") from None
         visuals.append(visual)
-        pieces.append(visual.placeholder_text() + "\n")
+        pieces.append(visual.prompt_lead())
     return "".join(pieces)
 
 

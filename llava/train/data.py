@@ -142,6 +142,7 @@ def video_options(data_args: DataArguments, patch_size: int) -> VideoOptions:
         fps=data_args.video_fps,
         force_sample=data_args.force_sample,
         codec=codec,
+        time_instruction=data_args.add_time_instruction,
     )
 
 
@@ -151,7 +152,7 @@ def expand_video_placeholder(conversations: list, count: int) -> list:
     return rewrite_conversations(conversations, count)
 
 
-def add_time_instruction(conversations: list, timing: VideoTiming) -> list:
+def add_time_instruction(conversations: list, instruction: str) -> list:
     """LLaVA-NeXT's time instruction (``--add_time_instruction``) put after a raw video's placeholder.
 
     Upstream rewrites the first human turn as ``<placeholder>\n<instruction>\n<the turn without its
@@ -175,7 +176,7 @@ def add_time_instruction(conversations: list, timing: VideoTiming) -> list:
     key = text_key(turn)
     count = max(1, turn[key].count(tag))
     placeholders = "\n".join([tag] * count)
-    turn[key] = f"{placeholders}\n{time_instruction(timing)}\n{turn[key].replace(tag, '')}"
+    turn[key] = f"{placeholders}\n{instruction}\n{turn[key].replace(tag, '')}"
     return out
 
 
@@ -207,7 +208,8 @@ class SupervisedDataset(Dataset):
         self.template = template
         self.plain = get_conv_template(template).sep_style == SeparatorStyle.PLAIN
         self.max_attempts = min(len(self.records), 100)
-        if data_args.add_time_instruction:
+        self.timed = visual.video_options.time_instruction  # --add_time_instruction (the predictor: the saved one)
+        if self.timed:
             packs = sum(1 for r in self.records if isinstance(r, dict) and r.get("positions_thw") is not None)
             if packs:
                 logger.warning(
@@ -269,9 +271,9 @@ class SupervisedDataset(Dataset):
         except ValueError as exc:
             raise ValueError(f"{where}: {exc}") from None
         conversations = record["conversations"]
-        visual, timing = self._media(record, measure)
-        if timing is not None:
-            conversations = add_time_instruction(conversations, timing)
+        visual, instruction = self._media(record, measure)
+        if instruction is not None:
+            conversations = add_time_instruction(conversations, instruction)
         if record.get("video") is not None:
             try:
                 conversations = expand_video_placeholder(conversations, visual.num_placeholders)
@@ -364,18 +366,17 @@ class SupervisedDataset(Dataset):
         """
         return self._media(record, measure)[0]
 
-    def _media(self, record: dict, measure: bool = False) -> tuple[VisualInputs, VideoTiming | None]:
-        """:meth:`media` and, for a raw video with ``--add_time_instruction``, its frames' times (when
-        measuring: zeros, as many as the options sample; the text's length is then about right)."""
+    def _media(self, record: dict, measure: bool = False) -> tuple[VisualInputs, str | None]:
+        """:meth:`media` and, for a raw video read with the time instruction (``--add_time_instruction``), its
+        text (when measuring: with zero times, as many as the options sample; the text's length is then about
+        right)."""
         images, video = record.get("image"), record.get("video")
-        timed = self.data_args.add_time_instruction
         if video is not None:
             path = self._path(video, self.data_args.video_folder)
             if measure:
-                return self._video_shape(), self._timing_estimate() if timed else None
-            if timed:
-                return self.visual.timed_video(path)
-            return self.visual.video(path), None
+                return self._video_shape(), time_instruction(self._timing_estimate()) if self.timed else None
+            visual = self.visual.video(path)
+            return visual, visual.time_instructions[0] if visual.time_instructions else None
         if images is None:
             return VisualInputs(), None
         paths = [images] if isinstance(images, str) else list(images)

@@ -112,6 +112,7 @@ def folder_facts(argv, model_args, data_args, training_args, config, patch_size:
         fps=data_args.video_fps, force_sample=data_args.force_sample,
         codec={"sequence_length": data_args.codec_frames, "keep_frames_equiv": data_args.codec_images,
                "square_size": data_args.codec_canvas},
+        time_instruction=data_args.add_time_instruction,
     )
     data = [Path(part).name for part in str(data_args.data_path or "").split(",") if part]
     flags = [Path(arg).name if "/" in arg and not arg.startswith("--") else arg
