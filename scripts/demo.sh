@@ -34,7 +34,7 @@ step "3/4 lmms-eval on the offline local tasks (tiny_ov)"
 t=$SECONDS
 log="$OUTPUT_DIR/eval.log"
 if ! PYTHON="$PYTHON" TASKS=tiny_ov MODEL_PATH="$OUTPUT_DIR" OUTPUT_PATH="$OUTPUT_DIR/eval" BATCH_SIZE=8 \
-    MODEL_ARGS=codec_frames=16,codec_canvas=64,codec_images=4 CODEC_OFFLINE_ROOT="" \
+    MODEL_ARGS=codec_frames=16,codec_canvas=64,codec_images=4 CODEC_OFFLINE_ROOT="" RECORD_CARD=1 \
     HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 bash scripts/eval/eval_ov_encoder.sh > "$log" 2>&1; then
   tail -n 40 "$log"
   echo "error: the evaluation failed; its whole output is in $log" >&2
@@ -55,6 +55,6 @@ where everything is:
   checkpoint            $OUTPUT_DIR (loss history: trainer_state.json)
   training data         $OUTPUT_DIR/data (codec packs: $OUTPUT_DIR/data/codec)
   held-out scores       $OUTPUT_DIR/heldout_scores.json
-  lmms-eval results     $OUTPUT_DIR/eval
+  lmms-eval results     $OUTPUT_DIR/eval (the scores are in the model card too: $OUTPUT_DIR/README.md)
 TEXT
 echo "time per step: $(IFS=';'; echo "${timings[*]}" | sed 's/;/, /g'); total $((SECONDS - start)) s"

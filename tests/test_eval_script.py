@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -42,12 +43,37 @@ def _scores(out: Path) -> dict[str, float]:
 
 @pytest.fixture(scope="module")
 def trained(tiny_run, media, tmp_path_factory):
-    """The tiny SFT checkpoint scored on the tiny_ov group: ``(checkpoint, scores, script output)``."""
+    """The tiny SFT checkpoint scored on the tiny_ov group, recording the scores in its model card (a copy of
+    it: the shared checkpoint stays as trained): ``(scored copy, scores, script output)``."""
     checkpoint, _ = tiny_run
     out = tmp_path_factory.mktemp("trained-eval")
-    result = _evaluate(checkpoint, out, media)
+    scored = shutil.copytree(checkpoint, out / "ckpt", ignore=shutil.ignore_patterns("checkpoint-*", "eval*"))
+    result = _evaluate(scored, out, media, RECORD_CARD="1")
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-    return checkpoint, _scores(out), result
+    return scored, _scores(out), result
+
+
+def test_the_scores_join_the_model_card_and_survive_a_resave(trained, tmp_path):
+    """``RECORD_CARD=1``: the card's Evaluation section and ``eval_results.json`` hold the run's scores; a later
+    record replaces a pair instead of repeating it, and ``python -m llava.model.resave`` keeps them."""
+    from llava.model.folder import record_evaluation, saved_results
+    from llava.model.resave import main as resave_main
+
+    scored, scores, result = trained
+    card = (scored / "README.md").read_text()
+    assert f"model card: {scored / 'README.md'}" in result.stdout
+    assert card.count("## Evaluation") == 1 and "## Recipe" in card  # the trainer's card, now with its scores
+    for task, value in scores.items():
+        metric = "exact_match" if task == "tiny_ov_free" else "acc"
+        assert f"| {task} | {metric} | {value:.4f} |" in card
+        assert [task, metric, f"{value:.4f}"] in saved_results(scored)
+    record_evaluation(scored, [("tiny_ov_free", "exact_match", "0.1234")])
+    again = (scored / "README.md").read_text()
+    assert again.count("## Evaluation") == 1 and again.count("| tiny_ov_free | exact_match |") == 1
+    assert "| tiny_ov_free | exact_match | 0.1234 |" in again and "## Recipe" in again
+    assert resave_main([str(scored), str(tmp_path / "resaved")]) == 0
+    assert saved_results(tmp_path / "resaved") == saved_results(scored)
+    assert "| tiny_ov_free | exact_match | 0.1234 |" in (tmp_path / "resaved" / "README.md").read_text()
 
 
 def test_the_tiny_sft_checkpoint_scores_far_above_chance_and_an_untrained_one_near_it(trained, media,

@@ -8,7 +8,9 @@ lmms-eval command line with three differences:
 * lmms-eval prints a traceback and exits 0 when an evaluation fails (unless ``--verbosity DEBUG``):
   here the exit status is 1 unless a results file was written for this run and holds every
   requested task (3 when some tasks are missing from it);
-* the end of the run prints the metrics of every task and where the results file is.
+* the end of the run prints the metrics of every task and where the results file is;
+* ``--record_card``: the scores are added to the evaluated checkpoint folder's model card (its
+  ``README.md`` Evaluation section and ``eval_results.json``; ``llava.model.folder.record_evaluation``).
 """
 
 from __future__ import annotations
@@ -54,9 +56,9 @@ def newest_results(output_path: str | os.PathLike, since: float) -> Path | None:
     return max(found, key=lambda p: p.stat().st_mtime, default=None)
 
 
-def results_table(results: dict) -> str:
-    """``task  metric  value  stderr`` for every metric of every task (and group) in a results file."""
-    rows = [("task", "metric", "value", "stderr")]
+def result_rows(results: dict) -> list[tuple[str, str, str, str]]:
+    """``(task, metric, value, stderr)`` for every metric of every task (and group) in a results file."""
+    rows = []
     for section in ("results", "groups"):
         for task, metrics in sorted(results.get(section, {}).items()):
             for key, value in sorted(metrics.items()):
@@ -66,12 +68,20 @@ def results_table(results: dict) -> str:
                 stderr = metrics.get(f"{metric}_stderr,{kind}")
                 shown = f"{stderr:.4f}" if isinstance(stderr, (int, float)) and math.isfinite(stderr) else ""
                 rows.append((task, metric, f"{value:.4f}", shown))
+    return rows
+
+
+def results_table(results: dict) -> str:
+    """``task  metric  value  stderr`` for every metric of every task (and group) in a results file."""
+    rows = [("task", "metric", "value", "stderr"), *result_rows(results)]
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    record_card = "--record_card" in argv
+    argv = [arg for arg in argv if arg != "--record_card"]
     tasks = [t for t in (_option(argv, "--tasks") or "").split(",") if t]
     output_path = _option(argv, "--output_path")
     if not tasks or not output_path:
@@ -95,10 +105,30 @@ def main(argv: list[str] | None = None) -> int:
     scored = set(results.get("results", {})) | set(results.get("groups", {}))
     missing = [t for t in tasks if t not in scored]
     print(f"\n{results_table(results)}\n\nresults: {path}")
+    if record_card:
+        _record_card(_option(argv, "--model_args") or "", results)
     if missing:
         print(f"error: no results for {', '.join(missing)}", file=sys.stderr)
         return 3
     return 0
+
+
+def _record_card(model_args: str, results: dict) -> None:
+    """Add the scores to the model card of the checkpoint folder named by ``pretrained=`` in ``model_args``."""
+    args = dict(part.split("=", 1) for part in model_args.split(",") if "=" in part)
+    folder = Path(args.get("pretrained", ""))
+    if not (folder / "config.json").is_file():
+        print(f"warning: --record_card: pretrained={folder} is not a local checkpoint folder; no card updated",
+              file=sys.stderr)
+        return
+    from llava.model.folder import record_evaluation
+
+    try:
+        card = record_evaluation(folder, [row[:3] for row in result_rows(results)])
+    except OSError as error:
+        print(f"warning: --record_card: {folder}: {error}; no card updated", file=sys.stderr)
+        return
+    print(f"model card: {card} (Evaluation)")
 
 
 if __name__ == "__main__":

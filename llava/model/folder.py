@@ -172,6 +172,10 @@ def write_directory_atomically(out: Path, write: Callable[[Path], None]) -> None
         raise
 
 
+EVAL_RESULTS = "eval_results.json"
+EVALUATION_HEADING = "## Evaluation"
+
+
 def _update_json(path: Path, values: dict, nested: str | None = None) -> None:
     data = json.loads(path.read_text())
     data.update(values)
@@ -236,10 +240,42 @@ def write_model_card(directory: Path, config, processor: LlavaOVProcessor, card:
         lines += ["", "## Training data", "", *[f"- `{item}`" for item in card["data"]]]
     if card.get("flags"):
         lines += ["", "## Recipe", "", "```", " ".join(card["flags"]), "```"]
-    if card.get("results"):
-        lines += ["", "## Evaluation", "", "| task | metric | value |", "|---|---|---:|"]
-        lines += [f"| {task} | {metric} | {value} |" for task, metric, value in card["results"]]
-    _write_text(directory / "README.md", "\n".join(lines) + "\n")
+    results = card.get("results") or saved_results(directory)
+    if results:  # kept beside the card, so later saves of the folder keep them
+        _write_text(directory / EVAL_RESULTS, json.dumps({"results": results}, indent=2) + "\n")
+    _write_text(directory / "README.md", "\n".join(lines) + "\n" + _evaluation_section(results))
+
+
+def saved_results(directory: str | os.PathLike) -> list[list]:
+    """The evaluation results recorded in ``directory`` (``[[task, metric, value], ...]``; none: ``[]``)."""
+    path = Path(directory) / EVAL_RESULTS
+    return json.loads(path.read_text())["results"] if path.is_file() else []
+
+
+def _evaluation_section(rows: list) -> str:
+    if not rows:
+        return ""
+    table = [f"| {task} | {metric} | {value} |" for task, metric, value in rows]
+    return "\n".join(["", EVALUATION_HEADING, "", "| task | metric | value |", "|---|---|---:|", *table]) + "\n"
+
+
+def record_evaluation(directory: str | os.PathLike, rows: list[tuple[str, str, str]]) -> Path:
+    """Add evaluation results (``(task, metric, value)``; a pair already recorded is replaced) to the folder's
+    ``eval_results.json`` and to its model card's Evaluation section (``README.md``, rewritten in place); returns
+    the card. Later saves of the folder keep them (:func:`write_model_card` reads the file)."""
+    directory = Path(directory)
+    merged = {(task, metric): value for task, metric, value in saved_results(directory)}
+    merged.update({(task, metric): value for task, metric, value in rows})
+    results = [[task, metric, value] for (task, metric), value in sorted(merged.items())]
+    _write_text(directory / EVAL_RESULTS, json.dumps({"results": results}, indent=2) + "\n")
+    card = directory / "README.md"
+    text = card.read_text() if card.is_file() else f"# {directory.name}\n"
+    start = text.find("\n" + EVALUATION_HEADING + "\n")
+    if start >= 0:  # drop the old section (up to the next heading of its level, or the end)
+        end = text.find("\n## ", start + 1)
+        text = text[:start] + (text[end:] if end >= 0 else "\n")
+    _write_text(card, text.rstrip("\n") + "\n" + _evaluation_section(results))
+    return card
 
 
 def _tower_name(name: str | None) -> str:
@@ -251,6 +287,6 @@ def _tower_name(name: str | None) -> str:
 
 
 __all__ = [
-    "CODE_FILES", "build_processor", "ensure_image_token", "save_folder", "video_settings", "write_checkpoint",
-    "write_directory_atomically", "write_model_card",
+    "CODE_FILES", "EVAL_RESULTS", "build_processor", "ensure_image_token", "record_evaluation", "save_folder",
+    "saved_results", "video_settings", "write_checkpoint", "write_directory_atomically", "write_model_card",
 ]

@@ -21,7 +21,13 @@ import torch
 
 from ..cli_options import resolve_video_options
 from .builder import load_pretrained_model, saved_video_settings
-from .folder import ensure_image_token, video_settings, write_checkpoint, write_directory_atomically
+from .folder import (
+    ensure_image_token,
+    saved_results,
+    video_settings,
+    write_checkpoint,
+    write_directory_atomically,
+)
 
 
 def resave(old: str | Path, new: str | Path, model_base: str | None = None, conv_template: str | None = None,
@@ -38,7 +44,7 @@ def resave(old: str | Path, new: str | Path, model_base: str | None = None, conv
     if conv_template is not None:
         model.config.conv_template = conv_template
     video = saved_or_default_video(old, model.config, image_processor.patch_size, **video_flags)
-    card = {"name": Path(new).name, "base_model": Path(str(old)).name}
+    card = {"name": Path(new).name, "base_model": Path(str(old)).name, "results": saved_results(old)}
     out = Path(new)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FileExistsError(f"{out} exists and is not an empty folder")

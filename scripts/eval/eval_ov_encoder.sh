@@ -10,7 +10,8 @@
 # hold assets), OUTPUT_PATH (default outputs/eval/<checkpoint name>), INCLUDE_PATH (extra task folders,
 # joined by ':'; this project's local tasks in llava/eval/tasks are always included), TORCH_DTYPE,
 # ATTN_IMPLEMENTATION, MODEL_ARGS (more model_args, k=v,...), LIMIT (--limit, for smoke tests),
-# PYTHON (default .venv/bin/python when there is one), MASTER_PORT.
+# PYTHON (default .venv/bin/python when there is one), MASTER_PORT, RECORD_CARD (1: add the scores to the
+# checkpoint folder's model card, README.md and eval_results.json).
 # Exits non-zero when lmms-eval fails or a task has no results, and prints a results table at the end.
 # docs/evaluation.md lists the benchmarks and their task names.
 set -euo pipefail
@@ -48,6 +49,7 @@ flags=(--model llava_ov_encoder --model_args "$model_args" --tasks "$TASKS" --ba
        --output_path "$OUTPUT_PATH")
 [ -n "${INCLUDE_PATH:-}" ] && flags+=(--include_path "$INCLUDE_PATH")
 [ -n "${LIMIT:-}" ] && flags+=(--limit "$LIMIT")
+[ "${RECORD_CARD:-0}" = "1" ] && flags+=(--record_card)
 
 echo "[eval] $TASKS on $MODEL_PATH ($NUM_GPUS process(es), batch $BATCH_SIZE, video $VIDEO_MODE${CODEC_OFFLINE_ROOT:+, codec assets in $CODEC_OFFLINE_ROOT})"
 if [ "$NUM_GPUS" -gt 1 ]; then
