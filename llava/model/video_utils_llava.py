@@ -62,14 +62,19 @@ class VideoClip:
         return self.total_frames / self.avg_fps
 
 
+def frame_time_str(frame_times: Sequence[float]) -> str:
+    """LLaVA-NeXT's list of frame times, e.g. ``"0.00s,1.50s,3.00s"``."""
+    return ",".join(f"{t:.2f}s" for t in frame_times)
+
+
 def time_instruction(frame_times: Sequence[float], duration: float) -> str:
     """LLaVA-NeXT's ``--add_time_instruction`` text for a video whose sampled frames are at ``frame_times``
     seconds, word for word (its missing space after the frame list included, so a checkpoint trained upstream
     reads the prompt it learnt)."""
-    times = ",".join(f"{t:.2f}s" for t in frame_times)
     return (
-        f"The video lasts for {duration:.2f} seconds, and {len(frame_times)} frames are uniformly sampled from "
-        f"it. These frames are located at {times}.Please answer the following questions related to this video."
+        f"The video lasts for {duration:.2f} seconds, and {len(frame_times)} frames are uniformly sampled "
+        f"from it. These frames are located at {frame_time_str(frame_times)}.Please answer the following "
+        "questions related to this video."
     )
 
 
@@ -375,4 +380,6 @@ def _read_frames(index: _Index, indices: np.ndarray) -> np.ndarray:
     return np.stack([got[i] for i in ids])
 
 
-__all__ = ["VideoClip", "read_video_frames", "sample_frame_indices", "time_instruction", "uniform_frame_ids"]
+__all__ = [
+    "VideoClip", "frame_time_str", "read_video_frames", "sample_frame_indices", "time_instruction", "uniform_frame_ids",
+]

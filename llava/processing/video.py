@@ -38,7 +38,7 @@ from cv_reader import (
 )
 
 from ..model.video_processing_llava import LlavaOVVideoProcessor
-from ..model.video_utils_llava import read_video_frames, sample_frame_indices
+from ..model.video_utils_llava import frame_time_str, read_video_frames, sample_frame_indices
 from ..model.video_utils_llava import time_instruction as _time_instruction
 
 #: The codec parameters a pack has its own values of: they apply to videos encoded online only.
@@ -55,7 +55,7 @@ class VideoTiming:
 
     def frame_time_str(self) -> str:
         """LLaVA-NeXT's time-instruction string, e.g. ``"0.00s,1.50s,3.00s"``."""
-        return ",".join(f"{t:.2f}s" for t in self.frame_times)
+        return frame_time_str(self.frame_times)
 
 
 def time_instruction(timing: VideoTiming) -> str:
