@@ -195,8 +195,21 @@ BAD = [
     (_user([_video_part("long.mp4")]), None, 413, "limit is 3 s"),
     ({**HI, "max_tokens": 65}, None, 400, "max_tokens"),
     ({**HI, "temperature": 3}, None, 400, "temperature"),
-    ({**HI, "n": 2}, None, 400, "n: Input should be less than or equal to 1"),
-    ({**HI, "logit_bias": {}}, None, 400, "unsupported parameter"),
+    ({**HI, "n": 9}, None, 400, "n: Input should be less than or equal to 8"),
+    ({**HI, "logit_bias": {"x": 1}}, None, 400, "logit_bias"),
+    ({**HI, "logit_bias": {"999999999": 1}}, None, 400, "token ids this model does not have"),
+    ({**HI, "top_logprobs": 2}, None, 400, "top_logprobs needs logprobs"),
+    ({**HI, "top_logprobs": 21, "logprobs": True}, None, 400, "top_logprobs"),
+    ({**HI, "presence_penalty": 2.5}, None, 400, "presence_penalty"),
+    ({**HI, "repetition_penalty": 0}, None, 400, "repetition_penalty"),
+    # fields whose meaning an answer would silently lose are refused, not ignored
+    ({**HI, "tools": [{"type": "function", "function": {"name": "f"}}]}, None, 400, "does not call tools"),
+    ({**HI, "tool_choice": "required"}, None, 400, "does not call tools"),
+    ({**HI, "response_format": {"type": "json_object"}}, None, 400, "cannot hold its answer to json_object"),
+    ({**HI, "audio": {"voice": "x"}}, None, 400, "does not speak"),
+    ({**HI, "media_io_kwargs": {"video": {"num_frames": 0}}}, None, 400, "num_frames"),
+    ({"messages": [{"role": "user", "content": "hi"}, {"role": "developer", "content": "x"}]}, None, 400,
+     "a developer message may only come first"),
     ({**HI, "video_mode": "pixels"}, None, 400, "video_mode"),
     (_user("Look: <image> what is it?"), None, 400, "may not contain <image>"),
     (_user([{"type": "text", "text": "<image>"}, _image_part("photo.png")]), None, 400, "may not contain"),
@@ -332,8 +345,11 @@ def test_the_openapi_schema_declares_the_request(server):
     operation = schema["paths"]["/v1/chat/completions"]["post"]
     body = operation["requestBody"]["content"]["application/json"]["schema"]
     request = _resolve(schema, body)
-    assert {"messages", "stream", "max_tokens", "temperature", "stop", "video_mode"} <= set(request["properties"])
-    assert request["additionalProperties"] is False and request["required"] == ["messages"]
+    assert {"messages", "stream", "max_tokens", "temperature", "stop", "video_mode", "n", "logprobs", "top_k",
+            "media_io_kwargs"} <= set(request["properties"])
+    # other fields are ignored (as vLLM does), so the schema allows them; message parts allow none
+    assert request["additionalProperties"] is True and request["required"] == ["messages"]
+    assert _resolve(schema, {"$ref": "#/components/schemas/TextPart"})["additionalProperties"] is False
     assert {"400", "413", "500", "503"} <= set(operation["responses"])
     for ref in json.dumps(schema).split('"$ref": "')[1:]:  # every reference resolves inside the document
         _resolve(schema, {"$ref": ref.split('"', 1)[0]})
@@ -399,3 +415,160 @@ def test_stop_strings_are_never_sent(pieces, stops, sent):
     stop = StopText(stops)
     out = "".join(stop.feed(p) for p in pieces) + stop.finish()
     assert out == sent and stop.stopped == any(s in "".join(pieces) for s in stops)
+
+
+# ---------------------------------------------------------------- the fields vLLM takes
+def test_one_model_by_id(server, client):
+    assert client.models.retrieve("tiny-llava").id == "tiny-llava"
+    missing = httpx.get(server[0] + "/v1/models/gpt-4")
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "model_not_found"
+
+
+def test_ignored_fields_and_the_developer_role(client):
+    """Fields the server has no use for are ignored (as vLLM does); a developer message is a system message."""
+    plain = _ask(client, "Tell me a story.").choices[0].message.content
+    extra = {"store": True, "metadata": {"a": "b"}, "parallel_tool_calls": False, "chat_template_kwargs": {},
+             "response_format": {"type": "text"}, "tool_choice": "none"}
+    assert _ask(client, "Tell me a story.", extra_body=extra).choices[0].message.content == plain
+    as_system = client.chat.completions.create(model="tiny-llava", temperature=0, max_tokens=12, messages=[
+        {"role": "system", "content": "Be brief."}, {"role": "user", "content": "Tell me a story."}])
+    as_developer = client.chat.completions.create(model="tiny-llava", temperature=0, max_tokens=12, messages=[
+        {"role": "developer", "content": "Be brief."}, {"role": "user", "content": "Tell me a story."}])
+    assert as_developer.choices[0].message.content == as_system.choices[0].message.content
+
+
+def test_sampling_fields_are_honoured(server, client):
+    tokenizer = server[2].state.engine.tokenizer
+    greedy = _ask(client, "Tell me a story.", max_tokens=16).choices[0].message.content
+    # top_k=1 and min_p=1 keep only the likeliest token: sampling at temperature 1 is then greedy
+    for narrow in ({"top_k": 1}, {"min_p": 1.0}):
+        sampled = _ask(client, "Tell me a story.", max_tokens=16, temperature=1.0, seed=3, extra_body=narrow)
+        assert sampled.choices[0].message.content == greedy, narrow
+    assert _ask(client, "Tell me a story.", max_tokens=16, temperature=1.0, seed=3).choices[0].message.content != greedy
+    word = tokenizer(" cat", add_special_tokens=False).input_ids[0]
+    biased = _ask(client, "Tell me a story.", max_tokens=4, logit_bias={str(word): 100})
+    assert biased.choices[0].message.content == tokenizer.decode([word] * 4).strip()
+
+
+def test_n_answers(client):
+    greedy = _ask(client, "Tell me a story.", n=2)
+    assert [c.index for c in greedy.choices] == [0, 1]
+    assert greedy.choices[0].message.content == greedy.choices[1].message.content
+    sampled = _ask(client, "Tell me a story.", n=3, temperature=1.0, seed=11, max_tokens=10)
+    assert len({c.message.content for c in sampled.choices}) > 1
+    assert sampled.usage.completion_tokens <= 30 and sampled.usage.completion_tokens > 10
+    chunks = list(_ask(client, "Tell me a story.", n=3, temperature=1.0, seed=11, max_tokens=10, stream=True))
+    streamed = ["".join(c.choices[0].delta.content or "" for c in chunks if c.choices and c.choices[0].index == i)
+                for i in range(3)]
+    assert [s.strip() for s in streamed] == [c.message.content for c in sampled.choices]
+    finishes = [c.choices[0] for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert sorted(choice.index for choice in finishes) == [0, 1, 2]
+
+
+def test_logprobs(client):
+    """Greedy answers pick the likeliest token: each token's log-probability is its top alternative's; the
+    tokens spell the answer; streamed log-probabilities are the whole answer's."""
+    whole = _ask(client, "Tell me a story.", logprobs=True, top_logprobs=3, max_tokens=10)
+    entries = whole.choices[0].logprobs.content
+    assert "".join(e.token for e in entries).strip() == whole.choices[0].message.content
+    for entry in entries:
+        assert len(entry.top_logprobs) == 3 and entry.logprob <= 0
+        assert entry.top_logprobs[0].token == entry.token and entry.top_logprobs[0].logprob == entry.logprob
+        assert entry.top_logprobs[0].logprob >= entry.top_logprobs[1].logprob >= entry.top_logprobs[2].logprob
+        assert bytes(entry.bytes).decode() == entry.token
+    chunks = list(_ask(client, "Tell me a story.", logprobs=True, top_logprobs=3, max_tokens=10, stream=True))
+    streamed = [e for c in chunks if c.choices and c.choices[0].logprobs for e in c.choices[0].logprobs.content]
+    assert [(e.token, e.logprob) for e in streamed] == [(e.token, e.logprob) for e in entries]
+    assert _ask(client, "Tell me a story.").choices[0].logprobs is None
+
+
+def test_media_io_kwargs_set_a_frames_videos_frame_count(client):
+    """vLLM's ``media_io_kwargs.video.num_frames`` (what lmms-eval's openai model sends) sets how many uniform
+    frames a ``frames``-mode video is read at; codec-mode videos keep the checkpoint's codec settings."""
+    content = [_video_part("clip.mp4"), {"type": "text", "text": "What moves?"}]
+
+    def prompt_tokens(**extra) -> int:
+        return _ask(client, content, max_tokens=1, extra_body=extra).usage.prompt_tokens
+
+    frames4 = prompt_tokens(video_mode="frames")
+    frames2 = prompt_tokens(video_mode="frames", media_io_kwargs={"video": {"num_frames": 2}})
+    assert frames2 < frames4
+    assert prompt_tokens(media_io_kwargs={"video": {"num_frames": 2}}) == prompt_tokens()
+
+
+def test_a_client_that_leaves_a_whole_answer_frees_the_server(server, monkeypatch):
+    """A non-streamed request whose client goes away is cancelled like a streamed one."""
+    base, _, app = server
+    model = app.state.engine.model
+    forward = model.forward
+
+    def slow(*args, **kwargs):
+        time.sleep(0.05)
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(model, "forward", slow)
+    before = httpx.get(base + "/health").json()
+    body = {"model": "tiny-llava", "messages": [{"role": "user", "content": "Talk."}], "max_tokens": 64,
+            "temperature": 1.0}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(base + "/v1/chat/completions", json=body, timeout=0.5)
+    deadline = time.time() + 20
+    while time.time() < deadline and httpx.get(base + "/health").json()["cancelled"] == before["cancelled"]:
+        time.sleep(0.05)
+    health = httpx.get(base + "/health").json()
+    assert health["cancelled"] == before["cancelled"] + 1 and health["waiting"] == 0
+
+
+def test_the_request_fields_reach_the_sampling():
+    from llava.serve.openai_api import _sampling
+    from llava.serve.protocol import parse_request
+
+    body = {**HI, "n": 3, "top_k": 5, "min_p": 0.1, "presence_penalty": 0.5, "frequency_penalty": -1.0,
+            "repetition_penalty": 1.2, "logit_bias": {"7": -100}, "logprobs": True, "top_logprobs": 2,
+            "max_completion_tokens": 9}
+    sampling = _sampling(parse_request(json.dumps(body).encode()), 64, vocab_size=100)
+    assert (sampling.n, sampling.top_k, sampling.min_p, sampling.presence_penalty, sampling.frequency_penalty,
+            sampling.repetition_penalty, sampling.logit_bias, sampling.logprobs, sampling.top_logprobs,
+            sampling.max_tokens) == (3, 5, 0.1, 0.5, -1.0, 1.2, {7: -100.0}, True, 2, 9)
+
+
+def test_openai_penalties_count_the_answers_tokens_only():
+    import torch
+
+    from llava.serve.engine import OpenAIPenalties
+
+    ids = torch.tensor([[0, 1, 2, 2, 3]])  # a prompt of 2 tokens, then 2, 2, 3
+    scores = OpenAIPenalties(prompt_length=2, presence=0.5, frequency=0.25)(ids, torch.zeros(1, 5))
+    assert scores.tolist() == [[0.0, 0.0, -1.0, -0.75, 0.0]]
+
+
+def test_the_penalties_push_generation_away_from_what_it_wrote(tmp_path):
+    """A random tiny model's greedy answer repeats a token; each penalty makes it write more kinds of tokens."""
+    import torch
+
+    from llava.model.builder import load_pretrained_model
+    from llava.model.tiny import save_tiny_checkpoint
+    from llava.processing.conversation import get_conv_template
+    from llava.processing.media import VisualInputs
+    from llava.serve.engine import ChatEngine, Sampling
+
+    tokenizer, model, _, _ = load_pretrained_model(str(save_tiny_checkpoint(tmp_path / "tiny")),
+                                                   torch_dtype=torch.float32)
+    engine = ChatEngine(tokenizer, model)
+    conv = get_conv_template("qwen_1_5")
+    conv.append_message(conv.roles[0], "Tell me a story.")
+    conv.append_message(conv.roles[1], None)
+
+    def entries(**penalty) -> list[dict]:
+        sampling = Sampling(max_tokens=12, temperature=0, logprobs=True, **penalty)
+        (answer,) = engine.complete(conv, VisualInputs(), sampling, threading.Event())
+        return answer.logprobs
+
+    plain = entries()
+    assert len({entry["token"] for entry in plain}) <= 3
+    for penalty in ({"frequency_penalty": 2.0}, {"presence_penalty": 2.0}):
+        assert len({entry["token"] for entry in entries(**penalty)}) > len({e["token"] for e in plain}), penalty
+    # transformers' repetition penalty (prompt and answer) lowers the recurring token's probability
+    repeated = entries(repetition_penalty=2.0)
+    assert repeated[1]["token"] == plain[1]["token"] == plain[0]["token"]
+    assert repeated[1]["logprob"] < plain[1]["logprob"] - 0.01

@@ -43,10 +43,10 @@ def test_the_server_engine_stops_where_the_template_says(loaded, template):
     conv.append_message(conv.roles[0], "Say yes.")
     conv.append_message(conv.roles[1], None)
     engine = ChatEngine(tokenizer, model)
-    answer = engine.complete(conv, VisualInputs(), Sampling(max_tokens=12, temperature=0), threading.Event())
+    (answer,) = engine.complete(conv, VisualInputs(), Sampling(max_tokens=12, temperature=0), threading.Event())
     assert (answer.text, answer.finish_reason) == (STOPPED[template], "stop")
-    streamed = "".join(engine.stream(conv, VisualInputs(), Sampling(max_tokens=12, temperature=0),
-                                     threading.Event(), answer))
+    streamed = "".join(delta.text for delta in engine.stream(conv, VisualInputs(), Sampling(max_tokens=12,
+                                                             temperature=0), threading.Event(), []))
     assert streamed.strip() == STOPPED[template]  # the stop string is never sent
 
 

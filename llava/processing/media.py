@@ -292,11 +292,12 @@ class VisualProcessor:
         size = first.size if isinstance(first, Image.Image) else (int(first.shape[1]), int(first.shape[0]))
         return VisualInputs([pixels], ["codec"], [size], [positions])
 
-    def video(self, path: str | os.PathLike, mode: str | None = None) -> VisualInputs:
+    def video(self, path: str | os.PathLike, mode: str | None = None, **options: Any) -> VisualInputs:
         """One video file, as uniform ``frames`` or online ``codec`` patches (default: the options' mode); with
         ``time_instruction``, its time instruction too (the uniform frames' times, or the ``T`` frames' the codec
-        sampled its patches from)."""
-        options = self.video_options if mode is None else replace(self.video_options, mode=mode)
+        sampled its patches from). ``options``: :class:`VideoOptions` fields for this video only
+        (``frames_upbound``, ``fps``, ...; a request's own frame count)."""
+        options = replace(self.video_options, **({"mode": mode} if mode is not None else {}), **options)
         if options.mode == "frames":
             clip = load_video_frames(path, options.frames_upbound, options.fps, options.force_sample)
             inputs, timing = self.frames(clip), clip.timing

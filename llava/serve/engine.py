@@ -3,22 +3,28 @@
 The server's requests wait for the engine's lock (generation is serialised: one model, one device;
 the lock does not promise arrival order). A request counts from its arrival, before its media are
 decoded, so at most ``max_waiting`` requests read media, wait or generate at once; more are refused
-instead of growing the line without bound. A streamed
-answer runs ``generate`` in a thread and yields text as ``TextIteratorStreamer`` produces it; setting
-the request's ``cancel`` event (the client went away) stops generation at the next token and frees
-the lock. ``stop`` strings end the answer and are never sent, even when they arrive split across
-tokens.
+instead of growing the line without bound. An answer runs ``generate`` in a thread and yields its text
+token by token (:class:`Delta`, with each token's log-probabilities when asked); ``n`` answers are
+generated one after the other. Setting the request's ``cancel`` event (the client went away) stops
+generation at the next token and frees the lock. ``stop`` strings end the answer and are never sent,
+even when they arrive split across tokens.
+
+Sampling follows vLLM's request fields: ``temperature``, ``top_p``, ``top_k``, ``min_p``,
+``repetition_penalty`` (transformers' own processors), OpenAI's ``presence_penalty`` /
+``frequency_penalty`` (on the answer's tokens, :class:`OpenAIPenalties`) and ``logit_bias``.
 """
 
 from __future__ import annotations
 
+import queue
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
-from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
+from transformers.generation.streamers import BaseStreamer
 
 from ..inference.generation import StopRule, expand_prompt, sampling_kwargs
 from ..processing.media import VisualInputs
@@ -36,6 +42,15 @@ class Sampling:
     top_p: float = 1.0
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
+    n: int = 1
+    top_k: int = 0  # 0 or -1: off
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: dict[int, float] = field(default_factory=dict)
+    logprobs: bool = False
+    top_logprobs: int = 0
 
 
 @dataclass
@@ -44,6 +59,65 @@ class Answer:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     finish_reason: str = "stop"
+    logprobs: list[dict] | None = None  # OpenAI's ``logprobs.content`` entries, when asked
+
+
+@dataclass
+class Delta:
+    """A piece of answer ``index``: its new text and the log-probabilities of the tokens behind it."""
+
+    index: int
+    text: str
+    logprobs: list[dict] = field(default_factory=list)
+
+
+class OpenAIPenalties(LogitsProcessor):
+    """OpenAI's ``presence_penalty`` and ``frequency_penalty`` on the tokens generated so far (not the
+    prompt): ``logit - presence * (count > 0) - frequency * count``, as vLLM applies them."""
+
+    def __init__(self, prompt_length: int, presence: float, frequency: float):
+        self.prompt_length, self.presence, self.frequency = prompt_length, presence, frequency
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        generated = input_ids[:, self.prompt_length:]
+        counts = torch.zeros_like(scores)
+        counts.scatter_add_(1, generated, torch.ones_like(generated, dtype=scores.dtype))
+        return scores - self.presence * (counts > 0).to(scores.dtype) - self.frequency * counts
+
+
+class _LogprobCapture(LogitsProcessor):
+    """Keeps the log-probabilities of the step's distribution (after the penalties, before temperature and the
+    top-k / top-p / min-p filters) for the token ``generate`` then picks."""
+
+    def __init__(self):
+        self.last: torch.Tensor | None = None
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        self.last = torch.log_softmax(scores[0].float(), -1)
+        return scores
+
+
+class _Tokens(BaseStreamer):
+    """``generate``'s new tokens, one by one, into a queue (``None`` ends it), each with the step's
+    log-probabilities when they are captured."""
+
+    def __init__(self, capture: _LogprobCapture | None):
+        self.queue: queue.Queue = queue.Queue()
+        self.capture, self.prompt_seen = capture, False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self.prompt_seen:  # the first call holds the prompt
+            self.prompt_seen = True
+            return
+        token = int(value.reshape(-1)[0])
+        self.queue.put((token, None if self.capture is None else self.capture.last))
+
+    def end(self) -> None:
+        self.queue.put(None)
+
+    def __iter__(self):
+        while (item := self.queue.get()) is not None:
+            yield item
 
 
 class _Stop(StoppingCriteria):
@@ -128,71 +202,119 @@ class ChatEngine:
         return expand_prompt(self.model, tokenize_prompt(conversation, self.tokenizer), visual)
 
     def stream(self, conversation, visual: VisualInputs, sampling: Sampling, cancel: threading.Event,
-               answer: Answer) -> Iterator[str]:
-        """Yield the answer's text as it is generated (call inside :meth:`slot`); ``answer`` gets the
-        counts and the finish reason when the iterator ends."""
+               answers: list[Answer]) -> Iterator[Delta]:
+        """Yield the answers' pieces as they are generated, answer 0 first (call inside :meth:`slot`);
+        ``answers`` gets one :class:`Answer` per answer (counts, finish reason, log-probabilities) as each
+        ends."""
         ids = self.prompt_ids(conversation, visual)[None].to(self.model.device)
         visual = visual.to(self.model.device)
-        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         template_stop = StopRule.of(conversation, self.tokenizer)  # ends the answer as the template says
-        stop_text = StopText([*sampling.stop, template_stop.text])
-        kwargs = dict(
-            max_new_tokens=sampling.max_tokens, streamer=streamer,
-            pad_token_id=self.tokenizer.pad_token_id,
-            stopping_criteria=StoppingCriteriaList([_Stop(cancel, lambda: stop_text.stopped)]),
-            return_dict_in_generate=True, **visual.model_kwargs(),
-        )
-        if template_stop.token_id is not None:
-            kwargs["eos_token_id"] = template_stop.token_id
-        kwargs.update(sampling_kwargs(sampling.temperature, sampling.top_p))
         if sampling.seed is not None:
             torch.manual_seed(sampling.seed)
-        result: dict = {}
+        finished = False
+        try:
+            for index in range(sampling.n):
+                if cancel.is_set():
+                    break
+                answer = Answer(prompt_tokens=int(ids.shape[1]), logprobs=[] if sampling.logprobs else None)
+                yield from self._one(ids, visual, sampling, template_stop, cancel, index, answer)
+                answers.append(answer)
+            finished = True
+        finally:
+            if cancel.is_set():  # cut short, by the consumer here or by the request's owner
+                self.cancelled += 1
+            elif finished:
+                self.answered += 1
+
+    def _one(self, ids, visual, sampling, template_stop, cancel, index, answer) -> Iterator[Delta]:
+        capture = _LogprobCapture() if sampling.logprobs else None
+        tokens = _Tokens(capture)
+        stop_text = StopText([*sampling.stop, template_stop.text])
+        processors = [OpenAIPenalties(ids.shape[1], sampling.presence_penalty, sampling.frequency_penalty)
+                      ] if sampling.presence_penalty or sampling.frequency_penalty else []
+        kwargs = dict(
+            max_new_tokens=sampling.max_tokens, streamer=tokens, pad_token_id=self.tokenizer.pad_token_id,
+            stopping_criteria=StoppingCriteriaList([_Stop(cancel, lambda: stop_text.stopped)]),
+            **visual.model_kwargs(),
+        )
+        if processors or capture:
+            kwargs["logits_processor"] = LogitsProcessorList([*processors, *([capture] if capture else [])])
+        if template_stop.token_id is not None:
+            kwargs["eos_token_id"] = template_stop.token_id
+        if sampling.repetition_penalty != 1.0:
+            kwargs["repetition_penalty"] = sampling.repetition_penalty
+        if sampling.logit_bias:
+            kwargs["sequence_bias"] = {(token,): bias for token, bias in sampling.logit_bias.items()}
+        kwargs.update(sampling_kwargs(sampling.temperature, sampling.top_p))
+        if kwargs.get("do_sample"):
+            kwargs.update(top_k=sampling.top_k if sampling.top_k > 0 else None, min_p=sampling.min_p or None)
+        failure: list[BaseException] = []
 
         def run() -> None:
             try:
                 with torch.inference_mode():
-                    result["output"] = self.model.generate(ids, **kwargs)
+                    self.model.generate(ids, **kwargs)
             except BaseException as error:  # surfaced to the caller below
-                result["error"] = error
-                streamer.end()
+                failure.append(error)
+            finally:
+                tokens.end()
 
         worker = threading.Thread(target=run, name="llava-generate", daemon=True)
         worker.start()
-        read_to_the_end = False
+        special = set(self.tokenizer.all_special_ids)
+        generated: list[int] = []
+        shown, pending, read_to_the_end = "", [], False
         try:
-            for piece in streamer:
-                text = stop_text.feed(piece)
-                if text:
-                    yield text
+            for token, logprobs in tokens:
+                if stop_text.stopped:
+                    continue  # generation ends at its next check: what follows a stop is not the answer's
+                generated.append(token)
+                if logprobs is not None and token not in special:
+                    pending.append(self._logprob_entry(token, logprobs, sampling.top_logprobs))
+                text = self.tokenizer.decode(generated, skip_special_tokens=True)
+                if text.endswith("\ufffd"):  # a character split across tokens: wait for the rest
+                    continue
+                piece, shown = text[len(shown):], text
+                safe = stop_text.feed(piece)
+                if safe or (pending and stop_text.stopped):
+                    yield Delta(index, safe, pending)
+                    answer.logprobs = None if answer.logprobs is None else answer.logprobs + pending
+                    pending = []
             tail = stop_text.finish()
-            if tail:
-                yield tail
+            if tail or pending:
+                yield Delta(index, tail, pending)
+                answer.logprobs = None if answer.logprobs is None else answer.logprobs + pending
             read_to_the_end = True
         finally:
             if not read_to_the_end:
                 cancel.set()  # the consumer left early: stop at the next token
             worker.join()
-            if cancel.is_set():  # cut short, by the consumer here or by the request's owner
-                self.cancelled += 1
-        if "error" in result:
-            raise result["error"]
-        if not cancel.is_set():
-            self.answered += 1
-        generated = result["output"].sequences[0, ids.shape[1]:]
+        if failure:
+            raise failure[0]
         answer.text = stop_text.text.strip()
-        answer.prompt_tokens = int(ids.shape[1])
-        answer.completion_tokens = int((generated != self.tokenizer.pad_token_id).sum())
-        hit_eos = bool(len(generated)) and int(generated[-1]) == template_stop.token_id
-        long = not (stop_text.stopped or hit_eos) and answer.completion_tokens >= sampling.max_tokens
+        answer.completion_tokens = len(generated)
+        hit_eos = bool(generated) and generated[-1] == template_stop.token_id
+        long = not (stop_text.stopped or hit_eos) and len(generated) >= sampling.max_tokens
         answer.finish_reason = "length" if long else "stop"
 
+    def _logprob_entry(self, token: int, logprobs: torch.Tensor, top: int) -> dict:
+        """OpenAI's entry for one token: its text, bytes and log-probability, and the ``top`` likeliest."""
+
+        def one(token_id: int, value: float) -> dict:
+            text = self.tokenizer.decode([token_id])
+            return {"token": text, "logprob": max(value, -9999.0), "bytes": list(text.encode("utf-8"))}
+
+        entry = one(token, float(logprobs[token]))
+        values, indices = logprobs.topk(top) if top else (logprobs[:0], logprobs[:0].long())
+        entry["top_logprobs"] = [one(int(i), float(v)) for v, i in zip(values, indices, strict=True)]
+        return entry
+
     def complete(self, conversation, visual: VisualInputs, sampling: Sampling,
-                 cancel: threading.Event) -> Answer:
-        answer = Answer()
-        for _ in self.stream(conversation, visual, sampling, cancel, answer):
+                 cancel: threading.Event) -> list[Answer]:
+        answers: list[Answer] = []
+        for _ in self.stream(conversation, visual, sampling, cancel, answers):
             pass
-        return answer
+        return answers
 
 
-__all__ = ["Answer", "Busy", "ChatEngine", "Sampling", "StopText"]
+__all__ = ["Answer", "Busy", "ChatEngine", "Delta", "OpenAIPenalties", "Sampling", "StopText"]

@@ -34,7 +34,7 @@ from ..constants import DEFAULT_IMAGE_TOKEN
 from ..processing.conversation import Conversation, get_conv_template
 from ..processing.media import MediaError, VisualInputs, VisualProcessor
 from ..processing.video import probe
-from .protocol import AssistantMessage, ImagePart, SystemMessage, TextPart, UserMessage
+from .protocol import AssistantMessage, DeveloperMessage, ImagePart, SystemMessage, TextPart, UserMessage
 
 #: ``type/subtype`` of a data URL (RFC 2045 tokens, bounded).
 _MIME = re.compile(r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,63}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,63}")
@@ -176,27 +176,29 @@ def _text_of(content: str | Sequence[TextPart] | None, param: str) -> str:
     return "".join(_checked_text(part.text, f"{param}.content[{j}]") for j, part in enumerate(content))
 
 
-def parse_messages(messages: Sequence[SystemMessage | UserMessage | AssistantMessage], conv_template: str,
-                   processor: VisualProcessor, policy: MediaPolicy, video_mode: str | None = None,
-                   temporary: list[str] | None = None) -> ParsedChat:
+def parse_messages(messages: Sequence[SystemMessage | DeveloperMessage | UserMessage | AssistantMessage],
+                   conv_template: str, processor: VisualProcessor, policy: MediaPolicy,
+                   video: dict | None = None, temporary: list[str] | None = None) -> ParsedChat:
     """The conversation (ending in an open assistant turn) and visual inputs of validated ``messages``.
 
-    Temporary files made on the way are appended to ``temporary``; removing them is the caller's job
-    (they back the visual inputs only until they are decoded, so it can be done right after)."""
+    ``video``: this request's video options (``VideoOptions`` fields: ``mode``, ``frames_upbound``, ``fps``),
+    over the server's. A ``developer`` message is a system message (OpenAI's newer name). Temporary files
+    made on the way are appended to ``temporary``; removing them is the caller's job (they back the visual
+    inputs only until they are decoded, so it can be done right after)."""
     temporary = [] if temporary is None else temporary
     conv = get_conv_template(conv_template)
     visuals: list[VisualInputs] = []
     turns: list[tuple[str, str]] = []
     for i, message in enumerate(messages):
         param = f"messages[{i}]"
-        if isinstance(message, SystemMessage):
+        if isinstance(message, (SystemMessage, DeveloperMessage)):
             if i != 0:
-                raise RequestError("a system message may only come first", param)
+                raise RequestError(f"a {message.role} message may only come first", param)
             conv.system = _text_of(message.content, param)
         elif isinstance(message, AssistantMessage):
             turns.append(("assistant", _text_of(message.content, param)))
         else:
-            turns.append(("user", _user_text(message.content, param, processor, policy, video_mode, visuals,
+            turns.append(("user", _user_text(message.content, param, processor, policy, video or {}, visuals,
                                              temporary)))
     if not turns or turns[-1][0] != "user":
         raise RequestError("the last message must come from the user", "messages")
@@ -206,7 +208,7 @@ def parse_messages(messages: Sequence[SystemMessage | UserMessage | AssistantMes
     return ParsedChat(conv, VisualInputs.concat(visuals))
 
 
-def _user_text(content, param, processor, policy, video_mode, visuals, temporary) -> str:
+def _user_text(content, param, processor, policy, video, visuals, temporary) -> str:
     if isinstance(content, str):
         return _checked_text(content, param)
     pieces = []
@@ -228,7 +230,7 @@ def _user_text(content, param, processor, policy, video_mode, visuals, temporary
             else:
                 path = _video(url, where, policy, temporary)
                 _check_video(path, where, policy)
-                visual = processor.video(path, mode=video_mode)
+                visual = processor.video(path, **video)
         except (MediaError, ValueError) as error:
             problem = error.problem if isinstance(error, MediaError) else str(error)
             raise RequestError(f"{where}: {problem}", where, code="bad_media") from None

@@ -4,11 +4,13 @@
         [--media-root DIR] [--video-mode codec|frames] [--max-tokens 1024] ...
 
 ``POST /v1/chat/completions`` takes OpenAI chat requests (text, ``image_url`` and ``video_url``
-parts: ``llava.serve.messages``), answers whole or streamed (server-sent events ending in
-``data: [DONE]``) with ``usage`` counts; ``GET /v1/models`` and ``GET /health`` report the model;
-``GET /`` serves the chat page. Bad requests get a 4xx with an OpenAI error body; the server keeps
-serving. Requests are answered one at a time in arrival order (``llava.serve.engine``), and a client
-that disconnects mid-stream stops its generation. Binds loopback unless ``--host`` says otherwise.
+parts: ``llava.serve.messages``) with the fields vLLM takes (``llava.serve.protocol``), answers whole
+or streamed (server-sent events ending in ``data: [DONE]``) with ``usage`` counts and, when asked,
+``n`` answers and token log-probabilities; ``GET /v1/models``, ``GET /v1/models/{id}`` and
+``GET /health`` report the model; ``GET /`` serves the chat page. Bad requests get a 4xx with an
+OpenAI error body; the server keeps serving. Requests are answered one at a time
+(``llava.serve.engine``), and a client that disconnects, streamed or not, stops its generation. Binds
+loopback unless ``--host`` says otherwise.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ class ServerSettings(argparse.Namespace):
     """The limits and names the app needs (the parsed command line, or set by tests)."""
 
 
-def _sampling(request: ChatCompletionRequest, max_tokens_limit: int) -> Sampling:
+def _sampling(request: ChatCompletionRequest, max_tokens_limit: int, vocab_size: int) -> Sampling:
     key = "max_completion_tokens" if request.max_completion_tokens is not None else "max_tokens"
     max_tokens = request.max_completion_tokens or request.max_tokens or min(256, max_tokens_limit)
     if max_tokens > max_tokens_limit:
@@ -54,10 +56,41 @@ def _sampling(request: ChatCompletionRequest, max_tokens_limit: int) -> Sampling
                            f"{max_tokens}", key)
     if request.stream_options is not None and not request.stream:
         raise RequestError("stream_options is only allowed when stream is true", "stream_options")
-    temperature = 1.0 if request.temperature is None else request.temperature
-    top_p = 1.0 if request.top_p is None else request.top_p
-    return Sampling(max_tokens=max_tokens, temperature=temperature, top_p=top_p, stop=request.stops,
-                    seed=request.seed)
+    if request.top_logprobs and not request.logprobs:
+        raise RequestError("top_logprobs needs logprobs: true", "top_logprobs")
+    bias = {int(token): value for token, value in (request.logit_bias or {}).items()}
+    unknown = sorted(token for token in bias if token >= vocab_size)
+    if unknown:
+        raise RequestError(f"logit_bias names token ids this model does not have ({unknown[:5]}; the "
+                           f"vocabulary has {vocab_size})", "logit_bias")
+
+    def given(value, default):
+        return default if value is None else value
+
+    return Sampling(
+        max_tokens=max_tokens, temperature=given(request.temperature, 1.0), top_p=given(request.top_p, 1.0),
+        stop=request.stops, seed=request.seed, n=given(request.n, 1), top_k=given(request.top_k, 0),
+        min_p=given(request.min_p, 0.0), repetition_penalty=given(request.repetition_penalty, 1.0),
+        presence_penalty=given(request.presence_penalty, 0.0),
+        frequency_penalty=given(request.frequency_penalty, 0.0),
+        logit_bias=bias, logprobs=bool(request.logprobs), top_logprobs=given(request.top_logprobs, 0),
+    )
+
+
+def _video_request(request: ChatCompletionRequest, server_mode: str) -> dict:
+    """This request's video options: its ``video_mode``, and ``media_io_kwargs.video`` (vLLM's frame count and
+    rate) for uniform frames; in codec mode the frame count is the checkpoint's own, so they are ignored."""
+    mode = request.video_mode or server_mode
+    video: dict = {"mode": mode}
+    io = request.media_io_kwargs.video if request.media_io_kwargs is not None else None
+    if io is not None and (io.num_frames is not None or io.fps is not None):
+        if mode == "frames":
+            video.update({key: value for key, value in (("frames_upbound", io.num_frames), ("fps", io.fps))
+                          if value is not None})
+        else:
+            logger.warning("media_io_kwargs.video ignored: codec-mode videos are read with the checkpoint's "
+                           "codec settings")
+    return video
 
 
 def create_app(tokenizer, model, image_processor, settings) -> FastAPI:
@@ -95,24 +128,25 @@ def create_app(tokenizer, model, image_processor, settings) -> FastAPI:
                             status=500, kind="server_error", code="internal_error").body()
         return JSONResponse(body, status_code=500)
 
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next):
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > settings.max_body_mb * (1 << 20):
-            error = RequestError(f"the request body is larger than {settings.max_body_mb} MB", status=413,
-                                 code="body_too_large")
-            return JSONResponse(error.body(), status_code=413)
-        return await call_next(request)
+    app.add_middleware(_DeclaredBodyLimit, max_body_mb=settings.max_body_mb)
 
     @app.get("/health")
     async def health():
         return {"status": "ok", "model": model_name, "waiting": engine.waiting, "answered": engine.answered,
                 "cancelled": engine.cancelled}
 
+    model_card = {"id": model_name, "object": "model", "created": 0, "owned_by": "llava-ov-encoder"}
+
     @app.get("/v1/models")
     async def models():
-        return {"object": "list", "data": [{"id": model_name, "object": "model", "created": 0,
-                                            "owned_by": "llava-ov-encoder"}]}
+        return {"object": "list", "data": [model_card]}
+
+    @app.get("/v1/models/{model_id:path}", responses=ERROR_RESPONSES)
+    async def model(model_id: str):
+        if model_id != model_name:
+            raise RequestError(f"the model {model_id!r} does not exist; this server serves {model_name!r}",
+                               "model", status=404, code="model_not_found")
+        return model_card
 
     @app.get("/", include_in_schema=False)
     async def page():
@@ -128,7 +162,15 @@ def create_app(tokenizer, model, image_processor, settings) -> FastAPI:
         if body.model not in (None, model_name):
             raise RequestError(f"the model {body.model!r} does not exist; this server serves {model_name!r}",
                                "model", status=404, code="model_not_found")
-        sampling = _sampling(body, settings.max_tokens)
+        refused, ignored = body.unhonoured()
+        if refused:
+            field, why = refused[0]
+            raise RequestError(f"{field}: {why}, and ignoring it would change what the answer means",
+                               field, code="unsupported_parameter")
+        if ignored:
+            logger.warning("ignored request fields (not used by this server): %s", ", ".join(ignored))
+        sampling = _sampling(body, settings.max_tokens, len(tokenizer))
+        video_request = _video_request(body, video.mode)
         try:
             release = engine.admit()
         except Busy as error:
@@ -141,31 +183,53 @@ def create_app(tokenizer, model, image_processor, settings) -> FastAPI:
         try:
             async with decodes:
                 parsed = await run_in_threadpool(parse_messages, body.messages, template, processor, policy,
-                                                 body.video_mode, temporary)
+                                                 video_request, temporary)
             _remove(temporary)  # decoded: the visual inputs no longer need the files
             created, request_id = int(time.time()), f"chatcmpl-{uuid.uuid4().hex}"
             cancel = threading.Event()
             if body.stream:
                 usage = body.stream_options is not None and body.stream_options.include_usage
-                queue, answer, finished = _start_stream(engine, parsed, sampling, cancel, release)
+                queue, answers, finished = _start_stream(engine, parsed, sampling, cancel, release)
                 handed_to_stream = True
                 return StreamingResponse(
-                    _events(queue, answer, finished, cancel, request_id, created, model_name, usage),
+                    _events(queue, answers, finished, cancel, request_id, created, model_name, usage,
+                            sampling.logprobs),
                     media_type="text/event-stream",
                 )
-            answer = await run_in_threadpool(_complete, engine, parsed, sampling, cancel)
+            work = asyncio.ensure_future(run_in_threadpool(_complete, engine, parsed, sampling, cancel))
+            answers = await _unless_disconnected(request, work, cancel)
         finally:
             _remove(temporary)
             if not handed_to_stream:
                 release()
         return {
             "id": request_id, "object": "chat.completion", "created": created, "model": model_name,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": answer.text},
-                         "finish_reason": answer.finish_reason, "logprobs": None}],
-            "usage": _usage(answer),
+            "choices": [{"index": i, "message": {"role": "assistant", "content": answer.text},
+                         "finish_reason": answer.finish_reason,
+                         "logprobs": None if answer.logprobs is None else {"content": answer.logprobs}}
+                        for i, answer in enumerate(answers)],
+            "usage": _usage(answers),
         }
 
     return app
+
+
+class _DeclaredBodyLimit:
+    """Refuses a body whose declared length is over the limit before it is read (a plain ASGI middleware:
+    Starlette's ``BaseHTTPMiddleware`` would hide a client's disconnect from the route, which watches it)."""
+
+    def __init__(self, app, max_body_mb: float):
+        self.app, self.max_body_mb = app, max_body_mb
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http":
+            declared = dict(scope["headers"]).get(b"content-length", b"")
+            if declared.isdigit() and int(declared) > self.max_body_mb * (1 << 20):
+                error = RequestError(f"the request body is larger than {self.max_body_mb} MB", status=413,
+                                     code="body_too_large")
+                await JSONResponse(error.body(), status_code=413)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 #: The chat route reads its body itself (bounded, parsed by pydantic); its schema is the request model's.
@@ -203,25 +267,39 @@ def _remove(paths: list[str]) -> None:
             pass
 
 
-def _complete(engine: ChatEngine, parsed, sampling: Sampling, cancel: threading.Event) -> Answer:
+def _complete(engine: ChatEngine, parsed, sampling: Sampling, cancel: threading.Event) -> list[Answer]:
     with engine.slot():
         return engine.complete(parsed.conversation, parsed.visual, sampling, cancel)
 
 
-def _usage(answer: Answer) -> dict:
-    return {"prompt_tokens": answer.prompt_tokens, "completion_tokens": answer.completion_tokens,
-            "total_tokens": answer.prompt_tokens + answer.completion_tokens}
+async def _unless_disconnected(request: Request, work: asyncio.Future, cancel: threading.Event):
+    """``work``'s result; if the client goes away first, its generation is cancelled (it stops at the next
+    token and frees the model) and the answer goes nowhere."""
+    while True:
+        done, _ = await asyncio.wait({work}, timeout=0.25)
+        if done:
+            return work.result()
+        if await request.is_disconnected():
+            cancel.set()
+            return await work
 
 
-def _start_stream(engine, parsed, sampling, cancel, release) -> tuple[asyncio.Queue, Answer, object]:
-    """Start generating in a thread that hands text over through a queue (it ends with ``finished``).
+def _usage(answers: list[Answer]) -> dict:
+    prompt = answers[0].prompt_tokens if answers else 0
+    completion = sum(answer.completion_tokens for answer in answers)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def _start_stream(engine, parsed, sampling, cancel, release) -> tuple[asyncio.Queue, list[Answer], object]:
+    """Start generating in a thread that hands the answers' pieces over through a queue (it ends with
+    ``finished``).
 
     Started before the response is returned, so the request is counted out (``release``) when
     generation ends even if the response body is never read."""
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue = asyncio.Queue()
     finished = object()
-    answer = Answer()
+    answers: list[Answer] = []
 
     def put(item) -> None:
         try:
@@ -232,8 +310,8 @@ def _start_stream(engine, parsed, sampling, cancel, release) -> tuple[asyncio.Qu
     def produce() -> None:
         try:
             with engine.slot():
-                for text in engine.stream(parsed.conversation, parsed.visual, sampling, cancel, answer):
-                    put(text)
+                for delta in engine.stream(parsed.conversation, parsed.visual, sampling, cancel, answers):
+                    put(delta)
         except Exception as error:  # noqa: BLE001 - reported to the client, the server goes on
             put(RequestError(f"generation failed: {error}", status=500, kind="server_error"))
         finally:
@@ -241,28 +319,36 @@ def _start_stream(engine, parsed, sampling, cancel, release) -> tuple[asyncio.Qu
             put(finished)
 
     threading.Thread(target=produce, name="llava-stream", daemon=True).start()
-    return queue, answer, finished
+    return queue, answers, finished
 
 
-async def _events(queue, answer, finished, cancel, request_id, created, model_name, include_usage):
-    """The server-sent events of a streamed answer. When the client goes away the response task is
-    cancelled, which sets ``cancel``: generation stops at its next token and frees the model."""
+async def _events(queue, answers, finished, cancel, request_id, created, model_name, include_usage,
+                  with_logprobs):
+    """The server-sent events of streamed answers (answer 0's pieces, then answer 1's, ...). When the client
+    goes away the response task is cancelled, which sets ``cancel``: generation stops at its next token and
+    frees the model."""
     head = {"id": request_id, "object": "chat.completion.chunk", "created": created, "model": model_name}
 
-    def chunk(delta: dict, finish=None) -> str:
-        choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
+    def chunk(index: int, delta: dict, finish=None, logprobs=None) -> str:
+        choice = {"index": index, "delta": delta, "finish_reason": finish,
+                  "logprobs": {"content": logprobs} if logprobs is not None else None}
         return f"data: {json.dumps(dict(head, choices=[choice]))}\n\n"
 
     try:
-        yield chunk({"role": "assistant", "content": ""})
+        yield chunk(0, {"role": "assistant", "content": ""})
+        started = {0}
         while (item := await queue.get()) is not finished:
             if isinstance(item, RequestError):
                 yield f"data: {json.dumps(item.body())}\n\n"
                 return
-            yield chunk({"content": item})
-        yield chunk({}, finish=answer.finish_reason)
+            if item.index not in started:
+                started.add(item.index)
+                yield chunk(item.index, {"role": "assistant", "content": ""})
+            yield chunk(item.index, {"content": item.text}, logprobs=item.logprobs if with_logprobs else None)
+        for index, answer in enumerate(answers):
+            yield chunk(index, {}, finish=answer.finish_reason)
         if include_usage:
-            yield f"data: {json.dumps(dict(head, choices=[], usage=_usage(answer)))}\n\n"
+            yield f"data: {json.dumps(dict(head, choices=[], usage=_usage(answers)))}\n\n"
         yield "data: [DONE]\n\n"
     finally:
         cancel.set()  # no-op when generation has ended; stops it when the client left early
