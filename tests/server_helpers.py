@@ -39,16 +39,25 @@ def flat_png(size=(40, 56), mode: str = "RGB") -> bytes:
 def serve_tiny(root: Path, *argv: str, name: str = "tiny-llava"):
     """Serve a tiny checkpoint saved under ``root`` with the command line ``argv`` (after ``--model-path``
     and ``--port``): yields ``(base URL, app)``; the server stops on exit."""
-    import uvicorn
-
-    from llava.cli_options import load_checkpoint
     from llava.model.builder import load_pretrained_model
     from llava.model.tiny import save_tiny_checkpoint
-    from llava.serve.openai_api import build_parser, create_app
 
     checkpoint = save_tiny_checkpoint(root / "tiny-ckpt")
     _, model, _, _ = load_pretrained_model(str(checkpoint), torch_dtype=torch.float32)
     sharpened(model).save_pretrained(checkpoint)  # answers that differ from prompt to prompt
+    with serve_checkpoint(checkpoint, *argv, name=name) as served:
+        yield served
+
+
+@contextmanager
+def serve_checkpoint(checkpoint: Path, *argv: str, name: str = "tiny-llava"):
+    """Serve ``checkpoint`` with the command line ``argv`` (after ``--model-path`` and ``--port``), in this
+    process: yields ``(base URL, app)``; the server stops on exit."""
+    import uvicorn
+
+    from llava.cli_options import load_checkpoint
+    from llava.serve.openai_api import build_parser, create_app
+
     port = free_port()
     args = build_parser().parse_args(["--model-path", str(checkpoint), "--port", str(port), *argv])
     args.served_model_name = name
