@@ -242,7 +242,7 @@ def write_model_card(directory: Path, config, processor: LlavaOVProcessor, card:
         lines += ["", "## Recipe", "", "```", " ".join(card["flags"]), "```"]
     results = card.get("results") or saved_results(directory)
     if results:  # kept beside the card, so later saves of the folder keep them
-        _write_text(directory / EVAL_RESULTS, json.dumps({"results": results}, indent=2) + "\n")
+        _save_results(directory, results)
     _write_text(directory / "README.md", "\n".join(lines) + "\n" + _evaluation_section(results))
 
 
@@ -250,6 +250,10 @@ def saved_results(directory: str | os.PathLike) -> list[list]:
     """The evaluation results recorded in ``directory`` (``[[task, metric, value], ...]``; none: ``[]``)."""
     path = Path(directory) / EVAL_RESULTS
     return json.loads(path.read_text())["results"] if path.is_file() else []
+
+
+def _save_results(directory: Path, results: list) -> None:
+    _write_text(directory / EVAL_RESULTS, json.dumps({"results": results}, indent=2) + "\n")
 
 
 def _evaluation_section(rows: list) -> str:
@@ -267,7 +271,7 @@ def record_evaluation(directory: str | os.PathLike, rows: list[tuple[str, str, s
     merged = {(task, metric): value for task, metric, value in saved_results(directory)}
     merged.update({(task, metric): value for task, metric, value in rows})
     results = [[task, metric, value] for (task, metric), value in sorted(merged.items())]
-    _write_text(directory / EVAL_RESULTS, json.dumps({"results": results}, indent=2) + "\n")
+    _save_results(directory, results)
     card = directory / "README.md"
     text = card.read_text() if card.is_file() else f"# {directory.name}\n"
     start = text.find("\n" + EVALUATION_HEADING + "\n")

@@ -77,6 +77,11 @@ def _sampling(request: ChatCompletionRequest, max_tokens_limit: int, vocab_size:
     )
 
 
+def _unknown_model(asked: str, served: str) -> RequestError:
+    return RequestError(f"the model {asked!r} does not exist; this server serves {served!r}", "model",
+                        status=404, code="model_not_found")
+
+
 def _video_request(request: ChatCompletionRequest, server_mode: str) -> dict:
     """This request's video options: its ``video_mode``, and ``media_io_kwargs.video`` (vLLM's frame count and
     rate) for uniform frames; in codec mode the frame count is the checkpoint's own, so they are ignored."""
@@ -144,8 +149,7 @@ def create_app(tokenizer, model, image_processor, settings) -> FastAPI:
     @app.get("/v1/models/{model_id:path}", responses=ERROR_RESPONSES)
     async def model(model_id: str):
         if model_id != model_name:
-            raise RequestError(f"the model {model_id!r} does not exist; this server serves {model_name!r}",
-                               "model", status=404, code="model_not_found")
+            raise _unknown_model(model_id, model_name)
         return model_card
 
     @app.get("/", include_in_schema=False)
@@ -160,8 +164,7 @@ def create_app(tokenizer, model, image_processor, settings) -> FastAPI:
         except InvalidRequest as error:
             raise RequestError(str(error), error.param) from None
         if body.model not in (None, model_name):
-            raise RequestError(f"the model {body.model!r} does not exist; this server serves {model_name!r}",
-                               "model", status=404, code="model_not_found")
+            raise _unknown_model(body.model, model_name)
         refused, ignored = body.unhonoured()
         if refused:
             field, why = refused[0]
