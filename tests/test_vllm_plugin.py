@@ -14,10 +14,7 @@ The tiny checkpoint's language model has head_dim 32 (vLLM's CPU attention has n
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +22,7 @@ import pytest
 from openai import OpenAI
 from PIL import Image
 from server_helpers import data_url, serve_checkpoint
+from task_helpers import evaluate_local_tasks
 from train_helpers import write_video
 
 from llava.model.folder import video_settings
@@ -32,7 +30,6 @@ from llava.model.tiny import save_tiny_checkpoint, tiny_llava_config, tiny_token
 from llava.vllm_plugin.launch import vllm_server
 
 VLLM_PYTHON = os.environ.get("LLAVA_VLLM_PYTHON")
-REPO = Path(__file__).resolve().parents[1]
 NAME = "tiny-llava"
 MAX_TOKENS = 12
 # a codec reader small enough for the tiny model: 16 frames, 4 mosaics of 64x64
@@ -142,27 +139,6 @@ def test_vllm_refuses_what_it_cannot_read_and_keeps_serving(served):
     assert ask(client, requests(media)["image"]).choices[0].message.content  # still serving
 
 
-def _evaluate(out: Path, media: Path, model: str, model_args: str) -> dict:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(out / "hf_home"),
-           "TINY_OV_MEDIA": str(media / "tiny_ov"), "FLASH_EVENTS_MEDIA": str(media / "flash_events")}
-    result = subprocess.run(
-        [sys.executable, "-m", "llava.eval.run", "--model", model, "--model_args", model_args,
-         "--tasks", "tiny_ov_free,flash_events_colour", "--limit", "4", "--batch_size", "1",
-         "--output_path", str(out), "--log_samples"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=900,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    (results,) = out.rglob("*_results.json")
-    scores = json.loads(results.read_text())["results"]
-    answers = {}
-    for samples in out.rglob("*_samples_*.jsonl"):
-        for line in samples.read_text().splitlines():
-            sample = json.loads(line)
-            answers[sample["doc_id"], samples.name.split("_samples_")[1]] = _stripped(sample["filtered_resps"])
-    metric = {"tiny_ov_free": "exact_match,none", "flash_events_colour": "acc,none"}
-    return {"scores": {task: scores[task][metric[task]] for task in metric}, "answers": answers}
-
-
 def _stripped(answers):
     """lmms-eval's filtered answers without the whitespace around each (vLLM keeps it; the project strips it)
     and without an unfinished UTF-8 character at the end: the random model writes stray bytes, which vLLM's
@@ -174,14 +150,14 @@ def _stripped(answers):
 
 def test_lmms_evals_openai_model_through_vllm_scores_as_the_projects_model(served, tmp_path):
     vllm_base, _, checkpoint, media = served
-    ours = _evaluate(tmp_path / "ours", media, "llava_ov_encoder", f"pretrained={checkpoint},video_mode=frames,"
-                     "max_frames=4")
-    theirs = _evaluate(tmp_path / "vllm", media, "openai",
-                       f"model={NAME},base_url={vllm_base}/v1,api_key=unused,pass_video_url=True,max_frames_num=4,"
-                       "num_concurrent=1,timeout=300,max_retries=1")
+    ours = evaluate_local_tasks(tmp_path / "ours", media, "llava_ov_encoder",
+                                f"pretrained={checkpoint},video_mode=frames,max_frames=4", limit=4)
+    theirs = evaluate_local_tasks(tmp_path / "vllm", media, "openai",
+                                  f"model={NAME},base_url={vllm_base}/v1,api_key=unused,pass_video_url=True,"
+                                  "max_frames_num=4,num_concurrent=1,timeout=300,max_retries=1", limit=4)
     assert len(ours["answers"]) == 8
     for key, answer in ours["answers"].items():
-        assert theirs["answers"][key] == answer, key
+        assert _stripped(theirs["answers"][key]) == _stripped(answer), key
     assert not any("LMMS_EVAL_REQUEST_FAILED" in str(answer) for answer in theirs["answers"].values())
     assert theirs["scores"] == ours["scores"]
 
