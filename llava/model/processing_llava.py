@@ -193,6 +193,12 @@ class LlavaOVProcessor(ProcessorMixin):
         mosaic, newline-separated)."""
         return "\n".join(self.image_token * n for n in self.placeholder_tokens(entry))
 
+    def placeholder_text(self, entry: VisualEntry) -> str:
+        """What a placeholder of ``entry`` is replaced with in a prompt: its expansion, then a video's time
+        instruction where training put it."""
+        expansion = self.expansion(entry)
+        return f"{expansion}\n{entry.instruction}\n" if entry.instruction else expansion
+
     # ------------------------------------------------------------------ call
     def __call__(self, images=None, text=None, videos=None, return_tensors: str | None = "pt", padding=True,
                  padding_side: str | None = None, video_mode: str | None = None, **kwargs) -> BatchFeature:
@@ -221,9 +227,7 @@ class LlavaOVProcessor(ProcessorMixin):
                 media = queue.pop(0)
                 entry = self.image_entry(media) if kind == "image" else self.video_processor(media, video_mode)
                 entries.append(entry)
-                parts.append(self.expansion(entry))
-                if entry.instruction:  # a video's time instruction, where training put it
-                    parts.append(f"\n{entry.instruction}\n")
+                parts.append(self.placeholder_text(entry))
             expanded.append("".join(parts))
         if image_queue or video_queue:
             raise ValueError(f"{len(image_queue)} images and {len(video_queue)} videos were given without a "

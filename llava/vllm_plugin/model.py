@@ -188,10 +188,7 @@ class LlavaOVMultiModalProcessor(BaseMultiModalProcessor[LlavaOVProcessingInfo])
 
         def replacement(item_idx: int, modality: str) -> PromptUpdateDetails:
             entry = entry_of(out_mm_kwargs[modality][item_idx], modality)
-            text = processor.expansion(entry)
-            if entry.instruction:
-                text += f"\n{entry.instruction}\n"
-            ids = tokenizer.encode(text, add_special_tokens=False)
+            ids = tokenizer.encode(processor.placeholder_text(entry), add_special_tokens=False)
             return PromptUpdateDetails.select_token_id(ids, pad)
 
         def target(placeholder: str) -> list[int]:
