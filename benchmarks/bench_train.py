@@ -3,6 +3,7 @@
     python benchmarks/bench_train.py                          # CPU defaults (about 8 minutes on 2 cores)
     python benchmarks/bench_train.py --write-docs             # also update docs/benchmarks.md
     python benchmarks/bench_train.py --device cuda --attn flash_attention_2 --write-docs
+    python benchmarks/bench_train.py --attention-cost [--write-docs]   # packed attention alone (a minute)
 
 What runs: the real LLaVA model (``LlavaQwenForCausalLM``: OV-Encoder tower, projector, Qwen2
 decoder; random weights, every part trainable as in SFT) on real pixel inputs and token ids
@@ -34,6 +35,13 @@ Cases, each a pass over the whole mix, in one process, interleaved round by roun
 tokens/s = real tokens of the mix (text + visual, no padding) / median time of a pass. Before
 timing, once: packed loss == unpacked loss (the supervised-token-weighted mean of the batch-1
 losses of a row's samples) and naive loss == supervised loss, printed.
+
+``--attention-cost`` times the decoder's attention alone (forward + backward of the attention function a
+Qwen2 layer calls, ``--heads`` / ``--kv-heads`` heads of 64): one packed row of ``--samples`` samples of
+``--sample-tokens`` tokens against the same samples one by one, for the two ways packed rows can be
+attended: ``sdpa`` with the block-diagonal causal mask the model builds from ``segment_ids`` (a cost of the
+row length squared) and ``varlen`` (each sample attends to itself: PyTorch's varlen kernels on CUDA,
+one SDPA call per sample on the CPU). packed / alone is the price of packing.
 
 Peak memory: each case in its own fresh process, after a warm-up step (weights, AdamW state
 allocated): on CPU the rise of the peak RSS (reset through /proc/self/clear_refs; allocations
@@ -125,6 +133,10 @@ def resolve(args) -> None:
     for key, value in PRESETS[args.device].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    if args.attn == "auto":  # as the trainer resolves it: flash-attn where installed on CUDA, else varlen
+        from llava.train.model_setup import resolve_attention
+
+        args.attn = resolve_attention("auto")
     args.capacity = max(64, round(args.max_length * args.scale))
     args.cases = [c.strip() for c in args.cases.split(",") if c.strip()]
     unknown = [c for c in args.cases if c not in CASES]
@@ -566,12 +578,14 @@ timing the benchmark checks that the cases compute the same loss."""
 NOT_MEASURED_GPU = """\
 ### GPU
 
-**Not measured.** The GPU targets — packed rows at least 2x the tokens/s of batch 1, and at least
-40 % MFU in bf16 — were NOT measured, because no GPU was lent to the session that wrote this: the
-`--device cuda` path (bf16 autocast over fp32 weights, fused AdamW, `--attn flash_attention_2`,
-MFU) has never run. To fill this in, run
-`python benchmarks/bench_train.py --device cuda --attn flash_attention_2 --write-docs` (by default
-a Qwen2-1.5B-shaped decoder, the ViT-L OV-Encoder, the mix at full scale in rows of 16,384 tokens,
+**Not measured.** The GPU targets — packed rows at least 45 % MFU in bf16 and at least 2x the
+tokens/s of batch 1 — were NOT measured, because no GPU was lent to the sessions that wrote this:
+the `--device cuda` path (bf16 autocast over fp32 weights, fused AdamW, PyTorch's varlen attention
+or flash-attn, MFU) has never run. To fill this in on one H100 / H200, run the prepared check,
+`bash benchmarks/gpu_check.sh` (under 8 minutes; its smoke run passes on the CPU,
+`tests/test_gpu_check.py`), or this benchmark alone:
+`python benchmarks/bench_train.py --device cuda --attn auto --write-docs` (by default a
+Qwen2-1.5B-shaped decoder, the ViT-L OV-Encoder, the mix at full scale in rows of 16,384 tokens,
 MFU over `--peak-tflops` 989, H100 / H200 dense bf16; add `--gradient-checkpointing`, as the SFT
 scripts do, if the full-logits case runs out of memory)."""
 
@@ -671,12 +685,72 @@ def write_docs(text: str, device: str) -> None:
     os.replace(tmp, DOCS)
 
 
+ATTENTION_SECTION = "## Packed attention"
+
+
+def attention_cost(args) -> dict:
+    """Seconds of the decoder's attention (forward + backward) for a packed row and for its samples alone."""
+    from types import SimpleNamespace
+
+    import torch
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from llava.model.modeling_llava import LlavaMetaForCausalLM, packed_sample_bounds
+    from llava.model.modeling_onevision_encoder import varlen_attention_forward
+
+    torch.manual_seed(0)
+    heads, kv_heads, dim, n, count = args.heads or 4, args.kv_heads or 2, 64, args.sample_tokens, args.samples
+    module = SimpleNamespace(is_causal=True, training=True, num_key_value_groups=heads // kv_heads)
+    segment_ids = torch.arange(count).repeat_interleave(n)[None]
+
+    def tensors(length: int):
+        return [torch.randn(1, h, length, dim, device=args.device, requires_grad=True) for h in (heads, kv_heads, kv_heads)]
+
+    row, alone = tensors(n * count), [tensors(n) for _ in range(count)]
+    holder = SimpleNamespace(config=SimpleNamespace(_attn_implementation="sdpa"))
+    dense_mask = LlavaMetaForCausalLM.packed_attention_mask(holder, segment_ids.to(args.device), torch.float32)
+    bounds = {key: value.to(args.device) if torch.is_tensor(value) else value
+              for key, value in packed_sample_bounds(segment_ids).items()}
+    scale = dim**-0.5
+
+    def step(function, q, k, v, mask=None, **kwargs):
+        out, _ = function(module, q, k, v, mask, scaling=scale, **kwargs)
+        out.sum().backward()
+
+    cases = {
+        "sdpa, packed row (dense mask)": lambda: step(sdpa_attention_forward, *row, dense_mask),
+        "varlen, packed row": lambda: step(varlen_attention_forward, *row, **bounds),
+        "each sample alone": lambda: [step(sdpa_attention_forward, *sample, is_causal=True) for sample in alone],
+    }
+    seconds = {name: [] for name in cases}
+    for round_ in range(args.repeats + 1):  # the first round warms up
+        for name, run in cases.items():
+            sync(args.device)
+            start = time.perf_counter()
+            run()
+            sync(args.device)
+            if round_:
+                seconds[name].append(time.perf_counter() - start)
+    return {name: statistics.median(times) for name, times in seconds.items()}
+
+
+def attention_report(args, seconds: dict) -> str:
+    alone = seconds["each sample alone"]
+    lines = ["| attention (forward + backward) | seconds | / samples alone |", "|---|---:|---:|"]
+    lines += [f"| {name} | {value:.3f} | {value / alone:.2f}x |" for name, value in seconds.items()]
+    heads, kv_heads = args.heads or 4, args.kv_heads or 2
+    return (f"`python benchmarks/bench_train.py --attention-cost` on {args.device} ({os.cpu_count()} cores), float32: "
+            f"one row of {args.samples} samples of {args.sample_tokens} tokens ({args.samples * args.sample_tokens} "
+            f"tokens), {heads} query / {kv_heads} key-value heads of 64, median of {args.repeats} rounds.\n\n"
+            + "\n".join(lines))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    parser.add_argument("--attn", choices=["sdpa", "flash_attention_2", "eager"], default="sdpa",
+    parser.add_argument("--attn", choices=["auto", "sdpa", "varlen", "flash_attention_2", "eager"], default="sdpa",
                         help="attention of the decoder and the tower")
     parser.add_argument("--scale", type=float, help="multiplies every token count (cpu 0.125, cuda 1)")
     parser.add_argument("--max-length", type=int, default=16384, help="packed row length at scale 1")
@@ -698,7 +772,20 @@ def main() -> None:
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
     parser.add_argument("--json", action="store_true", help="also print the raw results as JSON")
     parser.add_argument("--write-docs", action="store_true", help="update the section of docs/benchmarks.md")
+    parser.add_argument("--attention-cost", action="store_true", help="time the packed attention alone")
+    parser.add_argument("--samples", type=int, default=16, help="--attention-cost: samples in the packed row")
+    parser.add_argument("--sample-tokens", type=int, default=256, help="--attention-cost: tokens per sample")
     args = parser.parse_args()
+    if args.attention_cost:
+        text = attention_report(args, attention_cost(args))
+        print(text)
+        if args.write_docs:
+            sys.path.insert(0, str(ROOT / "benchmarks"))
+            from docs_section import replace_section
+
+            replace_section(ATTENTION_SECTION, text)
+            print(f"\nupdated {DOCS}")
+        return
     resolve(args)
 
     results = time_cases(args)

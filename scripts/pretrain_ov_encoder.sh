@@ -19,7 +19,7 @@ PER_DEVICE_BATCH=${PER_DEVICE_BATCH:-16}
 GRAD_ACCUM=${GRAD_ACCUM:-2}
 LEARNING_RATE=${LEARNING_RATE:-1e-3}
 MODEL_MAX_LENGTH=${MODEL_MAX_LENGTH:-8192}
-ATTN_IMPLEMENTATION=${ATTN_IMPLEMENTATION:-flash_attention_2}
+ATTN_IMPLEMENTATION=${ATTN_IMPLEMENTATION:-auto}  # flash_attention_2 where flash-attn is installed, else varlen
 NUM_WORKERS=${NUM_WORKERS:-16}
 
 exec bash scripts/launch_train.sh \

@@ -39,7 +39,7 @@ EPOCHS=${EPOCHS:-1}
 SAVE_STEPS=${SAVE_STEPS:-500}
 SAVE_TOTAL_LIMIT=${SAVE_TOTAL_LIMIT:-20}
 MODEL_MAX_LENGTH=${MODEL_MAX_LENGTH:-32768}
-ATTN_IMPLEMENTATION=${ATTN_IMPLEMENTATION:-flash_attention_2}
+ATTN_IMPLEMENTATION=${ATTN_IMPLEMENTATION:-auto}  # flash_attention_2 where flash-attn is installed, else varlen
 IMAGE_ASPECT_RATIO=${IMAGE_ASPECT_RATIO:-anyres}
 # Upstream's (574, 1120, 1694) are multiples of 14 px patches; with the 16 px patches of the
 # published LLaVA encoder config the same grid is 576-px tiles (36 x 36 patches).

@@ -71,9 +71,11 @@ def test_gather_patches_matches_conv_layout():
 # --- attention backends ------------------------------------------------------
 
 
+@pytest.mark.parametrize("backend", ["sdpa", "varlen"])
 @pytest.mark.parametrize("packed", [False, True])
-def test_eager_and_sdpa_agree(packed):
-    eager, sdpa = tiny_encoder("eager", seed=5), tiny_encoder("sdpa", seed=5)
+def test_eager_and_sdpa_agree(packed, backend):
+    """``sdpa`` and ``varlen`` (PyTorch's varlen kernels on CUDA, per-sample SDPA here) give eager's numbers."""
+    eager, sdpa = tiny_encoder("eager", seed=5), tiny_encoder(backend, seed=5)
     if packed:
         inputs = [torch.randn(3, 4, 8, 12), torch.randn(3, 16, 8)]
     else:

@@ -594,7 +594,7 @@ PACK_TEXTS = ["a text-only sample that is a little longer than the rest", "<imag
 PACK_KINDS = [[], [("image", 0)], [], [("codec", 1)], [("video", 2)]]
 
 
-@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+@pytest.mark.parametrize("attention", ["sdpa", "eager", "varlen"])
 def test_packed_loss_equals_unpacked_loss(tiny, attention):
     tokenizer, model = tiny
     model.set_attn_implementation(attention)
@@ -616,7 +616,51 @@ def test_packed_loss_equals_unpacked_loss(tiny, attention):
     torch.testing.assert_close(rows, unpacked, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+@pytest.mark.parametrize("attention", ["sdpa", "eager", "varlen"])
+def test_packed_gradients_equal_unpacked_gradients(tiny, attention, monkeypatch):
+    """Training on packed rows is training on the samples alone: the same loss and the same gradient for every
+    weight; ``varlen`` runs its packed path (no mask) and only for the packed batch."""
+    import llava.model.modeling_onevision_encoder as encoder_module
+
+    tokenizer, model = tiny
+    calls = []
+    real = encoder_module.per_sample_sdpa  # what varlen runs on the CPU
+
+    def counted(*args, **kwargs):
+        if (args[6] if len(args) > 6 else kwargs.get("causal", False)):  # the LM's (the tower's is not causal)
+            calls.append(args[3])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(encoder_module, "per_sample_sdpa", counted)
+
+    def loss_and_grads(pack: bool):
+        model.zero_grad()
+        loss = model(**batch_of(model, tokenizer, PACK_TEXTS, PACK_KINDS, pack=pack)).loss
+        loss.backward()
+        return loss.detach(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+    model.set_attn_implementation(attention)
+    model.train()
+    try:
+        unpacked, unpacked_grads = loss_and_grads(False)
+        packed_calls = len(calls)
+        packed, packed_grads = loss_and_grads(True)
+    finally:
+        model.zero_grad()
+        model.eval()
+        model.set_attn_implementation("sdpa")
+    torch.testing.assert_close(packed, unpacked, atol=1e-5, rtol=1e-5)
+    assert packed_grads.keys() == unpacked_grads.keys() and len(packed_grads) > 10
+    for name, grad in unpacked_grads.items():
+        torch.testing.assert_close(packed_grads[name], grad, atol=1e-5, rtol=1e-4, msg=name)
+    layers = model.config.num_hidden_layers
+    if attention == "varlen":  # once per LM layer for the packed batch, with the samples' bounds; never unpacked
+        assert packed_calls == 0 and len(calls) == layers and calls[0].numel() == len(PACK_TEXTS) + 1
+    else:
+        assert not calls
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager", "varlen"])
 def test_packed_samples_do_not_see_each_other(tiny, attention):
     """Changing one sample's tokens leaves the others' logits as they are; each equals the sample alone."""
     tokenizer, model = tiny

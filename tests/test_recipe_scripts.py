@@ -87,7 +87,7 @@ def test_the_sft_script_defaults_are_the_seed_recipe():
     assert (flags.save_steps, flags.save_total_limit, flags.num_train_epochs) == (500, 20, 1)
     assert flags.mm_projector_type == "mlp2x_gelu" and flags.mm_vision_select_layer == -2
     assert flags.group_by_modality_length is True and flags.image_aspect_ratio == "anyres"
-    assert flags.attn_implementation == "flash_attention_2" and flags.video_mode == "codec"
+    assert flags.attn_implementation == "auto" and flags.video_mode == "codec"  # flash-attn where installed
     # the projector the pre-training script writes by default is the one SFT starts from
     pretrain = _train_flags(_dry_run("pretrain_ov_encoder.sh"))
     assert flags.pretrain_mm_mlp_adapter == f"{pretrain.output_dir}/mm_projector.bin"

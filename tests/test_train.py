@@ -499,3 +499,19 @@ def test_a_killed_and_resumed_run_logs_the_same_losses(start, records, tmp_path)
     log = json.loads((out / "trainer_state.json").read_text())["log_history"]
     losses = [e["loss"] for e in log if "loss" in e]
     assert losses == pytest.approx(expected, rel=1e-4, abs=1e-5)
+
+
+def test_auto_attention_is_flash_attn_where_installed_on_cuda_else_varlen(monkeypatch):
+    import importlib.util
+
+    from llava.train import model_setup
+
+    assert model_setup.resolve_attention("auto") == "varlen"  # this machine: no CUDA, no flash-attn
+    for explicit in ("sdpa", "eager", "varlen", "flash_attention_2"):
+        assert model_setup.resolve_attention(explicit) == explicit
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert model_setup.resolve_attention("auto") == "varlen"  # CUDA without flash-attn: nothing to compile
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: object() if name == "flash_attn" else real_find_spec(name, *a))
+    assert model_setup.resolve_attention("auto") == "flash_attention_2"

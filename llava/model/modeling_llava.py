@@ -343,7 +343,7 @@ class LlavaMetaForCausalLM(ABC):
         ``segment_ids`` ``[rows, L]`` names each position's sample (-1: padding, which sees itself so no
         row is empty). A 4-D block-diagonal causal mask ``[rows, 1, L, L]``: boolean for SDPA, 0 / -inf
         for eager and others; None for ``flash_attention_2``, which reads the sample boundaries from the
-        restarting ``position_ids``.
+        restarting ``position_ids``. (``varlen`` takes the bounds instead: :func:`packed_sample_bounds`.)
         """
         implementation = self.config._attn_implementation
         if implementation == "flash_attention_2":
@@ -358,6 +358,19 @@ class LlavaMetaForCausalLM(ABC):
             return mask
         return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
 
+
+
+def packed_sample_bounds(segment_ids: torch.Tensor) -> dict:
+    """The ``varlen`` attention's arguments for packed rows (``segment_ids`` ``[rows, L]``, -1 padding): the bounds
+    of every run of one sample (or of padding) in the flattened rows, as transformers names them."""
+    rows, length = segment_ids.shape
+    flat = segment_ids.reshape(-1)
+    starts = torch.ones_like(flat, dtype=torch.bool)
+    starts[1:] = flat[1:] != flat[:-1]
+    starts[::length] = True  # a row starts a run
+    bounds = torch.cat([starts.nonzero().flatten(), flat.new_tensor([flat.numel()])]).to(torch.int32)
+    longest = int(bounds.diff().max())
+    return {"cu_seq_lens_q": bounds, "cu_seq_lens_k": bounds, "max_length_q": longest, "max_length_k": longest}
 
 
 @dataclass
@@ -410,7 +423,11 @@ class MultimodalCausalLMMixin:
         if inputs_embeds is None and input_ids is not None and (images is not None or supervised):
             inputs_embeds = self.scatter_visual_tokens(input_ids, images, modalities, image_sizes, patch_positions)
             input_ids = None
-        if segment_ids is not None:
+        if segment_ids is not None and self.config._attn_implementation == "varlen":
+            # the samples' bounds go to the attention function; no mask is built (a dict of masks is used as is)
+            attention_mask = dict.fromkeys(getattr(self.config, "layer_types", None) or ["full_attention"])
+            kwargs.update(packed_sample_bounds(segment_ids))
+        elif segment_ids is not None:
             attention_mask = self.packed_attention_mask(segment_ids, inputs_embeds.dtype if inputs_embeds is not None
                                                         else self.dtype)
         if supervised:

@@ -26,8 +26,11 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 from transformers.activations import ACT2FN
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.modeling_utils import AttentionInterface
 
 from .configuration_onevision_encoder import OneVisionEncoderConfig
 
@@ -276,19 +279,83 @@ def eager_attention(q, k, v, scale, dropout, cu_seqlens, max_seqlen, training):
     return torch.matmul(probs, v).transpose(1, 2), probs
 
 
+def per_sample_sdpa(q, k, v, cu_seqlens, scale: float | None, dropout: float = 0.0,
+                    causal: bool = False) -> torch.Tensor:
+    """Exact attention of packed samples on any device, one SDPA call per sample (no ``[T, T]`` mask): ``q``
+    ``[1, H, T, hd]``, ``k`` / ``v`` ``[1, H_kv, T, hd]`` (fewer heads: grouped-query, each shared by
+    ``H / H_kv`` query heads), samples at ``cu_seqlens``; returns ``[1, H, T, hd]``."""
+    grouped = k.shape[1] != q.shape[1]
+    lengths = cu_seqlens.diff().tolist()
+    outs = [
+        F.scaled_dot_product_attention(qs, ks, vs, dropout_p=dropout, is_causal=causal, scale=scale, enable_gqa=grouped)
+        for qs, ks, vs in zip(*(t.split(lengths, dim=2) for t in (q, k, v)))
+    ]
+    return torch.cat(outs, dim=2)
+
+
+def torch_varlen_ready(tensor: torch.Tensor) -> bool:
+    """Whether PyTorch's variable-length attention (flash kernels) runs on ``tensor``: CUDA, half precision, a
+    torch that has it (2.10 and later)."""
+    if not tensor.is_cuda or tensor.dtype not in (torch.float16, torch.bfloat16):
+        return False
+    try:
+        from torch.nn.attention.varlen import varlen_attn  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def torch_varlen(q, k, v, cu_seqlens, max_seqlen: int, scale: float | None, causal: bool = False) -> torch.Tensor:
+    """PyTorch's variable-length attention: ``q`` ``[T, H, hd]``, ``k`` / ``v`` ``[T, H_kv, hd]``; ``[T, H, hd]``."""
+    from torch.nn.attention.varlen import varlen_attn
+
+    cu = cu_seqlens.to(device=q.device, dtype=torch.int32)
+    return varlen_attn(q, k, v, cu, cu, max_seqlen, max_seqlen, scale=scale,
+                       window_size=(-1, 0) if causal else (-1, -1), enable_gqa=k.shape[1] != q.shape[1])
+
+
 def sdpa_attention(q, k, v, scale, dropout, cu_seqlens, max_seqlen, training):
     dropout = dropout if training else 0.0
     q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, H, L, hd]
     if cu_seqlens is None:
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, scale=scale)
-        return out.transpose(1, 2), None
-    # Exact varlen on any device: one SDPA call per packed sample (no L x L mask).
-    lengths = cu_seqlens.diff().tolist()
-    outs = [
-        F.scaled_dot_product_attention(qs, ks, vs, dropout_p=dropout, scale=scale)
-        for qs, ks, vs in zip(*(t.split(lengths, dim=2) for t in (q, k, v)))
-    ]
-    return torch.cat(outs, dim=2).transpose(1, 2), None
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, scale=scale).transpose(1, 2), None
+    return per_sample_sdpa(q, k, v, cu_seqlens, scale, dropout).transpose(1, 2), None
+
+
+def varlen_attention(q, k, v, scale, dropout, cu_seqlens, max_seqlen, training):
+    """Packed samples through PyTorch's varlen kernels on CUDA in half precision (no dropout); SDPA otherwise."""
+    if cu_seqlens is None or (training and dropout) or not torch_varlen_ready(q):
+        return sdpa_attention(q, k, v, scale, dropout, cu_seqlens, max_seqlen, training)
+    return torch_varlen(q[0], k[0], v[0], cu_seqlens, max_seqlen, scale).unsqueeze(0), None
+
+
+def varlen_attention_forward(module, query, key, value, attention_mask, dropout: float = 0.0,
+                             scaling: float | None = None, cu_seq_lens_q=None, max_length_q=None, **kwargs):
+    """transformers' attention function ``varlen`` (``attn_implementation="varlen"``, any model): packed rows whose
+    samples come as ``cu_seq_lens_q`` (flattened over the batch; the LLaVA model passes them for ``segment_ids``)
+    attend each sample to itself only, through PyTorch's varlen kernels on CUDA, one SDPA call per sample
+    elsewhere (a cost of the sum of the samples' squared lengths); anything else is transformers' SDPA, mask and
+    all. ``query`` ``[B, H, L, hd]``; returns ``[B, L, H, hd]``."""
+    if cu_seq_lens_q is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
+    if kwargs.get("sliding_window") is not None:
+        raise ValueError("attn_implementation='varlen' does not take sliding-window layers with packed rows: use "
+                         "flash_attention_2, or rows without packing")
+    batch, heads, length, dim = query.shape
+    causal = getattr(module, "is_causal", True)
+    if not dropout and torch_varlen_ready(query):
+        def tokens(tensor: torch.Tensor) -> torch.Tensor:  # [B, H, L, hd] -> [B * L, H, hd]
+            return tensor.transpose(1, 2).reshape(batch * length, tensor.shape[1], dim)
+
+        out = torch_varlen(tokens(query), tokens(key), tokens(value), cu_seq_lens_q, int(max_length_q), scaling, causal)
+        return out.reshape(batch, length, heads, dim), None
+
+    def one_row(tensor: torch.Tensor) -> torch.Tensor:  # [B, H, L, hd] -> [1, H, B * L, hd] (a view for B == 1)
+        return tensor.transpose(0, 1).reshape(1, tensor.shape[1], batch * length, dim)
+
+    out = per_sample_sdpa(one_row(query), one_row(key), one_row(value), cu_seq_lens_q, scaling, dropout, causal)
+    return out[0].reshape(heads, batch, length, dim).permute(1, 2, 0, 3), None
 
 
 def flash_attention_2(q, k, v, scale, dropout, cu_seqlens, max_seqlen, training):
@@ -306,9 +373,14 @@ def flash_attention_2(q, k, v, scale, dropout, cu_seqlens, max_seqlen, training)
     return out.unsqueeze(0), None
 
 
+# ``varlen`` is a name transformers accepts for any model; without packed rows it is SDPA, masks included
+AttentionInterface.register("varlen", varlen_attention_forward)
+AttentionMaskInterface.register("varlen", sdpa_mask)
+
 ATTENTION_FUNCTIONS: dict[str, Callable] = {
     "eager": eager_attention,
     "sdpa": sdpa_attention,
+    "varlen": varlen_attention,
     "flash_attention_2": flash_attention_2,
 }
 

@@ -183,7 +183,9 @@ class TrainingArguments(transformers.TrainingArguments):
     )
     group_by_modality_length_auto: bool = False
     verbose_logging: bool = False
-    attn_implementation: str = field(default="sdpa", metadata={"help": "sdpa, eager or flash_attention_2"})
+    attn_implementation: str = field(default="auto", metadata={
+        "help": "auto (flash_attention_2 where flash-attn is installed on a CUDA machine, else varlen), varlen "
+                "(PyTorch's varlen attention for packed rows), sdpa, eager or flash_attention_2"})
     packing: bool = field(
         default=False, metadata={"help": "pack each batch's samples into rows of model_max_length"}
     )

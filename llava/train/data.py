@@ -483,7 +483,7 @@ class DataCollator:
     image_token_id: int
     max_length: int | None = None
     pack: bool = False
-    one_row: bool = False  # flash attention: every sample of a packed batch in one row
+    one_row: bool = False  # flash / varlen attention: every sample of a packed batch in one row
 
     @classmethod
     def for_model(cls, tokenizer, model, pack: bool = False) -> DataCollator:
@@ -495,7 +495,7 @@ class DataCollator:
         return cls(
             tokenizer.pad_token_id, VisualLayout.from_config(config, model.get_vision_tower().config.patch_size),
             config.image_token_id, config.tokenizer_model_max_length, pack,
-            one_row=config._attn_implementation == "flash_attention_2",
+            one_row=config._attn_implementation in ("flash_attention_2", "varlen"),
         )
 
     def __call__(self, samples: Sequence[Sample]) -> dict:

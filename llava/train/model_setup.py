@@ -10,6 +10,7 @@ projector come with it). ``--mm_tunable_parts`` then decides which parameters tr
 from __future__ import annotations
 
 import ast
+import importlib.util
 import logging
 
 import torch
@@ -94,9 +95,8 @@ def build_tokenizer(model_args: ModelArguments, training_args: TrainingArguments
 def build_model(model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments):
     """The LLaVA model to train, its multimodal config keys set from the arguments."""
     dtype = torch.bfloat16 if training_args.bf16 else (torch.float16 if training_args.fp16 else torch.float32)
-    load = dict(
-        cache_dir=training_args.cache_dir, dtype=dtype, attn_implementation=training_args.attn_implementation
-    )
+    attention = resolve_attention(training_args.attn_implementation)
+    load = dict(cache_dir=training_args.cache_dir, dtype=dtype, attn_implementation=attention)
     config = AutoConfig.from_pretrained(model_args.model_name_or_path, cache_dir=training_args.cache_dir)
     if model_args.rope_scaling_factor is not None and model_args.rope_scaling_type is not None:
         config.rope_scaling = {"type": model_args.rope_scaling_type, "factor": model_args.rope_scaling_factor}
@@ -126,7 +126,7 @@ def build_model(model_args: ModelArguments, data_args: DataArguments, training_a
             image_aspect_ratio=data_args.image_aspect_ratio,
             image_grid_pinpoints=parse_pinpoints(data_args.image_grid_pinpoints),
             vision_attn_implementation=(
-                model_args.vision_attn_implementation or _tower_attention(training_args)
+                model_args.vision_attn_implementation or _tower_attention(attention)
             ),
         )
         if model_args.pretrain_mm_mlp_adapter:
@@ -139,9 +139,21 @@ def build_model(model_args: ModelArguments, data_args: DataArguments, training_a
     return model
 
 
-def _tower_attention(training_args: TrainingArguments) -> str | None:
-    attention = training_args.attn_implementation
-    return attention if attention in ("sdpa", "eager", "flash_attention_2") else None
+def resolve_attention(name: str) -> str:
+    """``--attn_implementation``; ``auto``: ``flash_attention_2`` where flash-attn imports on a CUDA machine, else
+    ``varlen`` (PyTorch's own variable-length attention for packed rows on CUDA, per-sample SDPA on the CPU;
+    plain SDPA for unpacked batches)."""
+    if name != "auto":
+        return name
+    chosen = "varlen"
+    if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
+        chosen = "flash_attention_2"
+    logger.info("--attn_implementation auto: %s", chosen)
+    return chosen
+
+
+def _tower_attention(attention: str) -> str | None:
+    return attention if attention in ("sdpa", "eager", "flash_attention_2", "varlen") else None
 
 
 def _set_run_config(config, model_args, data_args, training_args, continuing: bool) -> None:
