@@ -238,6 +238,27 @@ def test_packed_batch_equals_each_sample_alone(make_encoder):
             torch.testing.assert_close(got, want.hidden_states[layer][0], atol=ATOL, rtol=ATOL)
 
 
+@pytest.mark.parametrize("backend", ["eager", "sdpa", "varlen"])
+def test_packed_gradients_equal_each_sample_alone(backend):
+    """Training the tower on a packed batch is training it on each sample alone: every weight's gradient."""
+    model = tiny_encoder(backend, seed=3).train()
+    generator = torch.Generator().manual_seed(4)
+    samples = [torch.randn(3, 4, 8, 12, generator=generator), torch.randn(3, 16, 8, generator=generator),
+               torch.randn(3, 8, 8, generator=generator)]
+
+    def grads(batches) -> dict:
+        model.zero_grad()
+        for batch in batches:
+            out = model(batch, output_hidden_states=True)
+            (out.hidden_states[-2].square().mean() * out.hidden_states[-2].shape[0]).backward()
+        return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+    packed, alone = grads([samples]), grads([[sample] for sample in samples])
+    assert packed.keys() == alone.keys() and len(packed) > 8
+    for name, grad in alone.items():
+        torch.testing.assert_close(packed[name], grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
 def test_packed_batch_with_per_sample_positions(make_encoder):
     """Per-sample codec positions (the upstream LLaVA code used sample 0's for all)."""
     model = make_encoder(rope_temporal_size=64)
