@@ -83,7 +83,7 @@ def worker(kind: str, video: str, t: int, repeats: int) -> dict:
                 pass
     else:
         sys.path.insert(0, str(PKG))
-        from cv_reader.batch import atomic_save_npy, atomic_write_json
+        from cv_reader.util import atomic_save_npy, atomic_write_json
         from cv_reader.pipeline import Stage1Params, select_patches, stage1_meta
 
         out = Path(tempfile.mkdtemp(prefix="bench_s1_"))

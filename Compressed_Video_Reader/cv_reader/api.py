@@ -1,8 +1,12 @@
-"""Public API of the codec reader (``from cv_reader import api``)."""
+"""Public API of the codec reader (``from cv_reader import api``, or the package root, which re-exports it): reading
+and selecting (Stage 1), packing and reading packs (Stage 2), images, dataset files (``DatasetReader``,
+``BadRecord``) and the Stage-2 record rewriting the trainer shares. ``cv_reader.util`` holds the small file
+helpers (atomic writes, hashes) the project uses too."""
 
 from __future__ import annotations
 
 from .canvas import CanvasGeometry
+from .dataset import BadRecord, DatasetReader, Record, check_record
 from .errors import (
     CodecInputError,
     ImageReadError,
@@ -41,9 +45,19 @@ from .pipeline import (
 )
 from .reader import FrameRecord, probe, read_video
 from .selection import global_topk, sample_frame_ids_uniform
+from .stage2 import VIDEO_TOKEN, complete_pack, placeholder_counts, rewrite_conversations, text_key
 
 __all__ = [
     "LLAVA_CODEC",
+    "VIDEO_TOKEN",
+    "BadRecord",
+    "DatasetReader",
+    "Record",
+    "check_record",
+    "complete_pack",
+    "placeholder_counts",
+    "rewrite_conversations",
+    "text_key",
     "PackGeometry",
     "CanvasGeometry",
     "CodecInputError",

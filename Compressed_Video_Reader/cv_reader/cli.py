@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .batch import atomic_save_npy, atomic_write_bytes, atomic_write_json
 from .errors import VideoReadError
 from .pipeline import LLAVA_CODEC, Selection, Stage1Params, select_patches, stage1_meta
 from .reader import FrameRecord
+from .util import atomic_save_npy, atomic_write_bytes, atomic_write_json
 
 
 def build_parser() -> argparse.ArgumentParser:

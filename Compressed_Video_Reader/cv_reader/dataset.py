@@ -92,12 +92,17 @@ class Record:
 @dataclass(frozen=True)
 class BadRecord:
     """An entry that was skipped, and why (``str()`` gives ``file:line: reason``, or
-    ``file:line (id <id>): reason`` for a record whose ``id`` is known)."""
+    ``file:line (id <id>): reason`` for a record whose ``id`` is known). The one bad-record type of the
+    project: the dataset reader, the Stage tools and the trainer's dataset all report with it."""
 
     file: str
     line: int
     reason: str
     id: object = None
+
+    @property
+    def where(self) -> str:
+        return f"{self.file}:{self.line}"
 
     def __str__(self) -> str:
         named = "" if self.id is None else f" (id {_shortened(str(self.id))})"

@@ -27,16 +27,12 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from .batch import (
     Stage1Index,
-    atomic_save_npy,
-    atomic_write_json,
-    one_line,
     open_dataset,
     resolve_video,
     shard_key,
     shard_of,
     stage1_prefix,
     stage1_suffix,
-    sweep_stale_tmp,
 )
 from .camera import MODES as MV_COMPENSATE_MODES
 from .dataset import DatasetReader, check_record
@@ -44,6 +40,7 @@ from .decode import build_index
 from .errors import UnsupportedCodecError
 from .pipeline import LLAVA_CODEC, Stage1Params, select_patches, stage1_meta
 from .saliency import FUSE_MODES
+from .util import atomic_save_npy, atomic_write_json, one_line, sweep_stale_tmp
 
 #: Parameter sets ``--preset`` chooses from: the upstream CLI's defaults (the default) and the
 #: LLaVA codec configuration that the model's codec inputs use.

@@ -41,21 +41,16 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from .batch import (
     Stage1Index,
-    atomic_save_npy,
-    atomic_write_bytes,
-    atomic_write_json,
-    load_npy,
-    one_line,
     open_dataset,
     resolve_video,
     sample_stem,
     shard_key,
     shard_of,
-    sweep_stale_tmp,
 )
 from .dataset import DatasetReader, check_record
 from .mosaic import LAYOUTS, pack_mosaics
 from .pipeline import LLAVA_CODEC, load_canvases
+from .util import atomic_save_npy, atomic_write_bytes, atomic_write_json, load_npy, one_line, sweep_stale_tmp
 
 _SHARED = dict(
     num_images=LLAVA_CODEC.keep_frames_equiv,

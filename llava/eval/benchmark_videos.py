@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cv_reader.batch import atomic_write_bytes, one_line
+from cv_reader.util import atomic_write_bytes, one_line
 from tqdm import tqdm
 
 from ..processing.media import is_image_path

@@ -26,8 +26,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cv_reader.batch import short_hash
-from cv_reader.stage2 import complete_pack
+from cv_reader import complete_pack
+from cv_reader.util import short_hash
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ import json
 import sys
 from pathlib import Path
 
-from cv_reader.batch import atomic_write_bytes
+from cv_reader.util import atomic_write_bytes
 from tqdm import tqdm
 
 from ..cli_options import add_checkpoint_arguments, add_video_arguments, load_checkpoint, video_options

@@ -51,9 +51,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from cv_reader import pack_geometry
-from cv_reader.dataset import DatasetReader, check_record
-from cv_reader.stage2 import VIDEO_TOKEN, placeholder_counts, rewrite_conversations, text_key
+from cv_reader import (
+    VIDEO_TOKEN,
+    BadRecord,
+    DatasetReader,
+    check_record,
+    pack_geometry,
+    placeholder_counts,
+    rewrite_conversations,
+    text_key,
+)
 from torch.utils.data import DataLoader, Dataset
 
 from ..batching import Example, collate
@@ -77,18 +84,6 @@ logger = logging.getLogger("llava.train")
 #: Problems of a record (its media, its conversation) rather than of the code: the record is skipped.
 RECORD_ERRORS = (MediaError, ValueError, TypeError, KeyError, OSError)
 MODALITIES = ("text", "image", "video")
-
-
-@dataclass(frozen=True)
-class BadRecord:
-    """A record that was skipped: its id, where it is (``file:line``) and why."""
-
-    id: str
-    where: str
-    reason: str
-
-    def __str__(self) -> str:
-        return f"{self.where} (id {self.id}): {self.reason}"
 
 
 @dataclass(frozen=True)
@@ -195,9 +190,11 @@ class SupervisedDataset(Dataset):
         reader = DatasetReader(data_path, seed=seed)
         self.records: list[dict] = []
         self.where: list[str] = []
+        self.lines: list[tuple[str, int]] = []  # each record's file and line
         for record in reader:
             self.records.append(record.data)
             self.where.append(record.where)
+            self.lines.append((record.file, record.line))
         self.malformed = [str(bad) for bad in reader.bad_examples]
         self.malformed_count = reader.bad_records
         if not self.records:
@@ -253,7 +250,7 @@ class SupervisedDataset(Dataset):
         record = self.records[i]
         sid = record.get("id")
         reason = " ".join(f"{type(error).__name__}: {error}".split())
-        return BadRecord(f"#{i}" if sid is None else str(sid), self.where[i], reason)
+        return BadRecord(*self.lines[i], reason, f"#{i}" if sid is None else str(sid))
 
     # ------------------------------------------------------------------ one record
     def where_of(self, i: int) -> str:
@@ -523,7 +520,6 @@ def make_data_module(tokenizer, model, image_processor, data_args: DataArguments
 __all__ = [
     "MODALITIES",
     "RECORD_ERRORS",
-    "BadRecord",
     "BatchReport",
     "DataCollator",
     "OverLength",

@@ -19,7 +19,7 @@ import json
 import sys
 from pathlib import Path
 
-from cv_reader.batch import atomic_write_bytes
+from cv_reader.util import atomic_write_bytes
 
 from llava.synthetic.tiny_sft import normalise  # the tiny_ov_free task scores with it too
 
