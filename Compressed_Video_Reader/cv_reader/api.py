@@ -28,6 +28,7 @@ from .pack import (
     PackGeometry,
     check_codec_inputs,
     check_pack,
+    complete_pack,
     load_mosaics,
     load_positions,
     pack_geometry,
@@ -44,8 +45,8 @@ from .pipeline import (
     select_patches,
 )
 from .reader import FrameRecord, probe, read_video
+from .records import VIDEO_TOKEN, placeholder_counts, rewrite_conversations, text_key
 from .selection import global_topk, sample_frame_ids_uniform
-from .stage2 import VIDEO_TOKEN, complete_pack, placeholder_counts, rewrite_conversations, text_key
 
 __all__ = [
     "LLAVA_CODEC",

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .dataset import DatasetReader
+from .dataset import DatasetReader, Record
 from .util import short_hash
 
 
@@ -34,6 +35,38 @@ def shard_key(video: str, sample_id: Any, row_idx: int) -> str:
 def shard_of(key: str, num_shards: int) -> int:
     """Stable shard of ``key`` (first 8 hex digits of its SHA-1, as upstream)."""
     return int(hashlib.sha1(key.encode("utf-8")).hexdigest()[:8], 16) % int(num_shards)
+
+
+def record_row(item: dict, record: Record) -> int:
+    """Row index of a record's shard key: its ``_row_idx`` if it has a usable one, else its index in the file."""
+    try:
+        return int(item.get("_row_idx", record.index))
+    except (TypeError, ValueError):
+        return record.index
+
+
+def shard_records(reader: DatasetReader, stats: dict, num_shards: int, shard_id: int, max_samples: int = 0,
+                  need_video: bool = True) -> Iterator[tuple[Record, str]]:
+    """The records of shard ``shard_id`` of ``num_shards`` with their shard key, the loop Stage 1 and both Stage-2
+    modes share (so a shard of Stage 2 finds the outputs of the same shard of Stage 1). Counts in ``stats``:
+    ``seen``, ``bad_records`` (the reader's), ``skip`` (no ``id`` or ``video``, when ``need_video``), ``shard_skip``;
+    stops once ``stats["picked"]`` (the caller's count) reaches ``max_samples`` (0: no limit). A record without a
+    video (``need_video=False``) is keyed with an empty video."""
+    for record in reader:
+        stats["seen"] += 1
+        stats["bad_records"] = reader.bad_records
+        item = record.data
+        sid, video = item.get("id"), item.get("video")
+        if need_video and (sid is None or video is None):
+            stats["skip"] += 1
+            continue
+        key = shard_key(video or "", sid, record_row(item, record))
+        if shard_of(key, num_shards) != shard_id:
+            stats["shard_skip"] += 1
+            continue
+        if max_samples > 0 and stats["picked"] >= max_samples:
+            return
+        yield record, key
 
 
 def safe_id(sample_id: Any) -> str:
@@ -119,7 +152,9 @@ __all__ = [
     "sample_stem",
     "open_dataset",
     "resolve_video",
+    "record_row",
     "shard_key",
+    "shard_records",
     "shard_of",
     "stage1_prefix",
     "stage1_suffix",

@@ -16,13 +16,16 @@ RoPE grid, ``llava.processing.media``).
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from .batch import sample_stem
 from .errors import CodecInputError, ImageReadError
 from .images import check_regular_file, open_regular_file, read_image
 from .pipeline import LLAVA_CODEC, CodecPatches, Stage1Params
@@ -193,10 +196,45 @@ def pack_geometry(
     return PackGeometry(len(mosaic_paths), int(side), int(patch_size))
 
 
+def pack_dir(out_image_root: str | os.PathLike, sample_id, video: str) -> Path:
+    """The directory ``--mode pack`` writes a record's pack to (``sample_<id>__<stem>__<hash>``)."""
+    return Path(out_image_root) / sample_stem(str(sample_id), str(video))
+
+
+def complete_pack(sample_dir: Path) -> tuple[dict | None, str]:
+    """``(pack.json contents, "")`` if the pack in ``sample_dir`` is complete, else ``(None, why)``.
+
+    Why one function: pack mode decides with it whether a pack can be reused and rewrite
+    mode whether a record can point at it, so both agree on what a finished pack is:
+    ``pack.json`` (written last) exists, lists at least one mosaic, and every file it
+    lists exists. Listed paths are used as written (``--out_image_root`` joined with the
+    file names when the pack was made), exactly as they go into the JSONL.
+    """
+    marker = sample_dir / "pack.json"
+    if not marker.is_file():
+        return None, f"{marker} not found"
+    try:
+        pack = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return None, f"{marker} is unreadable ({type(exc).__name__}: {exc})"
+    images = pack.get("image") if isinstance(pack, dict) else None
+    if not isinstance(images, list) or not images or not all(isinstance(p, str) for p in images):
+        return None, f"{marker} has no list of mosaic paths under 'image'"
+    missing = [p for p in images if not os.path.isfile(p)]
+    if missing:
+        return None, f"{len(missing)} of {len(images)} mosaics in {marker} are missing, e.g. {missing[0]}"
+    positions = pack.get("positions_thw")
+    if positions is not None and not (isinstance(positions, str) and os.path.isfile(positions)):
+        return None, f"the positions file {marker} lists is missing: {positions}"
+    return pack, ""
+
+
 __all__ = [
     "PackGeometry",
     "check_codec_inputs",
     "check_pack",
+    "complete_pack",
+    "pack_dir",
     "load_mosaics",
     "load_positions",
     "pack_geometry",

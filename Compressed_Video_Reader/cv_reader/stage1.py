@@ -29,8 +29,7 @@ from .batch import (
     Stage1Index,
     open_dataset,
     resolve_video,
-    shard_key,
-    shard_of,
+    shard_records,
     stage1_prefix,
     stage1_suffix,
 )
@@ -157,24 +156,9 @@ def _tasks(
     allowed = [c for c in args.allowed_codecs.split(",") if c.strip()] if args.check_codec else None
     pdict = asdict(p)
     done = Stage1Index(args.out_root, p.sequence_length, p.square_size, p.patch_size)
-    for record in reader:
-        stats["seen"] += 1
-        stats["bad_records"] = reader.bad_records
+    for record, key in shard_records(reader, stats, args.num_shards, args.shard_id, args.max_samples):
         item = record.data
-        try:
-            row = int(item.get("_row_idx", record.index))
-        except (TypeError, ValueError):
-            row = record.index
-        sid, video = item.get("id"), item.get("video")
-        if sid is None or video is None:
-            stats["skip"] += 1
-            continue
-        key = shard_key(video, sid, row)
-        if shard_of(key, args.num_shards) != args.shard_id:
-            stats["shard_skip"] += 1
-            continue
-        if args.max_samples > 0 and stats["picked"] >= args.max_samples:
-            return
+        sid, video = item["id"], item["video"]
         try:
             check_record(item)
         except ValueError as exc:

@@ -43,13 +43,13 @@ from .batch import (
     Stage1Index,
     open_dataset,
     resolve_video,
-    sample_stem,
-    shard_key,
-    shard_of,
+    shard_records,
 )
 from .dataset import DatasetReader, check_record
 from .mosaic import LAYOUTS, pack_mosaics
+from .pack import complete_pack, pack_dir
 from .pipeline import LLAVA_CODEC, load_canvases
+from .records import check_video_placeholders, rewrite_conversations
 from .util import atomic_save_npy, atomic_write_bytes, atomic_write_json, load_npy, one_line, sweep_stale_tmp
 
 _SHARED = dict(
@@ -193,119 +193,14 @@ def apply_preset(args: argparse.Namespace) -> argparse.Namespace:
     return args
 
 
-VIDEO_TOKEN, IMAGE_TOKEN = "<video>", "<image>"
 #: Why pack mode skips a video record without conversations (a bad record, unless --packs_only).
 NO_CONVERSATIONS = "'conversations' is missing (a training record needs them; --packs_only packs without)"
-_HUMAN = ("human", "user")
-
-
-def text_key(turn: object) -> str | None:
-    """The key of a turn's text (``value``, or ``content`` in role/content records) when it is a string."""
-    if isinstance(turn, dict):
-        key = "value" if "value" in turn else "content"
-        if isinstance(turn.get(key), str):
-            return key
-    return None
-
-
-def placeholder_counts(convs: list) -> tuple[int, int]:
-    """``(<video> tags, <image> tags)`` in the text of every turn (any speaker: training counts them all)."""
-    texts = [turn[key] for turn in convs if (key := text_key(turn))]
-    return sum(t.count(VIDEO_TOKEN) for t in texts), sum(t.count(IMAGE_TOKEN) for t in texts)
-
-
-def _first_human(convs: list) -> int | None:
-    """Index of the first human turn with a string text, or None."""
-    for i, turn in enumerate(convs):
-        if text_key(turn) and str(turn.get("from", turn.get("role", ""))).lower() in _HUMAN:
-            return i
-    return None
-
-
-def check_video_placeholders(convs: list, num_images: int) -> None:
-    """Raise ValueError unless ``convs`` holds the placeholders of one video of ``num_images`` mosaics.
-
-    They fit when the turns hold, all together, one ``<video>`` or one ``<image>`` (LLaVA-Video
-    style), ``num_images`` ``<image>`` and no ``<video>`` (already one per mosaic), or none (the
-    lines then go in front of the first human turn, which must exist). Anything else (two
-    ``<video>``, a ``<video>`` and an ``<image>``, another count of ``<image>``) would leave text
-    whose placeholders do not match the record's media, so the record is bad.
-    """
-    videos, images = placeholder_counts(convs)
-    if videos + images == 1 or (videos == 0 and images == num_images):
-        return
-    if videos + images == 0:
-        if _first_human(convs) is None:
-            raise ValueError("the conversation has no human turn to put the video's placeholders in")
-        return
-    raise ValueError(
-        f"the conversation has {videos} {VIDEO_TOKEN} and {images} {IMAGE_TOKEN} placeholders, but the "
-        f"record has one video ({num_images} mosaics): expected one {VIDEO_TOKEN} or {IMAGE_TOKEN}, "
-        f"{num_images} {IMAGE_TOKEN}, or none"
-    )
-
-
-def rewrite_conversations(convs: list, num_images: int) -> list:
-    """The video's placeholder becomes ``num_images`` ``<image>`` lines (a new list; ``convs`` is unchanged).
-
-    The placeholder is the conversation's one ``<video>`` or lone ``<image>``, in whichever turn it
-    is; turns without one get the lines in front of the first human turn; ``num_images``
-    ``<image>`` are left as they are. Other placeholder counts raise ValueError
-    (:func:`check_video_placeholders`).
-    """
-    check_video_placeholders(convs, num_images)
-    videos, images = placeholder_counts(convs)
-    out = [dict(turn) if isinstance(turn, dict) else turn for turn in convs]
-    tokens = "\n".join([IMAGE_TOKEN] * int(num_images))
-    if videos + images == 1:
-        tag = VIDEO_TOKEN if videos else IMAGE_TOKEN
-        turn = next(t for t in out if (key := text_key(t)) and tag in t[key])
-        key = text_key(turn)
-        turn[key] = turn[key].replace(tag, tokens, 1)
-    elif videos + images == 0:
-        turn = out[_first_human(out)]
-        key = text_key(turn)
-        turn[key] = tokens + "\n" + turn[key]
-    return out
 
 
 def _jpeg(img: np.ndarray, quality: int) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(img).save(buf, format="JPEG", quality=int(quality))
     return buf.getvalue()
-
-
-def pack_dir(out_image_root: str | os.PathLike, sample_id, video: str) -> Path:
-    """The directory ``--mode pack`` writes a record's pack to (``sample_<id>__<stem>__<hash>``)."""
-    return Path(out_image_root) / sample_stem(str(sample_id), str(video))
-
-
-def complete_pack(sample_dir: Path) -> tuple[dict | None, str]:
-    """``(pack.json contents, "")`` if the pack in ``sample_dir`` is complete, else ``(None, why)``.
-
-    Why one function: pack mode decides with it whether a pack can be reused and rewrite
-    mode whether a record can point at it, so both agree on what a finished pack is:
-    ``pack.json`` (written last) exists, lists at least one mosaic, and every file it
-    lists exists. Listed paths are used as written (``--out_image_root`` joined with the
-    file names when the pack was made), exactly as they go into the JSONL.
-    """
-    marker = sample_dir / "pack.json"
-    if not marker.is_file():
-        return None, f"{marker} not found"
-    try:
-        pack = json.loads(marker.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        return None, f"{marker} is unreadable ({type(exc).__name__}: {exc})"
-    images = pack.get("image") if isinstance(pack, dict) else None
-    if not isinstance(images, list) or not images or not all(isinstance(p, str) for p in images):
-        return None, f"{marker} has no list of mosaic paths under 'image'"
-    missing = [p for p in images if not os.path.isfile(p)]
-    if missing:
-        return None, f"{len(missing)} of {len(images)} mosaics in {marker} are missing, e.g. {missing[0]}"
-    positions = pack.get("positions_thw")
-    if positions is not None and not (isinstance(positions, str) and os.path.isfile(positions)):
-        return None, f"the positions file {marker} lists is missing: {positions}"
-    return pack, ""
 
 
 def pack_sample(task: tuple) -> tuple:
@@ -434,14 +329,6 @@ def rewrite_record(item: dict, where: str, opts: dict) -> tuple:
         return failed(f"{type(exc).__name__}: {exc}") + (traceback.format_exc(limit=3),)
 
 
-def _row(item: dict, record) -> int:
-    """Row index of the shard key: the record's ``_row_idx`` if it has a usable one, else its index."""
-    try:
-        return int(item.get("_row_idx", record.index))
-    except (TypeError, ValueError):
-        return record.index
-
-
 def _tasks(args: argparse.Namespace, stats: dict, reader: DatasetReader) -> Iterator[tuple]:
     index = Stage1Index(args.visidx_root, args.T, args.square_size, args.patch, recursive=True)
     opts = dict(
@@ -460,19 +347,9 @@ def _tasks(args: argparse.Namespace, stats: dict, reader: DatasetReader) -> Iter
         overwrite=args.overwrite,
         threads=args.threads,
     )
-    for record in reader:
-        stats["seen"] += 1
-        stats["bad_records"] = reader.bad_records
+    for record, _ in shard_records(reader, stats, args.num_shards, args.shard_id, args.max_samples):
         item = record.data
-        sid, video = item.get("id"), item.get("video")
-        if sid is None or video is None:
-            stats["skip"] += 1
-            continue
-        if shard_of(shard_key(video, sid, _row(item, record)), args.num_shards) != args.shard_id:
-            stats["shard_skip"] += 1
-            continue
-        if args.max_samples > 0 and stats["picked"] >= args.max_samples:
-            return
+        sid, video = item["id"], item["video"]
         try:
             check_record(item)
             if item.get("conversations") is not None:
@@ -501,16 +378,10 @@ def _rewrite_results(args: argparse.Namespace, stats: dict, reader: DatasetReade
         num_images=args.num_images,
         skip_missing_packs=args.skip_missing_packs,
     )
-    for record in reader:
-        stats["seen"] += 1
-        stats["bad_records"] = reader.bad_records
+    for record, _ in shard_records(reader, stats, args.num_shards, args.shard_id, args.max_samples,
+                                   need_video=False):  # every record is sharded, video or not
         item = record.data
-        sid, video = item.get("id"), item.get("video")
-        if shard_of(shard_key(video or "", sid, _row(item, record)), args.num_shards) != args.shard_id:
-            stats["shard_skip"] += 1
-            continue
-        if args.max_samples > 0 and stats["picked"] >= args.max_samples:
-            return
+        video = item.get("video")
         try:  # a video record's placeholders are checked against its pack (rewrite_record)
             check_record(item, required=() if video is None else ("conversations",))
         except ValueError as exc:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 from codec_helpers import PKG
-from cv_reader import stage1, stage2
+from cv_reader import records, stage1, stage2
 from test_stage_cli import _conv
 
 S1_LLAVA = [
@@ -355,7 +355,7 @@ def test_mode_flag_errors_stop_before_any_work(packs, mixed, tmp_path):
 )
 def test_the_video_placeholder_becomes_one_line_per_mosaic(value, expected):
     convs = [{"from": "human", "value": value}, {"from": "gpt", "value": "A square moves."}]
-    out = stage2.rewrite_conversations(convs, 3)
+    out = records.rewrite_conversations(convs, 3)
     assert out[0]["value"] == expected and out[1] == convs[1] and convs[0]["value"] == value
 
 
@@ -366,7 +366,7 @@ def test_the_one_placeholder_is_expanded_in_the_turn_that_holds_it():
         {"from": "human", "value": "<video>\nWhat happens?"},
         {"from": "gpt", "value": "A square moves."},
     ]
-    out = stage2.rewrite_conversations(convs, 2)
+    out = records.rewrite_conversations(convs, 2)
     assert out[0] == convs[0] and out[2]["value"] == "<image>\n<image>\nWhat happens?"
 
 
@@ -377,7 +377,7 @@ def test_a_first_system_turn_is_a_good_record_and_gets_no_placeholders():
     system = {"from": "system", "value": "You are a careful observer."}
     convs = [system, {"from": "human", "value": "What happens?"}, {"from": "gpt", "value": "A square moves."}]
     check_record({"id": "s", "video": "clip.mp4", "conversations": convs}, required=("conversations",))
-    out = stage2.rewrite_conversations(convs, 2)
+    out = records.rewrite_conversations(convs, 2)
     assert out[0] == system and out[1]["value"] == "<image>\n<image>\nWhat happens?"
     with_tag = [system, dict(convs[1], value="<video>\nWhat happens?"), convs[2]]
-    assert stage2.rewrite_conversations(with_tag, 2)[1:] == out[1:]
+    assert records.rewrite_conversations(with_tag, 2)[1:] == out[1:]

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from codec_helpers import PKG
-from cv_reader import stage1, stage2
+from cv_reader import records, stage1, stage2
 from test_stage2_rewrite import PACK_LLAVA, S1_LLAVA, _fail_lines, _read_jsonl, _rewrite_args, _write_jsonl
 from test_stage_cli import _conv
 
@@ -231,7 +231,7 @@ def test_placeholders_that_do_not_fit_the_video_and_missing_conversations_are_ba
 def test_rewrite_conversations_refuses_placeholders_that_do_not_fit(value, answer):
     convs = [{"from": "human", "value": value}, {"from": "gpt", "value": answer}]
     with pytest.raises(ValueError, match="placeholders"):
-        stage2.rewrite_conversations(convs, 3)
+        records.rewrite_conversations(convs, 3)
 
 
 # ---------------------------------------------------------------- media that cannot be opened
