@@ -453,93 +453,106 @@ class _ReferenceSource(FrameSource):
         return FrameSource._decode_one(cc, pkt)
 
 
-def _bundles(
-    index: VideoIndex,
-    targets: list[int],
-    size: tuple[int, int],
-    threads: int,
-    rgb_size: tuple[int, int] | None,
-    block: int,
-    search: int,
-    backlog: Callable[[], int],
-    eager: bool = False,
-) -> Iterator[_Bundle]:
-    """Bundles for ``targets`` (ascending), decoding only the segments that reach them.
+class _BundleSchedule:
+    """Which frames to decode for a list of target frames, what each target's record reads, and when it can go.
 
-    ``eager`` converts every frame a bundle refers to right away (in this thread), so a
-    bundle waiting in a queue holds small planes instead of decoder frames.
+    The steps of :func:`_bundles`, in the order a frame meets them: :meth:`keep` (is a decoded frame held, and
+    for a target its vectors read), :meth:`drain` (every target whose record can be built is handed over:
+    :meth:`ready`, :meth:`bundle`), :meth:`prune` (frames no later record reads are dropped).
     """
-    if not targets:
-        return
-    n = index.num_frames
-    export = index.exports_mvs
-    linear = index.pts is None
-    # Without bitstream vectors only t-1 / t+1 (block matching) are ever used.
-    back, ahead = (PAST_REACH, FUTURE_REACH) if export else (1, 1)
 
-    def seg(i: int) -> int:
-        return 0 if linear else index.segment_start(i)
+    def __init__(self, index: VideoIndex, targets: list[int], size: tuple[int, int], threads: int,
+                 rgb_size: tuple[int, int] | None, block: int, search: int, backlog: Callable[[], int],
+                 eager: bool):
+        self.index, self.targets, self.size, self.rgb_size = index, targets, size, rgb_size
+        self.block, self.search, self.backlog, self.eager = block, search, backlog, eager
+        self.n = index.num_frames
+        self.export = index.exports_mvs
+        self.linear = index.pts is None
+        # Without bitstream vectors only t-1 / t+1 (block matching) are ever used.
+        self.back, self.ahead = (PAST_REACH, FUTURE_REACH) if self.export else (1, 1)
+        self.windows = {t: self.window(t) for t in targets}
+        self.tset = set(targets)
+        self.needed = set(targets)  # decoded even if FFmpeg could skip them: targets and their t-1 / t+1
+        for t in targets:
+            if t > 0:
+                self.needed.add(t - 1)
+            if t + 1 < self.n:
+                self.needed.add(t + 1)
+        self.span = {i for w in self.windows.values() for i in w} if self.export else self.needed
+        self.flags: dict[int, bool] = {}  # H.264: display index -> reference picture, filled while decoding
+        if self.export and index.codec == "h264" and not self.linear:
+            self.source: FrameSource = _ReferenceSource(index, self.needed, self.span, self.flags,
+                                                        export_mvs=self.export, threads=threads)
+        else:
+            self.source = FrameSource(index, self.needed, export_mvs=self.export, threads=threads)
+        self.held: dict[int, _Held] = {}
+        self.pending: list[int] = []  # targets decoded but not yet handed over
+        self.ti = 0  # the next target to hand over
+        self.last_out = -1  # the last display index decoded
 
-    def next_seg(i: int) -> int:
-        return n if linear else index.next_segment_start(i)
+    def seg(self, i: int) -> int:
+        return 0 if self.linear else self.index.segment_start(i)
 
-    def window(t: int) -> range:
+    def next_seg(self, i: int) -> int:
+        return self.n if self.linear else self.index.next_segment_start(i)
+
+    def window(self, t: int) -> range:
         """Display indices the record of ``t`` may read: its candidates and ``t`` itself.
 
         Past candidates stay in ``t``'s segment; future ones may reach the keyframe that
         starts the next one (an open-GOP B-frame's reference), which is decoded after it.
         """
-        return range(max(seg(t), t - back), min(t + ahead, next_seg(t), n - 1) + 1)
+        return range(max(self.seg(t), t - self.back), min(t + self.ahead, self.next_seg(t), self.n - 1) + 1)
 
-    windows = {t: window(t) for t in targets}
-    tset = set(targets)
-    needed = set(targets)  # decoded even if FFmpeg could skip them: targets and their t-1 / t+1
-    for t in targets:
-        if t > 0:
-            needed.add(t - 1)
-        if t + 1 < n:
-            needed.add(t + 1)
-    span = {i for w in windows.values() for i in w} if export else needed
-    flags: dict[int, bool] = {}  # H.264: display index -> reference picture, filled while decoding
-    if export and index.codec == "h264" and not linear:
-        source: FrameSource = _ReferenceSource(index, needed, span, flags, export_mvs=export, threads=threads)
-    else:
-        source = FrameSource(index, needed, export_mvs=export, threads=threads)
-
-    def is_ref(i: int, pict: str) -> bool:
+    def is_ref(self, i: int, pict: str) -> bool:
         """Whether frame ``i`` is a reference candidate: a frame the decoder always decodes.
 
         A linear decode decodes every frame, so all are candidates. Otherwise H.264 says
         per picture (slice headers); in the other codecs (and where a header could not be
         read) B-frames are never references and FFmpeg skips them unless asked for.
         """
-        if linear:
+        if self.linear:
             return True
-        known = flags.get(i)
+        known = self.flags.get(i)
         return known if known is not None else pict not in ("B", "BI")
 
-    held: dict[int, _Held] = {}
-    pending: list[int] = []  # targets decoded but not yet handed over
-    ti = 0
-    last_out = -1
+    def keep(self, idx: int, frame) -> None:
+        """Hold decoded frame ``idx`` if a record reads it; a target's vectors and the directions they point."""
+        pict = pict_type_name(frame)
+        ref = idx in self.span and self.is_ref(idx, pict)
+        if idx not in self.needed and not ref:
+            return
+        target = idx in self.tset
+        h = _Held(idx, pict, frame, self.size, self.rgb_size if target else None, ref=ref)
+        if target:
+            if self.export:
+                sd = frame.side_data.get(_MV_TYPE)
+                h.mvs = sd.to_ndarray() if sd is not None else None
+                if h.mvs is not None and len(h.mvs):
+                    src = h.mvs["source"]
+                    h.sides = (bool((src < 0).any()), bool((src > 0).any()))
+            self.pending.append(idx)
+        self.held[idx] = h
+        self.prune()
 
-    def ready(t: int, eof: bool) -> bool:
+    def ready(self, t: int, eof: bool) -> bool:
         """Whether every frame ``t``'s record may read has been decoded (or never will be)."""
         if eof:
             return True
-        if t + 1 < n and last_out < t + 1:
+        if t + 1 < self.n and self.last_out < t + 1:
             return False
-        if held[t].sides[1]:
+        if self.held[t].sides[1]:
             # Future candidates end at the first I/P frame after t (or the window's end).
-            if last_out < windows[t][-1] and not any(
-                _is_anchor(held[i].pict) for i in range(t + 1, last_out + 1) if i in held
+            if self.last_out < self.windows[t][-1] and not any(
+                _is_anchor(self.held[i].pict) for i in range(t + 1, self.last_out + 1) if i in self.held
             ):
                 return False
         return True
 
-    def bundle(t: int) -> _Bundle:
-        s0 = seg(t)
-        win = windows[t]
+    def bundle(self, t: int) -> _Bundle:
+        """The record of target ``t``: its frame, the candidates its vectors may point at, block matching's frame."""
+        held, win = self.held, self.windows[t]
         past: list[tuple[int, _Held]] = []
         fut: list[tuple[int, _Held]] = []
         has_past, has_future = held[t].sides
@@ -558,7 +571,7 @@ def _bundles(
                     fut.append((i - t, held[i]))
                     if _is_anchor(held[i].pict):
                         break  # a B-frame's future references are decoded before it: none lie beyond
-        if t - 1 >= s0 and (t - 1) in held:
+        if t - 1 >= self.seg(t) and (t - 1) in held:
             est = (-1, held[t - 1])
         elif (t + 1) in held:
             est = (1, held[t + 1])
@@ -569,8 +582,8 @@ def _bundles(
         # decode thread also computes the vector field and converts the frames the record
         # reads (so a queued bundle holds planes, not decoder frames); otherwise the
         # consumer does it. Either way the result is the same.
-        if backlog() >= 1 or eager:
-            _compute_fields(bd, index, block, search)
+        if self.backlog() >= 1 or self.eager:
+            _compute_fields(bd, self.index, self.block, self.search)
             if bd.field is None:  # no usable vectors (all intra): block matching reads est_ref only
                 bd.past, bd.future = [], []
                 reads = [est] if est else []
@@ -578,54 +591,65 @@ def _bundles(
                 reads = [*bd.past, *bd.future]
             for _, h in reads:
                 h.luma  # noqa: B018 - converts and releases the decoder frame
-            if eager:
+            if self.eager:
                 bd.cur.rgb  # noqa: B018
         return bd
 
-    def prune() -> None:
-        # Frames before the next target's window are read by no later record.
-        lo = windows[targets[ti]].start if ti < len(targets) else n
-        for i in [i for i in held if i < lo]:
-            del held[i]
+    def prune(self) -> None:
+        """Drop the frames before the next target's window: no later record reads them."""
+        lo = self.windows[self.targets[self.ti]].start if self.ti < len(self.targets) else self.n
+        for i in [i for i in self.held if i < lo]:
+            del self.held[i]
 
-    def drain(eof: bool) -> Iterator[_Bundle]:
-        nonlocal ti
-        while ti < len(targets) and pending and pending[0] == targets[ti] and ready(targets[ti], eof):
+    def drain(self, eof: bool) -> Iterator[_Bundle]:
+        """Hand over, in order, every pending target whose record can be built now."""
+        targets, pending = self.targets, self.pending
+        while (self.ti < len(targets) and pending and pending[0] == targets[self.ti]
+               and self.ready(targets[self.ti], eof)):
             pending.pop(0)
-            yield bundle(targets[ti])
-            ti += 1
-            prune()
-        source.busy = bool(pending)
+            yield self.bundle(targets[self.ti])
+            self.ti += 1
+            self.prune()
+        self.source.busy = bool(pending)
 
-    for idx, frame in source.frames():
-        if idx <= last_out:
-            continue  # re-decoded after a fallback seek
-        last_out = idx
-        pict = pict_type_name(frame)
-        ref = idx in span and is_ref(idx, pict)
-        if idx in needed or ref:
-            target = idx in tset
-            h = _Held(idx, pict, frame, size, rgb_size if target else None, ref=ref)
-            if target:
-                if export:
-                    sd = frame.side_data.get(_MV_TYPE)
-                    h.mvs = sd.to_ndarray() if sd is not None else None
-                    if h.mvs is not None and len(h.mvs):
-                        src = h.mvs["source"]
-                        h.sides = (bool((src < 0).any()), bool((src > 0).any()))
-                pending.append(idx)
-            held[idx] = h
-            prune()
-        yield from drain(False)
-        if ti >= len(targets):
-            source.busy = False
-            break
-    yield from drain(True)
-    if ti < len(targets):
-        raise VideoReadError(
-            index.path,
-            f"could not decode frame(s) {targets[ti : ti + 5]} of {n} (truncated or corrupt stream?)",
-        )
+    def run(self) -> Iterator[_Bundle]:
+        for idx, frame in self.source.frames():
+            if idx <= self.last_out:
+                continue  # re-decoded after a fallback seek
+            self.last_out = idx
+            self.keep(idx, frame)
+            yield from self.drain(False)
+            if self.ti >= len(self.targets):
+                self.source.busy = False
+                break
+        yield from self.drain(True)
+        if self.ti < len(self.targets):
+            raise VideoReadError(
+                self.index.path,
+                f"could not decode frame(s) {self.targets[self.ti : self.ti + 5]} of {self.n} "
+                "(truncated or corrupt stream?)",
+            )
+
+
+def _bundles(
+    index: VideoIndex,
+    targets: list[int],
+    size: tuple[int, int],
+    threads: int,
+    rgb_size: tuple[int, int] | None,
+    block: int,
+    search: int,
+    backlog: Callable[[], int],
+    eager: bool = False,
+) -> Iterator[_Bundle]:
+    """Bundles for ``targets`` (ascending), decoding only the segments that reach them (:class:`_BundleSchedule`).
+
+    ``eager`` converts every frame a bundle refers to right away (in this thread), so a
+    bundle waiting in a queue holds small planes instead of decoder frames.
+    """
+    if not targets:
+        return
+    yield from _BundleSchedule(index, targets, size, threads, rgb_size, block, search, backlog, eager).run()
 
 
 @jit
