@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import io
-import socket
 import threading
 import time
 from contextlib import contextmanager
@@ -15,13 +14,9 @@ import torch
 from PIL import Image
 from train_helpers import sharpened
 
+from llava.vllm_plugin.launch import free_port
+
 WAIT_S = 60
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def data_url(data: bytes, mime: str) -> str:

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from llava.vllm_plugin.launch import free_port
+
 REPO = Path(__file__).resolve().parents[1]
 TASKS = ("tiny_ov_image_mc", "tiny_ov_video_mc", "tiny_ov_free")
 # the tiny preset's clips: 16 frames on a 64-px canvas, 4 mosaics
@@ -99,7 +101,7 @@ def test_the_tiny_sft_checkpoint_scores_far_above_chance_and_an_untrained_one_ne
 def test_two_processes_under_torchrun_give_the_scores_of_one(trained, media, tmp_path):
     """NUM_GPUS=2: torchrun starts two ranks (gloo on CPU), lmms-eval shards the docs between them."""
     checkpoint, scores, _ = trained
-    result = _evaluate(checkpoint, tmp_path / "two", media, NUM_GPUS="2", MASTER_PORT=str(_free_port()))
+    result = _evaluate(checkpoint, tmp_path / "two", media, NUM_GPUS="2", MASTER_PORT=str(free_port()))
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     assert _scores(tmp_path / "two") == scores
     assert "(rank 1)" in result.stdout and "(rank 0)" in result.stdout
@@ -125,12 +127,6 @@ def test_precomputed_assets_are_what_the_evaluation_reads(trained, media, tmp_pa
     assert accuracy >= 0.75 and abs(accuracy - scores["tiny_ov_video_mc"]) <= 0.1  # JPEG mosaics vs exact
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def test_the_script_exits_non_zero_when_lmms_eval_fails(tmp_path, media):

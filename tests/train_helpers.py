@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +16,7 @@ from PIL import Image
 
 from llava.model.tiny import save_tiny_parts
 from llava.processing.video import LLAVA_CODEC
+from llava.vllm_plugin.launch import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 CODEC = LLAVA_CODEC.replace(sequence_length=8, square_size=64, keep_frames_equiv=2)
@@ -156,12 +156,6 @@ def probe_inputs(records_root: Path, model, tokenizer) -> dict:
     visual = VisualProcessor(processor, model.config)(str(Path(records_root) / "image1.png"))
     ids = torch.tensor([*tokenizer("look ").input_ids, IMAGE_TOKEN_INDEX, *tokenizer(" at it").input_ids])
     return dict(input_ids=expand_prompt(model, ids, visual)[None], **visual.model_kwargs())
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def two_process_run(records_root: Path, argv: list[str], kill: str | None = None,

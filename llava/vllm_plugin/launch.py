@@ -1,6 +1,6 @@
 """Start an OpenAI-compatible server as a child process and wait until it answers: vLLM's on a checkpoint
-(the venv ``scripts/setup_vllm_env.sh`` builds), or this project's. Used by the vLLM tests and
-``benchmarks/bench_serve.py``; needs neither vLLM nor torch in the calling process.
+(the venv ``scripts/setup_vllm_env.sh`` builds), or this project's; and pick a free loopback port. Used by
+the tests and ``benchmarks/bench_serve.py``; needs neither vLLM nor torch in the calling process.
 
     with vllm_server(".venv-vllm/bin/python", CKPT, media_root=DIR, log=Path("vllm.log")) as base_url:
         ...  # base_url + "/v1/chat/completions"
