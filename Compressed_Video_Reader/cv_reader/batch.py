@@ -10,12 +10,18 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
+import time
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
 from .dataset import DatasetReader, Record
-from .util import short_hash
+from .util import short_hash, sweep_stale_tmp
 
 
 def open_dataset(path: str | os.PathLike, tool: str) -> DatasetReader:
@@ -25,6 +31,95 @@ def open_dataset(path: str | os.PathLike, tool: str) -> DatasetReader:
         return DatasetReader(path)
     except (OSError, ValueError) as exc:
         raise SystemExit(f"[{tool}] cannot read the dataset: {exc}") from None
+
+
+def shard_tag(num_shards: int, shard_id: int, tool: str) -> str:
+    """``shardXXofYY`` (the name part of a shard's logs and outputs); a ``shard_id`` outside
+    ``[0, num_shards)`` ends the tool with a message naming both flags."""
+    num_shards = max(1, int(num_shards))
+    if not 0 <= shard_id < num_shards:
+        raise SystemExit(f"[{tool}] --shard_id {shard_id} must be in [0, {num_shards}) (--num_shards {num_shards})")
+    return f"shard{shard_id:02d}of{num_shards:02d}"
+
+
+def sweep_interrupted(tool: str, *places: tuple[Path, dict]) -> int:
+    """Remove the temp files an interrupted run of ``tool`` left in each ``(directory, sweep_stale_tmp
+    keywords)``, say how many, and return the count (``stale_tmp_removed``)."""
+    removed = sum(sweep_stale_tmp(directory, **kw) for directory, kw in places)
+    if removed:
+        print(f"[{tool}] removed {removed} temp file(s) left by an interrupted run", flush=True)
+    return removed
+
+
+#: The counters of a batch tool's status line, in the order it prints them (each tool prints those it counts):
+#: records read, records of this shard taken, outcomes of the taken ones, records passed over and why.
+STATUS_FIELDS = ("seen", "picked", "ok", "fail", "unsupported", "resumed", "skip", "passthrough", "shard_skip",
+                 "bad_records")
+
+
+class BatchRun:
+    """What the runs of Stage 1 and both Stage-2 modes share: outcome counters, the progress bar,
+    the per-outcome logs (failures, unsupported codecs), the periodic status line and the summary.
+
+    ``stats`` holds the counters the tool counts (a subset of :data:`STATUS_FIELDS`; the dataset
+    loop, :func:`shard_records`, counts ``seen``, ``skip``, ``shard_skip`` and ``bad_records`` in it).
+    Each finished record is one :meth:`outcome`; every ``log_every`` outcomes the status line
+    ``[tool] shardXXofYY seen=... elapsed=...s avg=...s/<unit>`` is written above the bar, and
+    :meth:`summary` prints it once more as the ``[tool] DONE ...`` line scripts read.
+    """
+
+    def __init__(self, tool: str, tag: str, unit: str, stats: dict, logs: dict[str, Path], log_every: int):
+        self.tool, self.tag, self.unit, self.stats, self.log_every = tool, tag, unit, stats, int(log_every)
+        self.logs = {name: Path(path) for name, path in logs.items()}
+        self.done = 0
+        self.t0 = time.perf_counter()
+        self._stack = ExitStack()
+        self._files: dict = {}
+        self.bar: tqdm | None = None
+
+    def __enter__(self) -> BatchRun:
+        for name, path in self.logs.items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._files[name] = self._stack.enter_context(open(path, "a", encoding="utf-8"))
+        self._stack.enter_context(logging_redirect_tqdm())  # bad-record warnings print above the bar
+        self.bar = self._stack.enter_context(
+            tqdm(desc=f"{self.tool} {self.tag}", unit=self.unit, file=sys.stderr, mininterval=1.0)
+        )
+        self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc_info) -> bool | None:
+        return self._stack.__exit__(*exc_info)
+
+    def enter_context(self, cm):
+        """Enter ``cm`` (e.g. the worker pool) for the rest of the run; it is closed before the logs."""
+        return self._stack.enter_context(cm)
+
+    def outcome(self, name: str, log_line: str | None = None) -> None:
+        """Count one finished record as ``name``; ``log_line`` goes to the log of that outcome."""
+        self.stats[name] += 1
+        if log_line is not None:
+            log = self._files[name]
+            log.write(log_line + "\n")
+            log.flush()
+        self.done += 1
+        self.bar.update(1)
+        if self.log_every > 0 and self.done % self.log_every == 0:
+            self.bar.write(self.status_line())
+
+    def status_line(self, done: bool = False) -> str:
+        elapsed = time.perf_counter() - self.t0
+        counts = " ".join(f"{name}={self.stats[name]}" for name in STATUS_FIELDS if name in self.stats)
+        head = f"[{self.tool}] DONE" if done else f"[{self.tool}]"
+        return (f"{head} {self.tag} {counts} elapsed={elapsed:.1f}s "
+                f"avg={elapsed / max(self.done, 1):.3f}s/{self.unit}")
+
+    def summary(self, reader: DatasetReader, *lines: str) -> None:
+        """Print the ``DONE`` line, the reader's bad-record summary and ``lines``, each ``[tool]``-prefixed."""
+        self.stats["bad_records"] = reader.bad_records
+        print(self.status_line(done=True), flush=True)
+        for line in (*reader.summary_lines(), *lines):
+            print(f"[{self.tool}] {line}", flush=True)
 
 
 def shard_key(video: str, sample_id: Any, row_idx: int) -> str:
@@ -146,6 +241,10 @@ def resolve_video(video: str, video_folder: str | None) -> str:
 
 
 __all__ = [
+    "BatchRun",
+    "STATUS_FIELDS",
+    "shard_tag",
+    "sweep_interrupted",
     "find_stage1_meta",
     "Stage1Index",
     "safe_id",

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 import traceback
 from collections.abc import Iterator
 from dataclasses import asdict, fields
@@ -22,16 +21,17 @@ from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
-from tqdm.contrib.logging import logging_redirect_tqdm
 
 from .batch import (
+    BatchRun,
     Stage1Index,
     open_dataset,
     resolve_video,
     shard_records,
+    shard_tag,
     stage1_prefix,
     stage1_suffix,
+    sweep_interrupted,
 )
 from .camera import MODES as MV_COMPENSATE_MODES
 from .dataset import DatasetReader, check_record
@@ -39,7 +39,7 @@ from .decode import build_index
 from .errors import UnsupportedCodecError
 from .pipeline import LLAVA_CODEC, Stage1Params, select_patches, stage1_meta
 from .saliency import FUSE_MODES
-from .util import atomic_save_npy, atomic_write_json, one_line, sweep_stale_tmp
+from .util import atomic_save_npy, atomic_write_json, one_line
 
 #: Parameter sets ``--preset`` chooses from: the upstream CLI's defaults (the default) and the
 #: LLaVA codec configuration that the model's codec inputs use.
@@ -183,80 +183,32 @@ def _tasks(
 
 def run(args: argparse.Namespace) -> dict:
     """Process the dataset; returns the summary counters."""
-    if not 0 <= args.shard_id < max(args.num_shards, 1):
-        raise SystemExit(f"--shard_id {args.shard_id} must be in [0, {args.num_shards})")
+    tag = shard_tag(args.num_shards, args.shard_id, "stage1")
     args.num_shards = max(1, args.num_shards)
     p = params_from_args(args)
     reader = open_dataset(args.dataset_path, "stage1")
     out_root = Path(args.out_root)
     out_root.mkdir(parents=True, exist_ok=True)
-    tag = f"shard{args.shard_id:02d}of{args.num_shards:02d}"
     fail_path = Path(args.fail_txt or out_root / f"stage1_failed.{tag}.txt")
     unsup_path = Path(args.unsupported_txt or fail_path.parent / f"stage1_unsupported_codec.{tag}.txt")
-    fail_path.parent.mkdir(parents=True, exist_ok=True)
-    unsup_path.parent.mkdir(parents=True, exist_ok=True)
-    stats = dict(
-        seen=0, picked=0, skip=0, shard_skip=0, resumed=0, ok=0, fail=0, unsupported=0, bad_records=0
-    )
-    stats["stale_tmp_removed"] = sweep_stale_tmp(out_root)
-    if stats["stale_tmp_removed"]:
-        print(
-            f"[stage1] removed {stats['stale_tmp_removed']} temp file(s) left by an interrupted run",
-            flush=True,
-        )
-    t0 = time.perf_counter()
+    stats = dict.fromkeys(("seen", "picked", "skip", "shard_skip", "resumed", "ok", "fail", "unsupported",
+                           "bad_records"), 0)
+    stats["stale_tmp_removed"] = sweep_interrupted("stage1", (out_root, {}))
     nw = max(1, int(args.num_workers))
-    tasks = _tasks(args, p, stats, reader)
-    with (
-        open(fail_path, "a", encoding="utf-8") as ffail,
-        open(unsup_path, "a", encoding="utf-8") as funsup,
-        logging_redirect_tqdm(),  # bad-record warnings print above the progress bar, not inside it
-        tqdm(desc=f"stage1 {tag}", unit="video", file=sys.stderr, mininterval=1.0) as bar,
-    ):
-
-        def handle(ret: tuple) -> None:
-            status = ret[0]
-            if status == "ok":
-                stats["ok"] += 1
-            elif status == "unsupported":
-                stats["unsupported"] += 1
-                funsup.write(f"{ret[1]}\t{ret[2]}\t{ret[3]}\n")
-                funsup.flush()
-            else:
-                stats["fail"] += 1
-                ffail.write(f"{ret[1]}\t{ret[2]}\t{ret[3]}\n")
-                ffail.flush()
-            bar.update(1)
-            done = stats["ok"] + stats["fail"] + stats["unsupported"]
-            if args.log_every > 0 and done % args.log_every == 0:
-                bar.write(_line(stats, t0, tag))
-
+    logs = {"fail": fail_path, "unsupported": unsup_path}
+    with BatchRun("stage1", tag, "video", stats, logs, args.log_every) as batch:
+        tasks = _tasks(args, p, stats, reader)
         if nw <= 1:
-            for task in tasks:
-                handle(process_sample(task))
+            results = map(process_sample, tasks)
         else:
             mt = args.maxtasks_per_child if args.maxtasks_per_child > 0 else None
-            with get_context("spawn").Pool(processes=nw, maxtasksperchild=mt) as pool:
-                for ret in pool.imap_unordered(process_sample, tasks, chunksize=1):
-                    handle(ret)
-    stats["bad_records"] = reader.bad_records
-    print(_line(stats, t0, tag, done=True), flush=True)
-    for line in reader.summary_lines():
-        print(f"[stage1] {line}", flush=True)
-    print(f"[stage1] outputs: {out_root}  failures: {fail_path}  unsupported: {unsup_path}", flush=True)
+            pool = batch.enter_context(get_context("spawn").Pool(processes=nw, maxtasksperchild=mt))
+            results = pool.imap_unordered(process_sample, tasks, chunksize=1)
+        for ret in results:
+            status = ret[0]
+            batch.outcome(status, None if status == "ok" else f"{ret[1]}\t{ret[2]}\t{ret[3]}")
+    batch.summary(reader, f"outputs: {out_root}  failures: {fail_path}  unsupported: {unsup_path}")
     return stats
-
-
-def _line(stats: dict, t0: float, tag: str, done: bool = False) -> str:
-    el = time.perf_counter() - t0
-    n = stats["ok"] + stats["fail"] + stats["unsupported"]
-    head = "[stage1] DONE" if done else "[stage1]"
-    return (
-        f"{head} {tag} seen={stats['seen']} picked={stats['picked']} ok={stats['ok']} fail={stats['fail']} "
-        f"unsupported={stats['unsupported']} resumed={stats['resumed']} skip={stats['skip']} "
-        f"shard_skip={stats['shard_skip']} bad_records={stats['bad_records']} elapsed={el:.1f}s "
-        f"avg={el / max(n, 1):.3f}s/video"
-    )
 
 
 def main(argv: list[str] | None = None) -> int:

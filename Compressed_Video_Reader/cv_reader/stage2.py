@@ -1,56 +1,41 @@
-"""Stage 2 batch tool: ``--mode pack`` (mosaics, positions, JSONL) and ``--mode rewrite``.
+"""Stage 2's command line: ``--mode pack`` (mosaics, positions, JSONL) and ``--mode rewrite``.
 
-``--mode pack``: per sample it reads the Stage-1 outputs, decodes only the T sampled
-frames, maps them to the canvas exactly as Stage 1 did, packs the selected patches into N
-mosaic JPEGs (``sample_<id>__<stem>__<hash>/<stem>_{i:03d}.jpg``) and
-``positions_thw.npy``, and emits a JSONL record whose first ``<video>`` becomes N
-``<image>`` tokens. Files are written atomically; a sample whose pack is complete
-(``pack.json`` written last) is reused.
+``--mode pack`` packs each video record of the dataset (:func:`cv_reader.packing.pack_sample`:
+the T sampled frames decoded, the selected patches packed into N mosaic JPEGs and
+``positions_thw.npy``) and emits a JSONL record whose first ``<video>`` becomes N ``<image>``
+tokens. A sample whose pack is complete (``pack.json`` written last) is reused.
 
-``--mode rewrite``: turns an annotation file into one whose video records point at packs
-that ``--mode pack`` already wrote, without decoding anything. Why a second mode: pack
-mode emits only the videos it packed, while a training mix needs whole annotation files,
-whose image and text records sit beside the videos; rewrite keeps every record (the
-non-video ones unchanged), and needs only the packs, not the videos or Stage-1 outputs.
-It finds packs with the code pack mode uses to reuse them and emits the records pack
-mode emits (:func:`_record`), so both modes give the same line for the same video.
+``--mode rewrite`` turns an annotation file into one whose video records point at packs that
+``--mode pack`` already wrote, without decoding anything (:func:`cv_reader.packing.rewrite_record`).
+Why a second mode: pack mode emits only the videos it packed, while a training mix needs whole
+annotation files, whose image and text records sit beside the videos; rewrite keeps every
+record (the non-video ones unchanged) and needs only the packs, not the videos or Stage-1
+outputs. Both modes emit the same line for the same video.
 
-Both modes keep the input order and replace the output JSONL atomically at the end. The
-dataset is read by :class:`cv_reader.dataset.DatasetReader`, as in Stage 1 (same
-formats, same row index for the shard key, bad records logged, skipped and counted).
+This module holds the flags, the per-record checks and the run loop; the dataset is read and
+sharded as in Stage 1 (:func:`cv_reader.batch.shard_records`: same formats, same shard key, bad
+records logged, skipped and counted), and the counters, logs and status line are
+:class:`cv_reader.batch.BatchRun`'s. Both modes keep the input order and replace the output
+JSONL atomically at the end.
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import sys
-import time
-import traceback
 from collections.abc import Iterator
-from contextlib import ExitStack
+from dataclasses import fields
 from multiprocessing import get_context
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
-from tqdm import tqdm
-from tqdm.contrib.logging import logging_redirect_tqdm
-
-from .batch import (
-    Stage1Index,
-    open_dataset,
-    resolve_video,
-    shard_records,
-)
+from .batch import BatchRun, Stage1Index, open_dataset, shard_records, shard_tag, sweep_interrupted
 from .dataset import DatasetReader, check_record
-from .mosaic import LAYOUTS, pack_mosaics
-from .pack import complete_pack, pack_dir
-from .pipeline import LLAVA_CODEC, load_canvases
-from .records import check_video_placeholders, rewrite_conversations
-from .util import atomic_save_npy, atomic_write_bytes, atomic_write_json, load_npy, one_line, sweep_stale_tmp
+from .mosaic import LAYOUTS
+from .packing import PackOptions, RewriteOptions, pack_sample, rewrite_record
+from .pipeline import LLAVA_CODEC
+from .records import check_video_placeholders
 
 _SHARED = dict(
     num_images=LLAVA_CODEC.keep_frames_equiv,
@@ -197,156 +182,14 @@ def apply_preset(args: argparse.Namespace) -> argparse.Namespace:
 NO_CONVERSATIONS = "'conversations' is missing (a training record needs them; --packs_only packs without)"
 
 
-def _jpeg(img: np.ndarray, quality: int) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(img).save(buf, format="JPEG", quality=int(quality))
-    return buf.getvalue()
-
-
-def pack_sample(task: tuple) -> tuple:
-    """Worker: pack one sample. Returns (status, payload) with status ok (payload: the JSONL line) |
-    skip | fail (the reason ends with the record's ``file:line``, ``where``)."""
-    item, where, opts, meta_hit = task
-    sid, video = str(item.get("id")), str(item.get("video"))
-    try:
-        vp = Path(video)
-        sample_dir = pack_dir(opts["out_image_root"], sid, video)
-        n = int(opts["num_images"])
-        marker = sample_dir / "pack.json"
-        if not opts["overwrite"]:
-            rec, _ = complete_pack(sample_dir)
-            if rec is not None and (not opts["write_positions"] or "positions_thw" in rec):
-                return ("ok", _record(item, rec, n))
-        meta_path = Path(meta_hit) if meta_hit else None
-        if meta_path is None:
-            if opts["skip_missing"]:
-                return ("skip", f"{sid}\t{video}\tno Stage-1 outputs")
-            raise FileNotFoundError(f"no Stage-1 outputs for id={sid} video={video} in {opts['visidx_root']}")
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        base = str(meta_path)[: -len(".meta.json")]
-        thw = load_npy(base + ".visidx_thw.npy").astype(np.int32)
-        frame_ids = load_npy(base + ".frame_ids.npy").astype(np.int64)
-        square, patch = (
-            int(meta.get("square_size", opts["square_size"])),
-            int(meta.get("patch", opts["patch"])),
-        )
-        canvases = load_canvases(
-            resolve_video(video, opts["video_folder"]), frame_ids, square, patch, threads=opts["threads"]
-        )
-        mosaics, positions = pack_mosaics(
-            canvases,
-            thw,
-            patch,
-            n,
-            str(meta.get("padding_policy", "exclude")),
-            meta.get("valid_ranges"),
-            opts["layout"],
-            first_full=opts["first_full"],
-        )
-        sample_dir.mkdir(parents=True, exist_ok=True)
-        paths = []
-        for i in range(n):
-            p = sample_dir / f"{vp.stem}_{i:03d}.jpg"
-            atomic_write_bytes(p, _jpeg(mosaics[i], opts["jpeg_quality"]))
-            paths.append(str(p))
-        rec = {"image": paths}
-        if opts["write_positions"]:
-            pos_path = sample_dir / "positions_thw.npy"
-            atomic_save_npy(pos_path, positions.astype(np.int32))
-            rec["positions_thw"] = str(pos_path)
-        atomic_write_json(marker, rec)  # last: marks the pack complete
-        return ("ok", _record(item, rec, n))
-    except Exception as exc:  # noqa: BLE001 - a batch tool logs and goes on (a MediaError: this record only)
-        return (
-            "fail",
-            f"{sid}\t{video}\t{one_line(f'{type(exc).__name__}: {exc}')} ({where})",
-            traceback.format_exc(limit=3),
-        )
-
-
-def _record(item: dict, pack: dict, n: int) -> str:
-    """The JSONL line of a packed video record (both modes): ``video`` replaced by the pack.
-
-    The record's fields and placeholders were checked (``check_record``,
-    :func:`check_video_placeholders`); a record without conversations (``--packs_only``) keeps none.
-    """
-    out = {k: v for k, v in item.items() if k not in ("video", "_row_idx", "image", "positions_thw")}
-    out["id"] = item.get("id")
-    if item.get("conversations") is not None:
-        out["conversations"] = rewrite_conversations(item["conversations"], n)
-    out["image"] = pack["image"]
-    if "positions_thw" in pack:
-        out["positions_thw"] = pack["positions_thw"]
-    return json.dumps(out, ensure_ascii=False)
-
-
-def rewrite_record(item: dict, where: str, opts: dict) -> tuple:
-    """``--mode rewrite`` of one record with a ``video``: ``(status, payload)`` like :func:`pack_sample`.
-
-    ``ok``: the line pack mode emits for this record. ``skip`` (only with
-    ``skip_missing_packs``) and ``fail``: the failure-log line ``id<TAB>video<TAB>reason``,
-    the reason ending with the record's ``file:line``. A missing or incomplete pack is
-    skippable; a pack without positions or with another mosaic count than
-    ``num_images`` always fails, because re-packing, not leaving the video out, is the fix.
-    ``bad``: the problem of a record whose conversations do not fit the pack's mosaic count
-    (a bad record, not a failure: the record, not the pack, is wrong).
-    """
-    sid, video = item.get("id"), str(item.get("video"))
-
-    def failed(reason: str, status: str = "fail") -> tuple:
-        return (status, f"{sid}\t{video}\t{one_line(reason)} ({where})")
-
-    def missing(reason: str) -> tuple:
-        if opts["skip_missing_packs"]:
-            return failed(reason, "skip")
-        return failed(f"{reason}; run --mode pack for it, or pass --skip_missing_packs to leave it out")
-
-    try:
-        if sid is None:
-            return missing("no pack: the record has a video but no id (--mode pack skips such records)")
-        sample_dir = pack_dir(opts["out_image_root"], sid, video)
-        pack, problem = complete_pack(sample_dir)
-        if pack is None:
-            return missing(f"no complete pack: {problem}")
-        n = len(pack["image"])
-        if "positions_thw" not in pack:
-            return failed(
-                f"the pack {sample_dir} has no positions_thw.npy (it was packed without --write_positions); "
-                "re-pack with --mode pack --write_positions (or --preset llava), which redoes such packs"
-            )
-        if opts["num_images"] is not None and n != opts["num_images"]:
-            return failed(
-                f"the pack {sample_dir} has {n} mosaics, not --num_images {opts['num_images']}; re-pack with "
-                f"--num_images {opts['num_images']} --overwrite (after Stage 1 with --keep_frames_equiv "
-                f"{opts['num_images']}) or leave out --num_images"
-            )
-        try:
-            check_video_placeholders(item["conversations"], n)
-        except ValueError as exc:
-            return ("bad", str(exc))
-        return ("ok", _record(item, pack, n))
-    except Exception as exc:  # noqa: BLE001 - a batch tool logs and goes on
-        return failed(f"{type(exc).__name__}: {exc}") + (traceback.format_exc(limit=3),)
+def _options(kind: type, args: argparse.Namespace):
+    """``PackOptions`` / ``RewriteOptions`` from the flags of the same names."""
+    return kind(**{f.name: getattr(args, f.name) for f in fields(kind)})
 
 
 def _tasks(args: argparse.Namespace, stats: dict, reader: DatasetReader) -> Iterator[tuple]:
     index = Stage1Index(args.visidx_root, args.T, args.square_size, args.patch, recursive=True)
-    opts = dict(
-        out_image_root=args.out_image_root,
-        visidx_root=args.visidx_root,
-        video_folder=args.video_folder,
-        num_images=args.num_images,
-        square_size=args.square_size,
-        T=args.T,
-        patch=args.patch,
-        layout=args.layout,
-        first_full=args.first_full,
-        write_positions=args.write_positions,
-        skip_missing=args.skip_missing,
-        jpeg_quality=args.jpeg_quality,
-        overwrite=args.overwrite,
-        threads=args.threads,
-    )
+    opts = _options(PackOptions, args)
     for record, _ in shard_records(reader, stats, args.num_shards, args.shard_id, args.max_samples):
         item = record.data
         sid, video = item["id"], item["video"]
@@ -373,11 +216,7 @@ def _rewrite_results(args: argparse.Namespace, stats: dict, reader: DatasetReade
     (a field of the wrong type; a video record without conversations or whose placeholders
     do not fit its pack) are rejected through the reader: logged, counted, left out.
     """
-    opts = dict(
-        out_image_root=args.out_image_root,
-        num_images=args.num_images,
-        skip_missing_packs=args.skip_missing_packs,
-    )
+    opts = _options(RewriteOptions, args)
     for record, _ in shard_records(reader, stats, args.num_shards, args.shard_id, args.max_samples,
                                    need_video=False):  # every record is sharded, video or not
         item = record.data
@@ -424,80 +263,50 @@ def run(args: argparse.Namespace) -> dict:
     if not rewrite:
         args = apply_preset(args)
     _check_mode_args(args)
+    tag = shard_tag(args.num_shards, args.shard_id, "stage2")
     args.num_shards = max(1, args.num_shards)
-    if not 0 <= args.shard_id < args.num_shards:
-        raise SystemExit(f"--shard_id {args.shard_id} must be in [0, {args.num_shards})")
     reader = open_dataset(args.input_dataset, "stage2")
     out_jsonl = Path(args.out_jsonl)
     if args.num_shards > 1 or args.force_shard_out:
-        out_jsonl = Path(f"{out_jsonl}.shard{args.shard_id:02d}of{args.num_shards:02d}.jsonl")
+        out_jsonl = Path(f"{out_jsonl}.{tag}.jsonl")
     fail_path = Path(args.fail_txt or f"{out_jsonl}.fail.txt")
-    for d in (out_jsonl.parent, fail_path.parent) + (() if rewrite else (Path(args.out_image_root),)):
-        d.mkdir(parents=True, exist_ok=True)
-    stats = dict(seen=0, picked=0, skip=0, shard_skip=0, ok=0, fail=0, bad_records=0)
+    out_jsonl.parent.mkdir(parents=True, exist_ok=True)
+    stats = dict.fromkeys(("seen", "picked", "skip", "shard_skip", "ok", "fail", "bad_records"), 0)
+    stale = [(out_jsonl.parent, dict(recursive=False, prefix=out_jsonl.name))]
     if rewrite:
         stats["passthrough"] = 0
-    stats["stale_tmp_removed"] = sweep_stale_tmp(out_jsonl.parent, recursive=False, prefix=out_jsonl.name)
-    if not rewrite:  # rewrite writes no pack files
-        stats["stale_tmp_removed"] += sweep_stale_tmp(args.out_image_root)
-    if stats["stale_tmp_removed"]:
-        print(
-            f"[stage2] removed {stats['stale_tmp_removed']} temp file(s) left by an interrupted run",
-            flush=True,
-        )
-    t0 = time.perf_counter()
+    else:  # rewrite writes no pack files
+        Path(args.out_image_root).mkdir(parents=True, exist_ok=True)
+        stale.append((Path(args.out_image_root), {}))
+    stats["stale_tmp_removed"] = sweep_interrupted("stage2", *stale)
     tmp_jsonl = Path(f"{out_jsonl}.tmp{os.getpid()}")
     nw = max(1, int(args.num_workers))
+    unit = "record" if rewrite else "video"
     try:
-        with ExitStack() as stack:
-            fw = stack.enter_context(open(tmp_jsonl, "w", encoding="utf-8"))
-            ff = stack.enter_context(open(fail_path, "a", encoding="utf-8"))
-            stack.enter_context(logging_redirect_tqdm())  # bad-record warnings print above the progress bar
-            bar = stack.enter_context(
-                tqdm(
-                    desc=f"stage2 {args.mode}",
-                    unit="record" if rewrite else "video",
-                    file=sys.stderr,
-                    mininterval=1.0,
-                )
-            )
-
-            def handle(ret: tuple) -> None:
-                if ret[0] in ("ok", "pass"):
-                    stats["ok" if ret[0] == "ok" else "passthrough"] += 1
-                    fw.write(ret[1] + "\n")
-                elif ret[0] == "skip":
-                    stats["skip"] += 1
-                else:
-                    stats["fail"] += 1
-                    ff.write(ret[1] + "\n")
-                    ff.flush()
-                bar.update(1)
-                n = stats["ok"] + stats["fail"] + stats.get("passthrough", 0)
-                if args.log_every > 0 and n and n % args.log_every == 0:
-                    bar.write(_line(stats, t0))
-
+        with (
+            open(tmp_jsonl, "w", encoding="utf-8") as out,
+            BatchRun("stage2", tag, unit, stats, {"fail": fail_path}, args.log_every) as batch,
+        ):
             if rewrite:
                 results = _rewrite_results(args, stats, reader)
             elif nw <= 1:
                 results = map(pack_sample, _tasks(args, stats, reader))
             else:
                 mt = args.maxtasks_per_child if args.maxtasks_per_child > 0 else None
-                pool = stack.enter_context(get_context("spawn").Pool(processes=nw, maxtasksperchild=mt))
+                pool = batch.enter_context(get_context("spawn").Pool(processes=nw, maxtasksperchild=mt))
                 results = pool.imap(pack_sample, _tasks(args, stats, reader), chunksize=1)  # ordered
-            for ret in results:
-                handle(ret)
+            for status, payload, *_traceback in results:
+                if status in ("ok", "pass"):
+                    out.write(payload + "\n")
+                batch.outcome("passthrough" if status == "pass" else status, payload if status == "fail" else None)
         os.replace(tmp_jsonl, out_jsonl)
     finally:
         if tmp_jsonl.exists():
             tmp_jsonl.unlink()
-    stats["bad_records"] = reader.bad_records
-    print(_line(stats, t0, done=True), flush=True)
-    for line in reader.summary_lines():
-        print(f"[stage2] {line}", flush=True)
-    print(f"[stage2] wrote {out_jsonl}  failures: {fail_path}", flush=True)
+    lines = [f"wrote {out_jsonl}  failures: {fail_path}"]
     if rewrite and stats["fail"]:
-        print(f"[stage2] {stats['fail']} record(s) failed, listed in {fail_path}: exit status 1", flush=True)
+        lines.append(f"{stats['fail']} record(s) failed, listed in {fail_path}: exit status 1")
+    batch.summary(reader, *lines)
     return stats
 
 
@@ -510,19 +319,6 @@ def exit_status(args: argparse.Namespace, stats: dict) -> int:
     a pipeline must notice before it trains on the output.
     """
     return 1 if getattr(args, "mode", "pack") == "rewrite" and stats["fail"] else 0
-
-
-def _line(stats: dict, t0: float, done: bool = False) -> str:
-    el = time.perf_counter() - t0
-    n = stats["ok"] + stats["fail"] + stats["skip"] + stats.get("passthrough", 0)
-    head = "[stage2] DONE" if done else "[stage2]"
-    passthrough = f"passthrough={stats['passthrough']} " if "passthrough" in stats else ""
-    return (
-        f"{head} seen={stats['seen']} picked={stats['picked']} ok={stats['ok']} fail={stats['fail']} "
-        f"skip={stats['skip']} {passthrough}shard_skip={stats['shard_skip']} "
-        f"bad_records={stats['bad_records']} elapsed={el:.1f}s "
-        f"avg={el / max(n, 1):.3f}s/{'record' if passthrough else 'video'}"
-    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 from codec_helpers import PKG
-from cv_reader import records, stage1, stage2
+from cv_reader import packing, records, stage1, stage2
 from test_stage_cli import _conv
 
 S1_LLAVA = [
@@ -118,8 +118,8 @@ def no_decoding(monkeypatch):
     def forbidden(*a, **k):
         raise AssertionError("rewrite mode must not decode videos")
 
-    monkeypatch.setattr(stage2, "load_canvases", forbidden)
-    monkeypatch.setattr(stage2, "pack_mosaics", forbidden)
+    monkeypatch.setattr(packing, "load_canvases", forbidden)
+    monkeypatch.setattr(packing, "pack_mosaics", forbidden)
 
 
 def test_rewrite_emits_pack_records_passes_others_and_fails_missing_pack(
