@@ -97,6 +97,33 @@ class _LogprobCapture(LogitsProcessor):
         return scores
 
 
+class Detokenizer:
+    """The text of a growing answer, each new token's piece decoded from a short window of tokens.
+
+    Why: decoding the whole answer again for every token costs tokenizer work quadratic in the answer's
+    length. :meth:`add` decodes only the tokens since the last
+    piece it returned, after the tokens of that piece (so a tokenizer that writes a token differently
+    at the start of a text, e.g. without its leading space, gives the same characters), and returns
+    the new characters; the pieces together are the decoded answer. A piece that ends in U+FFFD (a
+    character split across tokens) is held back until the rest of it arrives.
+    """
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.tokens: list[int] = []
+        self.prefix = self.read = 0  # tokens[prefix:read] made the last piece returned
+
+    def add(self, token: int) -> str:
+        self.tokens.append(token)
+        decode = self.tokenizer.decode
+        before = decode(self.tokens[self.prefix:self.read], skip_special_tokens=True)
+        text = decode(self.tokens[self.prefix:], skip_special_tokens=True)
+        if len(text) <= len(before) or text.endswith("\ufffd"):
+            return ""
+        self.prefix, self.read = self.read, len(self.tokens)
+        return text[len(before):]
+
+
 class _Tokens(BaseStreamer):
     """``generate``'s new tokens, one by one, into a queue (``None`` ends it), each with the step's
     log-probabilities when they are captured."""
@@ -262,19 +289,18 @@ class ChatEngine:
         worker = threading.Thread(target=run, name="llava-generate", daemon=True)
         worker.start()
         special = set(self.tokenizer.all_special_ids)
-        generated: list[int] = []
-        shown, pending, read_to_the_end = "", [], False
+        detokenizer = Detokenizer(self.tokenizer)
+        generated = detokenizer.tokens
+        pending, read_to_the_end = [], False
         try:
             for token, logprobs in tokens:
                 if stop_text.stopped:
                     continue  # generation ends at its next check: what follows a stop is not the answer's
-                generated.append(token)
+                piece = detokenizer.add(token)
                 if logprobs is not None and token not in special:
                     pending.append(self._logprob_entry(token, logprobs, sampling.top_logprobs))
-                text = self.tokenizer.decode(generated, skip_special_tokens=True)
-                if text.endswith("\ufffd"):  # a character split across tokens: wait for the rest
+                if not piece:  # a special token, or a character split across tokens: wait for the rest
                     continue
-                piece, shown = text[len(shown):], text
                 safe = stop_text.feed(piece)
                 if safe or (pending and stop_text.stopped):
                     yield Delta(index, safe, pending)
@@ -317,4 +343,4 @@ class ChatEngine:
         return answers
 
 
-__all__ = ["Answer", "Busy", "ChatEngine", "Delta", "OpenAIPenalties", "Sampling", "StopText"]
+__all__ = ["Answer", "Busy", "ChatEngine", "Delta", "Detokenizer", "OpenAIPenalties", "Sampling", "StopText"]
