@@ -8,6 +8,8 @@
 #    its held-out accuracy per task and one chat answer about a held-out video;
 # 3. stock lmms-eval on the offline local tasks (llava/eval/tasks/tiny_ov) with the trained checkpoint;
 # 4. how to chat with it: the CLI, the OpenAI-compatible server and its web page.
+# The checkpoint saves its video settings (the tiny preset's 16 frames, 64 px canvas, 4 mosaics), which
+# the evaluator, the CLI and the server read: no codec flags are passed after training.
 # Environment: OUTPUT_DIR (default checkpoints/llava-ov-tiny-sft), VENV (default .venv).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,7 +17,6 @@ start=$SECONDS
 bash scripts/setup_env.sh demo
 PYTHON="${VENV:-.venv}/bin/python"
 OUTPUT_DIR=${OUTPUT_DIR:-checkpoints/llava-ov-tiny-sft}
-CODEC_ARGS=(--codec-frames 16 --codec-canvas 64 --codec-images 4)  # the tiny preset's clips
 timings=("set-up: $((SECONDS - start)) s")
 
 step() { echo; echo "=== $1"; }
@@ -34,7 +35,7 @@ step "3/4 lmms-eval on the offline local tasks (tiny_ov)"
 t=$SECONDS
 log="$OUTPUT_DIR/eval.log"
 if ! PYTHON="$PYTHON" TASKS=tiny_ov MODEL_PATH="$OUTPUT_DIR" OUTPUT_PATH="$OUTPUT_DIR/eval" BATCH_SIZE=8 \
-    MODEL_ARGS=codec_frames=16,codec_canvas=64,codec_images=4 CODEC_OFFLINE_ROOT="" RECORD_CARD=1 \
+    CODEC_OFFLINE_ROOT="" RECORD_CARD=1 \
     HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 bash scripts/eval/eval_ov_encoder.sh > "$log" 2>&1; then
   tail -n 40 "$log"
   echo "error: the evaluation failed; its whole output is in $log" >&2
@@ -46,8 +47,8 @@ timings+=("lmms-eval: $((SECONDS - t)) s")
 
 step "4/4 chat with the trained checkpoint"
 cat <<TEXT
-  CLI:     $PYTHON -m llava.serve.cli --model-path $OUTPUT_DIR --video FILE ${CODEC_ARGS[*]}
-  server:  $PYTHON -m llava.serve.openai_api --model-path $OUTPUT_DIR ${CODEC_ARGS[*]} --port 8000
+  CLI:     $PYTHON -m llava.serve.cli --model-path $OUTPUT_DIR --video FILE
+  server:  $PYTHON -m llava.serve.openai_api --model-path $OUTPUT_DIR --port 8000
            then open http://127.0.0.1:8000/ (upload an image or a video, ask), or use any OpenAI client
            with base_url http://127.0.0.1:8000/v1 (docs/serving.md)
 
