@@ -10,6 +10,8 @@ result does not depend on which other frames were requested or skipped.
 
 from __future__ import annotations
 
+import bisect
+import functools
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -84,15 +86,22 @@ class VideoIndex:
         """True when FFmpeg can export this codec's bitstream motion vectors."""
         return self.codec in MV_EXPORT_CODECS
 
+    @functools.cached_property
+    def _keyframe_list(self) -> list[int]:
+        # The segment look-ups run per packet and per frame in the decode thread: bisect on
+        # Python ints costs a fraction of a numpy call on a small array.
+        return [int(k) for k in self.keyframes]
+
     def segment_start(self, idx: int) -> int:
         """Display index of the keyframe that starts the GOP segment containing ``idx``."""
-        pos = int(np.searchsorted(self.keyframes, idx, side="right")) - 1
-        return int(self.keyframes[max(pos, 0)])
+        keys = self._keyframe_list
+        return keys[max(bisect.bisect_right(keys, idx) - 1, 0)]
 
     def next_segment_start(self, idx: int) -> int:
         """Display index of the first keyframe after ``idx`` (``num_frames`` if none)."""
-        pos = int(np.searchsorted(self.keyframes, idx, side="right"))
-        return int(self.keyframes[pos]) if pos < len(self.keyframes) else self.num_frames
+        keys = self._keyframe_list
+        pos = bisect.bisect_right(keys, idx)
+        return keys[pos] if pos < len(keys) else self.num_frames
 
     def timestamp(self, idx: int) -> float:
         """Presentation time of display frame ``idx`` in seconds."""
