@@ -263,30 +263,33 @@ def describe(path: str) -> dict:
 # ----------------------------------------------------------------------------- report
 def table(rows: list[dict], t: int, baselines: list[str]) -> str:
     """The per-clip table; each baseline adds its Stage-1 time and ratio, a last row sums every clip."""
-    extra = "".join(f" Stage 1 at `{sha}` (s) | its ratio |" for sha in baselines)
+    extra = "".join(f" Stage 1 at `{sha}` (s) | its ratio | Stage 1 / at `{sha}`, paired |" for sha in baselines)
     lines = [
         f"| video | codec | size | frames | commit | decord load T={t} (s) | Stage 1 (s) | ratio |{extra}"
         " decoding alone (s) | its ratio | decord peak MB | Stage 1 peak MB |",
-        "|---|---|---|---:|---|---:|---:|---:|" + "---:|---:|" * len(baselines) + "---:|---:|---:|---:|",
+        "|---|---|---|---:|---|---:|---:|---:|" + "---:|---:|---:|" * len(baselines) + "---:|---:|---:|---:|",
     ]
 
-    def cells(stage1: list[float], decord: float) -> str:
-        return "".join(f" {s:.3f} | {s / decord:.2f}x |" for s in stage1)
+    def cells(stage1: list[float], decord: float, paired: list[str] | None = None) -> str:
+        if paired is None:
+            return "".join(f" {s:.3f} | {s / decord:.2f}x |" for s in stage1)
+        return "".join(f" {s:.3f} | {s / decord:.2f}x | {p} |" for s, p in zip(stage1, paired, strict=True))
 
     for r in rows:
         base = r["decord"]["time_s"]
         times = [r[kind]["time_s"] for kind in ("stage1", *(f"stage1@{sha}" for sha in baselines))]
+        paired = [f"{r[f'paired@{sha}']:.3f}x" for sha in baselines]
         lines.append(
             f"| {r['name']} | {r['codec']} | {r['size']} | {r['frames']} | `{r['commit']}` | {base:.3f} |"
-            f"{cells(times[:1], base)}{cells(times[1:], base)} "
+            f"{cells(times[:1], base)}{cells(times[1:], base, paired)} "
             f"{r['decode']['time_s']:.3f} | {r['decode']['time_s'] / base:.2f}x | "
             f"{r['decord']['peak_mb']:.0f} | {r['stage1']['peak_mb']:.0f} |"
         )
-    total = {kind: sum(r[kind]["time_s"] for r in rows) for kind in rows[0] if kind in KINDS or "@" in kind}
+    total = {kind: sum(r[kind]["time_s"] for r in rows) for kind in rows[0] if kind in KINDS or "stage1@" in kind}
     summed = [total["stage1"], *(total[f"stage1@{sha}"] for sha in baselines)]
     lines.append(
         f"| **all clips, summed** | | | | | {total['decord']:.3f} |{cells(summed[:1], total['decord'])}"
-        f"{cells(summed[1:], total['decord'])} {total['decode']:.3f} | {total['decode'] / total['decord']:.2f}x | | |"
+        f"{cells(summed[1:], total['decord'], [''] * len(baselines))} {total['decode']:.3f} | {total['decode'] / total['decord']:.2f}x | | |"
     )
     return "\n".join(lines)
 
@@ -308,6 +311,10 @@ def main() -> int:
         default=[],
         metavar="REV",
         help="also time Stage 1 of the reader at this git revision, side by side (repeatable)",
+    )
+    ap.add_argument(
+        "--only", action="append", default=[], metavar="TEXT",
+        help="only the videos whose name contains TEXT (repeatable), e.g. --only HEVC",
     )
     ap.add_argument(
         "--write-docs", action="store_true", help="update the codec section of docs/benchmarks.md"
@@ -334,14 +341,17 @@ def main() -> int:
         if args.long_hevc:
             hp = synth_long(work / f"long_{args.long_seconds}s_hevc.mp4", args.long_seconds, codec="libx265")
             videos.append((f"generated {args.long_seconds}s (HEVC)", hp))
+    if args.only:
+        videos = [(name, path) for name, path in videos if any(text in name for text in args.only)]
     rows = []
     for name, path in videos:
         info = describe(path)
         row = {"name": name, "commit": commit, **info}
-        # Alternate the tools (and trees) round by round so machine-speed drift hits all alike.
+        # Alternate the tools (and trees) round by round, every other round in reverse order, so
+        # machine-speed drift and a place in the round hit all alike.
         runs: dict[str, list[dict]] = {kind: [] for kind, _ in kinds}
-        for _ in range(args.rounds):
-            for kind, pkg in kinds:
+        for round_ in range(args.rounds):
+            for kind, pkg in kinds if round_ % 2 == 0 else kinds[::-1]:
                 runs[kind].append(measure(kind.split("@")[0], path, args.T, args.repeats, pkg))
         for kind, rs in runs.items():
             row[kind] = {
@@ -349,9 +359,14 @@ def main() -> int:
                 "times": [t for r in rs for t in r["times"]],
                 "peak_mb": max(r["peak_mb"] for r in rs),
             }
+        for sha in baselines:  # Stage 1 / baseline within each round, where both met the same machine
+            row[f"paired@{sha}"] = statistics.median(
+                a["time_s"] / b["time_s"] for a, b in zip(runs["stage1"], runs[f"stage1@{sha}"], strict=True)
+            )
         rows.append(row)
         at = "".join(
-            f"; at {sha} {row[f'stage1@{sha}']['time_s'] / row['decord']['time_s']:.2f}x" for sha in baselines
+            f"; at {sha} {row[f'stage1@{sha}']['time_s'] / row['decord']['time_s']:.2f}x, "
+            f"paired {row[f'paired@{sha}']:.3f}x of it" for sha in baselines
         )
         print(
             f"{name}: decord {row['decord']['time_s']:.3f}s / stage1 {row['stage1']['time_s']:.3f}s "
@@ -390,7 +405,8 @@ def main() -> int:
             "*Stage 1* = `cv_reader` Stage 1 with the upstream CLI defaults (T=64 sampled frames, their "
             "motion vectors and residuals, scores on the 576 canvas, top-K, three output files), of the "
             "reader at *commit* (`+changes`: with uncommitted changes to it); *Stage 1 at `X`* = the same, "
-            "of the reader at commit X (`--baseline`), timed in the same rounds. "
+            "of the reader at commit X (`--baseline`), timed in the same rounds; *paired* = the median over "
+            "rounds of Stage 1 / Stage 1 at X within a round (the steadier comparison of the two). "
             "Ratio = Stage 1 / decord (target <= 1.25x; the upstream patched-FFmpeg reader measured about "
             "3x and holds every decoded frame in memory). *Decoding alone* = one decoder decoding the "
             "frames Stage 1 needs (each sampled frame and its neighbours), set up as the reader sets it "
