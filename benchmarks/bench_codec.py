@@ -265,8 +265,10 @@ def table(rows: list[dict], t: int, baselines: list[str]) -> str:
     """The per-clip table; each baseline adds its Stage-1 time and ratio, a last row sums every clip."""
     extra = "".join(f" Stage 1 at `{sha}` (s) | its ratio | Stage 1 / at `{sha}`, paired |" for sha in baselines)
     lines = [
-        f"| video | codec | size | frames | commit | decord load T={t} (s) | Stage 1 (s) | ratio |{extra}"
-        " decoding alone (s) | its ratio | decord peak MB | Stage 1 peak MB |",
+        (
+            f"| video | codec | size | frames | commit | decord load T={t} (s) | Stage 1 (s) | ratio |{extra}"
+            " decoding alone (s) | its ratio | decord peak MB | Stage 1 peak MB |"
+        ),
         "|---|---|---|---:|---|---:|---:|---:|" + "---:|---:|---:|" * len(baselines) + "---:|---:|---:|---:|",
     ]
 

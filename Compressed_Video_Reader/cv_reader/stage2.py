@@ -272,7 +272,7 @@ def run(args: argparse.Namespace) -> dict:
     fail_path = Path(args.fail_txt or f"{out_jsonl}.fail.txt")
     out_jsonl.parent.mkdir(parents=True, exist_ok=True)
     stats = dict.fromkeys(("seen", "picked", "skip", "shard_skip", "ok", "fail", "bad_records"), 0)
-    stale = [(out_jsonl.parent, dict(recursive=False, prefix=out_jsonl.name))]
+    stale = [(out_jsonl.parent, {"recursive": False, "prefix": out_jsonl.name})]
     if rewrite:
         stats["passthrough"] = 0
     else:  # rewrite writes no pack files
