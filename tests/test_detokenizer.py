@@ -56,10 +56,9 @@ def test_the_engine_streams_the_scripted_answer(loaded):
     conv = get_conv_template("qwen_1_5")
     conv.append_message(conv.roles[0], "Say it.")
     conv.append_message(conv.roles[1], None)
-    want = tokenizer.decode(tokenizer(TEXT * 3, add_special_tokens=False).input_ids, skip_special_tokens=True)
-    length = len(tokenizer(TEXT * 3, add_special_tokens=False).input_ids)
-    deltas = list(ChatEngine(tokenizer, model).stream(conv, VisualInputs(), Sampling(max_tokens=length,
-                                                                                     temperature=0),
-                                                      threading.Event(), []))
+    ids = tokenizer(TEXT * 3, add_special_tokens=False).input_ids
+    want = tokenizer.decode(ids, skip_special_tokens=True)
+    sampling = Sampling(max_tokens=len(ids), temperature=0)
+    deltas = list(ChatEngine(tokenizer, model).stream(conv, VisualInputs(), sampling, threading.Event(), []))
     assert "".join(delta.text for delta in deltas) == want
     assert not any("\ufffd" in delta.text for delta in deltas)
