@@ -37,6 +37,27 @@ class BitstreamField:
 
 
 @jit
+def _stable_order(key):  # pragma: no cover - compiled
+    """``np.argsort(key, kind="stable")`` of small non-negative integer keys, by counting (O(n + max key))."""
+    n = key.shape[0]
+    kmax = 0
+    for i in range(n):
+        kmax = max(kmax, key[i])
+    if kmax > 4 * n + 65536:
+        return np.argsort(key, kind="mergesort")
+    start = np.zeros(kmax + 2, np.int64)
+    for i in range(n):
+        start[key[i] + 1] += 1
+    for k in range(kmax + 1):
+        start[k + 1] += start[k]
+    order = np.empty(n, np.int64)
+    for i in range(n):
+        order[start[key[i]]] = i
+        start[key[i]] += 1
+    return order
+
+
+@jit
 def _paint_records(
     w, h, source, dst_x, dst_y, motion_x, motion_y, motion_scale, cell, past, has_past, future, has_future
 ) -> None:  # pragma: no cover - compiled
@@ -51,7 +72,7 @@ def _paint_records(
     for i in range(n):
         cw, ch = max(w[i] // cell, 1), max(h[i] // cell, 1)
         key[i] = (4096 if source[i] > 0 else 0) + ch * 64 + cw
-    for i in np.argsort(key, kind="mergesort"):
+    for i in _stable_order(key):
         if source[i] == 0:
             continue
         field, has = (future, has_future) if source[i] > 0 else (past, has_past)
@@ -132,20 +153,17 @@ def _padded_i16(img, hp, wp):  # pragma: no cover - compiled
     return out
 
 
-@jit
+@jit(inline=True)
 def _block_sad(cur, ref, y0, x0, vy, vx, bl) -> int:  # pragma: no cover - compiled
     """SAD of the ``bl``-square block of ``cur`` at (y0, x0) vs ``ref`` shifted by (vy, vx), edge-clamped."""
     h, w = ref.shape
     s = 0
     if 0 <= y0 + vy and y0 + vy + bl <= h and 0 <= x0 + vx and x0 + vx + bl <= w:
-        for i in range(bl):  # window inside the frame: row slices, no clamping (vectorises)
-            c = cur[y0 + i, x0 : x0 + bl]
-            r = ref[y0 + vy + i, x0 + vx : x0 + vx + bl]
-            acc = np.int32(0)
+        for i in range(bl):  # window inside the frame: no clamping
+            cy, ry = y0 + i, y0 + vy + i
             for j in range(bl):
-                d = np.int32(c[j]) - np.int32(r[j])
-                acc += d if d >= 0 else -d
-            s += acc
+                d = np.int32(cur[cy, x0 + j]) - np.int32(ref[ry, x0 + vx + j])
+                s += d if d >= 0 else -d
         return s
     for i in range(bl):
         ry = min(max(y0 + i + vy, 0), h - 1)
@@ -157,7 +175,14 @@ def _block_sad(cur, ref, y0, x0, vy, vx, bl) -> int:  # pragma: no cover - compi
 
 @jit
 def _full_search(cur, ref, nby, nbx, bl, r, lam, dy, dx) -> None:  # pragma: no cover - compiled
-    """Exhaustive +-``r`` search per block; ties prefer short vectors, then smaller dy, then dx."""
+    """Exhaustive +-``r`` search per block; ties prefer short vectors, then smaller dy, then dx.
+
+    Candidate by candidate over the whole frame (each block keeps its cheapest so far, so
+    the order of candidates per block, and thus every tie, is that of a block-by-block
+    search): one contiguous row of absolute differences per shift, summed per block,
+    against a copy of ``ref`` edge-extended by ``r`` (the clamped reads of
+    :func:`_block_sad`, without a bounds check per pixel).
+    """
     n = 2 * r + 1
     cands = np.empty((n * n, 2), np.int64)
     k = 0
@@ -167,14 +192,33 @@ def _full_search(cur, ref, nby, nbx, bl, r, lam, dy, dx) -> None:  # pragma: no 
                 if abs(a) + abs(b) == length:
                     cands[k, 0], cands[k, 1] = a, b
                     k += 1
-    for by in range(nby):
-        for bx in range(nbx):
-            best = np.inf
-            for c in range(n * n):
-                a, b = cands[c, 0], cands[c, 1]
-                cost = _block_sad(cur, ref, by * bl, bx * bl, a, b, bl) + lam * (abs(a) + abs(b))
-                if cost < best:
-                    best = cost
+    h, w = ref.shape
+    ext = np.empty((h + 2 * r, w + 2 * r), np.int32)
+    for y in range(h + 2 * r):
+        src = ref[min(max(y - r, 0), h - 1)]
+        for x in range(w + 2 * r):
+            ext[y, x] = src[min(max(x - r, 0), w - 1)]
+    cols = nbx * bl
+    best = np.full((nby, nbx), np.inf)
+    band = np.empty(cols, np.int32)  # per column: the absolute differences summed over a block row
+    for c in range(n * n):
+        a, b = cands[c, 0], cands[c, 1]
+        pen = lam * (abs(a) + abs(b))
+        for by in range(nby):
+            band[:] = 0
+            for y in range(by * bl, by * bl + bl):
+                src = cur[y]
+                shifted = ext[y + a + r, b + r : b + r + cols]
+                for x in range(cols):
+                    d = np.int32(src[x]) - shifted[x]
+                    band[x] += d if d >= 0 else -d
+            for bx in range(nbx):
+                sad = np.int64(0)
+                for x in range(bx * bl, bx * bl + bl):
+                    sad += band[x]
+                cost = sad + pen
+                if cost < best[by, bx]:
+                    best[by, bx] = cost
                     dy[by, bx], dx[by, bx] = a, b
 
 

@@ -125,7 +125,7 @@ def select_patches(
     ``on_record`` sees every decoded :class:`FrameRecord` (e.g. to dump it) without a second decode.
     """
     p = params or Stage1Params()
-    index = index or build_index(path)
+    index = index or build_index(path, keep_open=True)
     frame_ids = sample_frame_ids_uniform(index.num_frames, p.sequence_length, p.sample_start_offset)
     uniq = sorted(set(frame_ids))
     # Rotation is only known from decoded frames; the RGB size must be fixed before decoding,

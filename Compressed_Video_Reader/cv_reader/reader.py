@@ -232,7 +232,7 @@ def read_video(
     attaches a bilinear-resized RGB image to each record. Memory holds only a few decoded
     frames (the queue and the references still needed) beyond what the caller keeps.
     """
-    index = index or build_index(path)
+    index = index or build_index(path, keep_open=True)
     n = index.num_frames
     if frame_ids is None:
         targets = list(range(n))
@@ -579,20 +579,20 @@ class _BundleSchedule:
             est = None
         bd = _Bundle(cur=held[t], past=past, future=fut, est_ref=est)
         # Load balancing: while the consumer lags behind (items waiting in the queue), the
-        # decode thread also computes the vector field and converts the frames the record
-        # reads (so a queued bundle holds planes, not decoder frames); otherwise the
-        # consumer does it. Either way the result is the same.
+        # decode thread also computes the vector field; otherwise the consumer does it. The
+        # second decode thread (``eager``) also converts every frame the record reads, so a
+        # queued bundle holds planes, not decoder frames. Either way the result is the same.
+        # (Converting a dozen candidate planes here whenever the consumer lags made the
+        # decode thread, Stage 1's critical path on H.264, slower.)
         if self.backlog() >= 1 or self.eager:
             _compute_fields(bd, self.index, self.block, self.search)
             if bd.field is None:  # no usable vectors (all intra): block matching reads est_ref only
                 bd.past, bd.future = [], []
-                reads = [est] if est else []
-            else:
-                reads = [*bd.past, *bd.future]
+        if self.eager:
+            reads = [*bd.past, *bd.future] if bd.field is not None else ([est] if est else [])
             for _, h in reads:
                 h.luma  # noqa: B018 - converts and releases the decoder frame
-            if self.eager:
-                bd.cur.rgb  # noqa: B018
+            bd.cur.rgb  # noqa: B018
         return bd
 
     def prune(self) -> None:

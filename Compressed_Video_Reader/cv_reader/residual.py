@@ -36,6 +36,11 @@ def _predict_cell(refs, k, mx, my, y0, x0, out) -> None:  # pragma: no cover - c
     fx, fy = mx & 3, my & 3
     ix, iy = x0 + (mx >> 2), y0 + (my >> 2)
     gx, gy = 4 - fx, 4 - fy
+    if fx == 0 and fy == 0 and 0 <= iy and iy + CELL <= h and 0 <= ix and ix + CELL <= w:
+        for yy in range(CELL):  # whole-pixel vector, source inside: the weights reduce to a copy
+            for xx in range(CELL):
+                out[yy, xx] = refs[k, iy + yy, ix + xx]
+        return
     if 0 <= iy and iy + CELL < h and 0 <= ix and ix + CELL < w:  # 5x5 source window inside
         for yy in range(CELL):
             ra = refs[k, iy + yy, ix : ix + CELL + 1]

@@ -133,7 +133,7 @@ def process_sample(task: tuple) -> tuple:
     sample_id, video, path, out_root, key, pdict, allowed, where = task
     try:
         p = Stage1Params(**pdict)
-        index = build_index(path, allowed)
+        index = build_index(path, allowed, keep_open=True)
         sel = select_patches(path, p, index=index)
         prefix = stage1_prefix(out_root, sample_id, video, key)
         base = str(prefix) + stage1_suffix(p.sequence_length, p.square_size, p.patch_size, sel.k)

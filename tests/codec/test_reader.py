@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import threading
+from pathlib import Path
 
+import av
 import cv_reader as cv
 import numpy as np
 import pytest
@@ -204,6 +207,56 @@ def test_two_decoders_give_the_same_records_as_one(h264_static, h264_records):
     assert _split_point(idx, [1, 2, 20, 25]) == 0  # the first segment holds nearly all the work
 
 
+def _records_from_a_fresh_container(path: str, ids) -> list:
+    from cv_reader import decode
+
+    spare = decode._take_spare(os.fspath(path))  # a container an earlier read left
+    if spare is not None:
+        spare.close()
+    return list(cv.read_video(path, ids, index=build_index(path)))
+
+
+@pytest.mark.parametrize("fixture", ["h264_static", "hevc_pan"])
+def test_the_decoder_reuses_the_indexed_container_and_reads_the_same(request, fixture, tmp_path):
+    """Stage 1 indexes a video, then decodes it: the decoder takes over the index's container
+    (rewound to the first frame) instead of opening the file again, with the same records."""
+    from cv_reader import decode
+
+    video = request.getfixturevalue(fixture)
+    for ids in (None, [30, 31, 40]):  # from the first frame; only the second GOP segment (a seek)
+        want = _records_from_a_fresh_container(video.path, ids)
+        idx = build_index(video.path, keep_open=True)
+        assert decode._spare is not None and decode._spare[0][0] == idx.path
+        got = list(cv.read_video(video.path, ids, index=idx))
+        assert decode._spare is None  # the decoder took it
+        assert [r.index for r in got] == [r.index for r in want]
+        for a, b in zip(got, want):
+            for name in ("luma", "mv", "mv_ref", "residual"):
+                np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
+    # A file that changed since it was indexed is opened again; one never decoded is closed
+    # when the next is kept; containers whose seeks are not exact are not kept.
+    copy = tmp_path / "copy.mp4"
+    copy.write_bytes(Path(video.path).read_bytes())
+    build_index(copy, keep_open=True)
+    kept = decode._spare[1]
+    os.utime(copy, ns=(1, 1))
+    assert decode._take_spare(str(copy)) is None and decode._spare is None
+    assert len(kept.streams) == 0  # closed
+    build_index(copy, keep_open=True)
+    kept = decode._spare[1]
+    build_index(video.path, keep_open=True)
+    assert decode._spare[0][0] == video.path and len(kept.streams) == 0
+    ts = tmp_path / "clip.ts"
+    with av.open(video.path) as src, av.open(str(ts), "w", format="mpegts") as dst:
+        out = dst.add_stream_from_template(src.streams.video[0])
+        for pkt in src.demux(src.streams.video[0]):
+            if pkt.dts is not None:
+                pkt.stream = out
+                dst.mux(pkt)
+    build_index(ts, keep_open=True)
+    assert decode._spare[0][0] == video.path  # the MPEG-TS container was closed, not kept
+
+
 def test_seek_decodes_only_needed_segment(h264_static):
     idx = build_index(h264_static.path)
     assert idx.keyframes.tolist() == [0, 24]
@@ -238,6 +291,59 @@ def test_block_matching_recovers_known_shift():
     assert (inner[..., 0] == -12).mean() > 0.95 and (inner[..., 1] == 8).mean() > 0.95
     with pytest.raises(ValueError):
         estimate_motion(cur, ref[:-1])
+
+
+def _full_search_by_block(cur, ref, bl, r, lam):
+    """The exhaustive search, block by block: candidates by length, then dy, then dx; the first wins ties."""
+    h, w = ref.shape
+    shifts = [(a, b) for a in range(-r, r + 1) for b in range(-r, r + 1)]
+    cands = sorted(shifts, key=lambda v: abs(v[0]) + abs(v[1]))  # stable: dy, then dx within a length
+    nby, nbx = cur.shape[0] // bl, cur.shape[1] // bl
+    dy, dx = np.zeros((nby, nbx), np.int64), np.zeros((nby, nbx), np.int64)
+    for by in range(nby):
+        for bx in range(nbx):
+            ys, xs = np.arange(by * bl, by * bl + bl), np.arange(bx * bl, bx * bl + bl)
+            block = cur[np.ix_(ys, xs)].astype(np.int64)
+            best = np.inf
+            for a, b in cands:
+                moved = ref[np.ix_(np.clip(ys + a, 0, h - 1), np.clip(xs + b, 0, w - 1))]
+                cost = int(np.abs(block - moved).sum()) + lam * (abs(a) + abs(b))
+                if cost < best:
+                    best, dy[by, bx], dx[by, bx] = cost, a, b
+    return dy, dx
+
+
+@pytest.mark.parametrize("bl,r", [(2, 2), (4, 3), (8, 1)])
+def test_full_search_equals_the_block_by_block_search(bl, r):
+    """The frame-wide kernel (candidate by candidate, against an edge-extended copy) picks
+    exactly what a block-by-block search picks, ties and frame edges included."""
+    from cv_reader.motion import _full_search
+
+    rng = np.random.default_rng(bl * 10 + r)
+    h, w = 6 * bl, 5 * bl
+    ref = rng.integers(0, 256, (h, w)).astype(np.int16)
+    ref[: h // 2, : w // 2] = 90  # a flat corner: every candidate ties there
+    cur = np.roll(ref, (1, -2), axis=(0, 1))
+    cur[-bl:] = rng.integers(0, 4, (bl, w))  # a nearly flat strip: near-ties decided by the penalty
+    for lam in (0.0, 0.02 * bl * bl):
+        dy, dx = np.zeros((6, 5), np.int64), np.zeros((6, 5), np.int64)
+        _full_search(cur, ref, 6, 5, bl, r, lam, dy, dx)
+        want_dy, want_dx = _full_search_by_block(cur, ref, bl, r, lam)
+        assert np.array_equal(dy, want_dy) and np.array_equal(dx, want_dx)
+
+
+def test_stable_order_equals_a_stable_argsort():
+    from cv_reader.motion import _stable_order
+
+    rng = np.random.default_rng(5)
+    for keys in (
+        rng.integers(0, 4400, 3000),  # the direction / block-size keys of a frame's vectors
+        rng.choice([65, 130, 260, 4161, 4226], 500),
+        np.array([7]),
+        rng.integers(0, 10**9, 50),  # keys too large to count: falls back to a merge sort
+    ):
+        keys = keys.astype(np.int64)
+        assert np.array_equal(_stable_order(keys), np.argsort(keys, kind="stable"))
 
 
 def test_side_data_rasterisation():
