@@ -280,7 +280,10 @@ def table(rows: list[dict], t: int, baselines: list[str]) -> str:
     for r in rows:
         base = r["decord"]["time_s"]
         times = [r[kind]["time_s"] for kind in ("stage1", *(f"stage1@{sha}" for sha in baselines))]
-        paired = [f"{r[f'paired@{sha}']:.3f}x" for sha in baselines]
+        paired = [
+            f"{r[f'paired@{sha}']:.3f}x ({r[f'paired_iqr@{sha}'][0]:.2f}-{r[f'paired_iqr@{sha}'][1]:.2f})"
+            for sha in baselines
+        ]
         lines.append(
             f"| {r['name']} | {r['codec']} | {r['size']} | {r['frames']} | `{r['commit']}` | {base:.3f} |"
             f"{cells(times[:1], base)}{cells(times[1:], base, paired)} "
@@ -362,13 +365,16 @@ def main() -> int:
                 "peak_mb": max(r["peak_mb"] for r in rs),
             }
         for sha in baselines:  # Stage 1 / baseline within each round, where both met the same machine
-            row[f"paired@{sha}"] = statistics.median(
-                a["time_s"] / b["time_s"] for a, b in zip(runs["stage1"], runs[f"stage1@{sha}"], strict=True)
-            )
+            ratios = [a["time_s"] / b["time_s"] for a, b in zip(runs["stage1"], runs[f"stage1@{sha}"], strict=True)]
+            row[f"paired@{sha}"] = statistics.median(ratios)
+            # The middle half of the rounds' ratios: how far one run's figure can be trusted.
+            q1, _, q3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else (ratios[0],) * 3
+            row[f"paired_iqr@{sha}"] = (q1, q3)
         rows.append(row)
         at = "".join(
             f"; at {sha} {row[f'stage1@{sha}']['time_s'] / row['decord']['time_s']:.2f}x, "
-            f"paired {row[f'paired@{sha}']:.3f}x of it" for sha in baselines
+            f"paired {row[f'paired@{sha}']:.3f}x of it (middle half of the rounds "
+            f"{row[f'paired_iqr@{sha}'][0]:.3f}-{row[f'paired_iqr@{sha}'][1]:.3f})" for sha in baselines
         )
         print(
             f"{name}: decord {row['decord']['time_s']:.3f}s / stage1 {row['stage1']['time_s']:.3f}s "
@@ -408,7 +414,8 @@ def main() -> int:
             "motion vectors and residuals, scores on the 576 canvas, top-K, three output files), of the "
             "reader at *commit* (`+changes`: with uncommitted changes to it); *Stage 1 at `X`* = the same, "
             "of the reader at commit X (`--baseline`), timed in the same rounds; *paired* = the median over "
-            "rounds of Stage 1 / Stage 1 at X within a round (the steadier comparison of the two). "
+            "rounds of Stage 1 / Stage 1 at X within a round (the steadier comparison of the two), in "
+            "brackets the middle half of the rounds' ratios (their quartiles). "
             "Ratio = Stage 1 / decord (target <= 1.25x; the upstream patched-FFmpeg reader measured about "
             "3x and holds every decoded frame in memory). *Decoding alone* = one decoder decoding the "
             "frames Stage 1 needs (each sampled frame and its neighbours), set up as the reader sets it "
