@@ -179,9 +179,9 @@ def _full_search(cur, ref, nby, nbx, bl, r, lam, dy, dx) -> None:  # pragma: no 
 
     Candidate by candidate over the whole frame (each block keeps its cheapest so far, so
     the order of candidates per block, and thus every tie, is that of a block-by-block
-    search): one contiguous row of absolute differences per shift, summed per block,
-    against a copy of ``ref`` edge-extended by ``r`` (the clamped reads of
-    :func:`_block_sad`, without a bounds check per pixel).
+    search): per row of blocks, the absolute differences against a copy of ``ref``
+    edge-extended by ``r`` (the clamped reads of :func:`_block_sad`, without a bounds check
+    per pixel) are summed down each column in one contiguous pass, then across each block.
     """
     n = 2 * r + 1
     cands = np.empty((n * n, 2), np.int64)
