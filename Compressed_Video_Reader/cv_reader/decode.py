@@ -220,16 +220,18 @@ def build_index(
                     continue
                 n_packets += 1
                 last_corrupt = bool(pkt.is_corrupt)
-                if pkt.pts is not None:
-                    first_pts = pkt.pts if first_pts is None else min(first_pts, pkt.pts)
-                    end = pkt.pts + (pkt.duration or 0)
+                p = pkt.pts  # packet properties are calls into PyAV, and this loop sees every packet: read once
+                if p is not None:
+                    first_pts = p if first_pts is None else min(first_pts, p)
+                    end = p + (pkt.duration or 0)
                     last_end = end if last_end is None else max(last_end, end)
                 if pkt.is_discard:
                     continue
+                key = bool(pkt.is_keyframe)
                 if first is None:
-                    first = (pkt.pts, bool(pkt.is_keyframe))
-                pts_list.append(pkt.pts)
-                key_list.append(bool(pkt.is_keyframe))
+                    first = (p, key)
+                pts_list.append(p)
+                key_list.append(key)
         except av.error.FFmpegError as exc:
             error = str(exc)
         if error is not None:
@@ -418,9 +420,13 @@ class FrameSource:
         cc = stream.codec_context
         skip_mode = "DEFAULT"
         packets = container.demux(stream)
+        needed_set = self.needed_set
+        k_of = -1  # the ``ptr`` whose segment start ``k`` holds (looked up once per needed frame, not per packet)
+        k = 0
         while True:
             if allow_seek and not self.busy and ptr < len(needed):
-                k = index.segment_start(needed[ptr])
+                if k_of != ptr:
+                    k, k_of = index.segment_start(needed[ptr]), ptr
                 if k > max_fed + 1:
                     container.seek(int(index.pts[k]), stream=stream, backward=True, any_frame=False)
                     cc.flush_buffers()
@@ -448,7 +454,7 @@ class FrameSource:
                 break
             if pkt.is_discard:
                 continue
-            idx = pts_to_idx.get(pkt.pts) if pkt.pts is not None else None
+            idx = pts_to_idx.get(pkt.pts)  # None for a packet without (or with an unknown) timestamp
             if first_after_seek and idx is not None and idx > index.segment_start(needed[ptr]):
                 # Seek landed after the wanted keyframe: fall back to decoding from the start.
                 container.seek(int(index.pts[0]), stream=stream, backward=True, any_frame=False)
@@ -457,9 +463,9 @@ class FrameSource:
                 allow_seek = False
                 max_fed = -1
                 continue
-            if idx is not None:
-                max_fed = max(max_fed, idx)
-            want = "DEFAULT" if (idx is None or idx in self.needed_set) else "NONREF"
+            if idx is not None and idx > max_fed:
+                max_fed = idx
+            want = "DEFAULT" if (idx is None or idx in needed_set) else "NONREF"
             if want != skip_mode:
                 cc.skip_frame = want
                 skip_mode = want

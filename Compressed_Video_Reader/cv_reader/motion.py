@@ -58,30 +58,29 @@ def _stable_order(key):  # pragma: no cover - compiled
 
 
 @jit
-def _paint_records(
-    w, h, source, dst_x, dst_y, motion_x, motion_y, motion_scale, cell, past, has_past, future, has_future
-) -> None:  # pragma: no cover - compiled
-    """Paint ``AVMotionVector`` blocks onto the cell grids (see :func:`field_from_side_data`).
+def _paint_records(mvs, cell, past, has_past, future, has_future) -> None:  # pragma: no cover - compiled
+    """Paint the ``AVMotionVector`` records ``mvs`` onto the cell grids (see :func:`field_from_side_data`).
 
-    Arguments are the record fields as arrays. Blocks are painted in a stable order of
-    (direction, height, width); cells outside the grid are clamped to its border.
+    Blocks are painted in a stable order of (direction, height, width); cells outside the
+    grid are clamped to its border.
     """
-    n = w.shape[0]
+    n = mvs.shape[0]
     hp, wp = has_past.shape
     key = np.empty(n, np.int64)
     for i in range(n):
-        cw, ch = max(w[i] // cell, 1), max(h[i] // cell, 1)
-        key[i] = (4096 if source[i] > 0 else 0) + ch * 64 + cw
+        cw, ch = max(mvs[i].w // cell, 1), max(mvs[i].h // cell, 1)
+        key[i] = (4096 if mvs[i].source > 0 else 0) + ch * 64 + cw
     for i in _stable_order(key):
-        if source[i] == 0:
+        r = mvs[i]
+        if r.source == 0:
             continue
-        field, has = (future, has_future) if source[i] > 0 else (past, has_past)
-        scale = max(np.float64(motion_scale[i]), 1.0)
-        vx = np.int32(np.rint(motion_x[i] * 4.0 / scale))
-        vy = np.int32(np.rint(motion_y[i] * 4.0 / scale))
-        bw, bh = np.int64(w[i]), np.int64(h[i])
-        cx0 = (np.int64(dst_x[i]) - bw // 2) // cell
-        cy0 = (np.int64(dst_y[i]) - bh // 2) // cell
+        field, has = (future, has_future) if r.source > 0 else (past, has_past)
+        scale = max(np.float64(r.motion_scale), 1.0)
+        vx = np.int32(np.rint(r.motion_x * 4.0 / scale))
+        vy = np.int32(np.rint(r.motion_y * 4.0 / scale))
+        bw, bh = np.int64(r.w), np.int64(r.h)
+        cx0 = (np.int64(r.dst_x) - bw // 2) // cell
+        cy0 = (np.int64(r.dst_y) - bh // 2) // cell
         for dy in range(max(bh // cell, 1)):
             y = min(max(cy0 + dy, 0), hp - 1)
             for dx in range(max(bw // cell, 1)):
@@ -91,8 +90,52 @@ def _paint_records(
                 has[y, x] = True
 
 
-def field_from_side_data(mvs: np.ndarray | None, height: int, width: int, cell: int = CELL) -> BitstreamField:
-    """Rasterise FFmpeg ``AVMotionVector`` records onto the cell grid.
+@jit
+def _field_kernel(mvs, cell, hc0, wc0, hc, wc, sy, sx):  # pragma: no cover - compiled
+    """Past/future vectors and masks of the records ``mvs`` on an ``hc`` x ``wc`` cell grid.
+
+    The blocks are painted on the coded grid (``hc0`` x ``wc0`` cells, padded to whole
+    16x16-pixel macroblocks so that blocks at the right/bottom edge fit); each output
+    cell takes the coded cell under its centre, its vectors scaled by ``(sx, sy)`` and
+    rounded. Equal grids at scale 1 give the coded grid itself.
+    """
+    hp, wp = -(-hc0 // 4) * 4, -(-wc0 // 4) * 4
+    past = np.zeros((hp, wp, 2), np.int32)
+    future = np.zeros((hp, wp, 2), np.int32)
+    has_past = np.zeros((hp, wp), np.bool_)
+    has_future = np.zeros((hp, wp), np.bool_)
+    _paint_records(mvs, cell, past, has_past, future, has_future)
+    if hc == hc0 and wc == wc0 and sy == 1.0 and sx == 1.0:
+        return past[:hc, :wc].copy(), has_past[:hc, :wc].copy(), future[:hc, :wc].copy(), has_future[:hc, :wc].copy()
+    out_past = np.empty((hc, wc, 2), np.int32)
+    out_future = np.empty((hc, wc, 2), np.int32)
+    out_has_past = np.empty((hc, wc), np.bool_)
+    out_has_future = np.empty((hc, wc), np.bool_)
+    xs = np.empty(wc, np.int64)
+    for j in range(wc):
+        xs[j] = min(np.int64((j * 4 + 2) / sx / 4), wc0 - 1)
+    for i in range(hc):
+        y = min(np.int64((i * 4 + 2) / sy / 4), hc0 - 1)
+        for j in range(wc):
+            x = xs[j]
+            out_past[i, j, 0] = np.int32(np.rint(past[y, x, 0] * sx))
+            out_past[i, j, 1] = np.int32(np.rint(past[y, x, 1] * sy))
+            out_future[i, j, 0] = np.int32(np.rint(future[y, x, 0] * sx))
+            out_future[i, j, 1] = np.int32(np.rint(future[y, x, 1] * sy))
+            out_has_past[i, j] = has_past[y, x]
+            out_has_future[i, j] = has_future[y, x]
+    return out_past, out_has_past, out_future, out_has_future
+
+
+def field_from_side_data(
+    mvs: np.ndarray | None,
+    height: int,
+    width: int,
+    cell: int = CELL,
+    *,
+    size: tuple[int, int] | None = None,
+) -> BitstreamField:
+    """Rasterise FFmpeg ``AVMotionVector`` records of a ``height`` x ``width`` frame onto the cell grid.
 
     ``mvs`` is the structured array from ``MotionVectors.to_ndarray()``; each record
     covers a ``w`` x ``h`` block centred at ``(dst_x, dst_y)``. Vectors are rescaled from
@@ -100,18 +143,21 @@ def field_from_side_data(mvs: np.ndarray | None, height: int, width: int, cell: 
     (no reference) is ignored. Blocks are painted grouped by direction and size (past
     before future, small before large), in record order within a group, so where blocks
     overlap the result does not depend on how the decoder ordered its records.
+
+    ``size=(h, w)``: the frame is processed at that (smaller) size; the field is given on
+    its cell grid instead, each cell taking the coded cell under its centre (nearest) with
+    the vectors scaled to the new size.
     """
-    hc, wc = grid_shape(height, width, cell)
-    # Grid padded to whole 16x16-pixel macroblocks (blocks at the right/bottom edge fit).
-    hp, wp = -(-hc // 4) * 4, -(-wc // 4) * 4
-    past = np.zeros((hp, wp, 2), np.int32)
-    future = np.zeros((hp, wp, 2), np.int32)
-    has_past = np.zeros((hp, wp), bool)
-    has_future = np.zeros((hp, wp), bool)
-    if mvs is not None and len(mvs):
-        names = ("w", "h", "source", "dst_x", "dst_y", "motion_x", "motion_y", "motion_scale")
-        _paint_records(*(mvs[k] for k in names), cell, past, has_past, future, has_future)
-    return BitstreamField(*(np.ascontiguousarray(a[:hc, :wc]) for a in (past, has_past, future, has_future)))
+    hc0, wc0 = grid_shape(height, width, cell)
+    if size is None or tuple(size) == (height, width):
+        hc, wc, sy, sx = hc0, wc0, 1.0, 1.0
+    else:
+        hc, wc = grid_shape(size[0], size[1], cell)
+        sy, sx = size[0] / height, size[1] / width
+    if mvs is None or not len(mvs):
+        z = np.zeros((hc, wc, 2), np.int32)
+        return BitstreamField(z, np.zeros((hc, wc), bool), z.copy(), np.zeros((hc, wc), bool))
+    return BitstreamField(*_field_kernel(mvs, cell, hc0, wc0, hc, wc, float(sy), float(sx)))
 
 
 @jit

@@ -60,7 +60,6 @@ from av.video.reformatter import VideoReformatter
 
 from .decode import FrameSource, VideoIndex, build_index, luma_resized, pict_type_name, rgb_resized
 from .errors import VideoReadError
-from .kernels import jit
 from .motion import BitstreamField, estimate_motion, field_from_side_data, grid_shape
 from .residual import Compensation, compensate_bitstream, compensate_estimated, residual_from
 
@@ -441,9 +440,8 @@ class _ReferenceSource(FrameSource):
         self._length_size: int | None = None
 
     def _decode_one(self, cc, pkt) -> list[av.VideoFrame]:
-        usable = pkt is not None and pkt.size and pkt.pts is not None
-        i = self._pts_to_idx.get(int(pkt.pts)) if usable else None
-        if i in self._frames and i not in self.refs:
+        i = self._pts_to_idx.get(pkt.pts) if pkt is not None else None  # None without a timestamp
+        if i is not None and i in self._frames and i not in self.refs and pkt.size:
             if self._length_size is None:
                 extra = bytes(cc.extradata or b"")  # an avcC record: length-prefixed NAL units
                 self._length_size = (extra[4] & 3) + 1 if len(extra) > 4 and extra[0] == 1 else 0
@@ -519,6 +517,8 @@ class _BundleSchedule:
 
     def keep(self, idx: int, frame) -> None:
         """Hold decoded frame ``idx`` if a record reads it; a target's vectors and the directions they point."""
+        if idx not in self.needed and idx not in self.span:
+            return  # most frames of a long video: decoded only because later ones predict from them
         pict = pict_type_name(frame)
         ref = idx in self.span and self.is_ref(idx, pict)
         if idx not in self.needed and not ref:
@@ -652,28 +652,6 @@ def _bundles(
     yield from _BundleSchedule(index, targets, size, threads, rgb_size, block, search, backlog, eager).run()
 
 
-@jit
-def _resample_cells(field, has, ys, xs, sx, sy):  # pragma: no cover - compiled
-    """``field``/``has`` at rows ``ys`` x columns ``xs``, vectors scaled by (sx, sy) and rounded."""
-    out = np.empty((ys.size, xs.size, 2), np.int32)
-    out_has = np.empty((ys.size, xs.size), np.bool_)
-    for i in range(ys.size):
-        for j in range(xs.size):
-            out[i, j, 0] = np.int32(np.rint(field[ys[i], xs[j], 0] * sx))
-            out[i, j, 1] = np.int32(np.rint(field[ys[i], xs[j], 1] * sy))
-            out_has[i, j] = has[ys[i], xs[j]]
-    return out, out_has
-
-
-def _rescale_field(f: BitstreamField, hc: int, wc: int, sy: float, sx: float) -> BitstreamField:
-    """Resample a coded-resolution cell field onto a smaller cell grid (nearest), scaling vectors."""
-    ys = np.minimum(((np.arange(hc) * 4 + 2) / sy / 4).astype(np.int64), f.past.shape[0] - 1)
-    xs = np.minimum(((np.arange(wc) * 4 + 2) / sx / 4).astype(np.int64), f.past.shape[1] - 1)
-    past, has_past = _resample_cells(f.past, f.has_past, ys, xs, float(sx), float(sy))
-    future, has_future = _resample_cells(f.future, f.has_future, ys, xs, float(sx), float(sy))
-    return BitstreamField(past, has_past, future, has_future)
-
-
 def _compute_fields(bd: _Bundle, index: VideoIndex, block: int, search: int) -> None:
     """Bitstream field on the processing grid; block matching if there is none (idempotent)."""
     if bd.field is not None or bd.est_field is not None:
@@ -681,10 +659,7 @@ def _compute_fields(bd: _Bundle, index: VideoIndex, block: int, search: int) -> 
     cur = bd.cur.luma
     mvs = bd.cur.mvs
     if mvs is not None and len(mvs) and (bd.past or bd.future):
-        f = field_from_side_data(mvs, index.height, index.width)
-        if cur.shape != (index.height, index.width):
-            hc, wc = grid_shape(*cur.shape)
-            f = _rescale_field(f, hc, wc, cur.shape[0] / index.height, cur.shape[1] / index.width)
+        f = field_from_side_data(mvs, index.height, index.width, size=cur.shape)
         if not f.empty:
             bd.field = f
     if (

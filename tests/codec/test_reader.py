@@ -371,6 +371,60 @@ def test_side_data_rasterisation():
     assert f.has_future.sum() == 4
 
 
+def test_side_data_field_at_a_reduced_size_samples_the_coded_field():
+    """``size=``: each cell of the smaller grid is the coded cell under its centre, vectors scaled and rounded."""
+    rng = np.random.default_rng(5)
+    n = 300
+    mvs = np.zeros(
+        n,
+        dtype=np.dtype(
+            [
+                ("source", "<i4"),
+                ("w", "u1"),
+                ("h", "u1"),
+                ("src_x", "<i2"),
+                ("src_y", "<i2"),
+                ("dst_x", "<i2"),
+                ("dst_y", "<i2"),
+                ("flags", "<u8"),
+                ("motion_x", "<i4"),
+                ("motion_y", "<i4"),
+                ("motion_scale", "<u2"),
+            ],
+            align=True,
+        ),
+    )
+    mvs["source"] = rng.choice([-1, 0, 1], n)
+    mvs["w"], mvs["h"] = rng.choice([4, 8, 16], n), rng.choice([4, 8, 16], n)
+    mvs["dst_x"], mvs["dst_y"] = rng.integers(0, 100, n), rng.integers(0, 72, n)
+    mvs["motion_x"], mvs["motion_y"] = rng.integers(-40, 40, n), rng.integers(-40, 40, n)
+    mvs["motion_scale"] = rng.choice([1, 2, 4], n)
+    coded = field_from_side_data(mvs, 72, 100)
+    assert coded.has_past.any() and coded.has_future.any()
+    same = field_from_side_data(mvs, 72, 100, size=(72, 100))
+    for a, b in zip(
+        (coded.past, coded.has_past, coded.future, coded.has_future),
+        (same.past, same.has_past, same.future, same.has_future),
+        strict=True,
+    ):
+        assert np.array_equal(a, b)
+    h, w = 33, 46
+    small = field_from_side_data(mvs, 72, 100, size=(h, w))
+    sy, sx = h / 72, w / 100
+    ys = np.minimum(((np.arange(-(-h // 4)) * 4 + 2) / sy / 4).astype(int), coded.past.shape[0] - 1)
+    xs = np.minimum(((np.arange(-(-w // 4)) * 4 + 2) / sx / 4).astype(int), coded.past.shape[1] - 1)
+    for vec, has, got_vec, got_has in (
+        (coded.past, coded.has_past, small.past, small.has_past),
+        (coded.future, coded.has_future, small.future, small.has_future),
+    ):
+        picked = vec[ys][:, xs]
+        want = np.stack([np.rint(picked[..., 0] * sx), np.rint(picked[..., 1] * sy)], axis=-1).astype(
+            np.int32
+        )
+        assert got_vec.shape == (9, 12, 2) and np.array_equal(got_vec, want)
+        assert np.array_equal(got_has, has[ys][:, xs])
+
+
 def test_camera_compensation_models():
     from cv_reader.camera import compensate
 
