@@ -346,8 +346,9 @@ def test_stable_order_equals_a_stable_argsort():
         assert np.array_equal(_stable_order(keys), np.argsort(keys, kind="stable"))
 
 
-def test_side_data_rasterisation():
-    dt = np.dtype(
+def _motion_vector_dtype(align=False):
+    """The record layout of FFmpeg's exported motion vectors (``AVMotionVector``)."""
+    return np.dtype(
         [
             ("source", "<i4"),
             ("w", "u1"),
@@ -360,9 +361,16 @@ def test_side_data_rasterisation():
             ("motion_x", "<i4"),
             ("motion_y", "<i4"),
             ("motion_scale", "<u2"),
-        ]
+        ],
+        align=align,
     )
-    mvs = np.array([(-1, 16, 16, 0, 0, 8, 8, 0, -8, 4, 4), (1, 8, 8, 0, 0, 20, 4, 0, 2, 0, 2)], dtype=dt)
+
+
+def test_side_data_rasterisation():
+    mvs = np.array(
+        [(-1, 16, 16, 0, 0, 8, 8, 0, -8, 4, 4), (1, 8, 8, 0, 0, 20, 4, 0, 2, 0, 2)],
+        dtype=_motion_vector_dtype(),
+    )
     f = field_from_side_data(mvs, 16, 32)
     assert f.has_past[:4, :4].all() and not f.has_past[:, 4:].any()
     assert (f.past[:4, :4] == [-8, 4]).all()
@@ -375,25 +383,7 @@ def test_side_data_field_at_a_reduced_size_samples_the_coded_field():
     """``size=``: each cell of the smaller grid is the coded cell under its centre, vectors scaled and rounded."""
     rng = np.random.default_rng(5)
     n = 300
-    mvs = np.zeros(
-        n,
-        dtype=np.dtype(
-            [
-                ("source", "<i4"),
-                ("w", "u1"),
-                ("h", "u1"),
-                ("src_x", "<i2"),
-                ("src_y", "<i2"),
-                ("dst_x", "<i2"),
-                ("dst_y", "<i2"),
-                ("flags", "<u8"),
-                ("motion_x", "<i4"),
-                ("motion_y", "<i4"),
-                ("motion_scale", "<u2"),
-            ],
-            align=True,
-        ),
-    )
+    mvs = np.zeros(n, dtype=_motion_vector_dtype(align=True))
     mvs["source"] = rng.choice([-1, 0, 1], n)
     mvs["w"], mvs["h"] = rng.choice([4, 8, 16], n), rng.choice([4, 8, 16], n)
     mvs["dst_x"], mvs["dst_y"] = rng.integers(0, 100, n), rng.integers(0, 72, n)
