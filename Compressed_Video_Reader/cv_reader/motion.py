@@ -99,23 +99,29 @@ def _field_kernel(mvs, cell, hc0, wc0, hc, wc, sy, sx):  # pragma: no cover - co
     cell takes the coded cell under its centre, its vectors scaled by ``(sx, sy)`` and
     rounded. Equal grids at scale 1 give the coded grid itself.
     """
-    hp, wp = -(-hc0 // 4) * 4, -(-wc0 // 4) * 4
+    mb = max(16 // cell, 1)  # cells per macroblock side
+    hp, wp = -(-hc0 // mb) * mb, -(-wc0 // mb) * mb
     past = np.zeros((hp, wp, 2), np.int32)
     future = np.zeros((hp, wp, 2), np.int32)
     has_past = np.zeros((hp, wp), np.bool_)
     has_future = np.zeros((hp, wp), np.bool_)
     _paint_records(mvs, cell, past, has_past, future, has_future)
     if hc == hc0 and wc == wc0 and sy == 1.0 and sx == 1.0:
-        return past[:hc, :wc].copy(), has_past[:hc, :wc].copy(), future[:hc, :wc].copy(), has_future[:hc, :wc].copy()
+        return (
+            past[:hc, :wc].copy(),
+            has_past[:hc, :wc].copy(),
+            future[:hc, :wc].copy(),
+            has_future[:hc, :wc].copy(),
+        )
     out_past = np.empty((hc, wc, 2), np.int32)
     out_future = np.empty((hc, wc, 2), np.int32)
     out_has_past = np.empty((hc, wc), np.bool_)
     out_has_future = np.empty((hc, wc), np.bool_)
     xs = np.empty(wc, np.int64)
     for j in range(wc):
-        xs[j] = min(np.int64((j * 4 + 2) / sx / 4), wc0 - 1)
+        xs[j] = min(np.int64((j + 0.5) / sx), wc0 - 1)  # the coded cell under the output cell's centre
     for i in range(hc):
-        y = min(np.int64((i * 4 + 2) / sy / 4), hc0 - 1)
+        y = min(np.int64((i + 0.5) / sy), hc0 - 1)
         for j in range(wc):
             x = xs[j]
             out_past[i, j, 0] = np.int32(np.rint(past[y, x, 0] * sx))
